@@ -1,0 +1,382 @@
+//! Every message on the bus.
+//!
+//! Evolution rules: fields are only added, always with a default, so old
+//! payloads keep parsing (the fixture tests pin this). Commands, which ask a
+//! service to act, refuse unknown fields: a caller must never believe an
+//! option took effect on a worker that does not know it. Records, events and
+//! heartbeats, which many readers consume, ignore unknown fields so readers
+//! upgrade independently.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::ids::{SessionId, WorkerId};
+use crate::time::{HumanDuration, Timestamp};
+
+// ---------------------------------------------------------------- sources
+
+/// Where a session's media comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// The built-in animated test picture (frame counter, wall clock) and tone.
+    Synthetic {
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        /// Video bitrate in kbit/s.
+        #[serde(default = "default_bitrate")]
+        bitrate_kbps: u32,
+    },
+}
+
+fn default_width() -> u32 {
+    1280
+}
+fn default_height() -> u32 {
+    720
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_bitrate() -> u32 {
+    2500
+}
+
+impl Default for SourceSpec {
+    fn default() -> Self {
+        SourceSpec::Synthetic {
+            width: default_width(),
+            height: default_height(),
+            fps: default_fps(),
+            bitrate_kbps: default_bitrate(),
+        }
+    }
+}
+
+impl SourceSpec {
+    /// Checks ranges that the type system cannot.
+    pub fn validate(&self) -> Result<(), WireError> {
+        use crate::error::ErrorCode::InvalidRequest;
+        match *self {
+            SourceSpec::Synthetic {
+                width,
+                height,
+                fps,
+                bitrate_kbps,
+            } => {
+                if !(16..=3840).contains(&width) || !(16..=2160).contains(&height) {
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "synthetic width must be 16..=3840 and height 16..=2160",
+                    ));
+                }
+                if width % 2 != 0 || height % 2 != 0 {
+                    return Err(WireError::new(InvalidRequest, "synthetic width and height must be even"));
+                }
+                if !(1..=120).contains(&fps) {
+                    return Err(WireError::new(InvalidRequest, "synthetic fps must be 1..=120"));
+                }
+                if !(50..=50_000).contains(&bitrate_kbps) {
+                    return Err(WireError::new(InvalidRequest, "bitrate_kbps must be 50..=50000"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What happens to a session when its worker is declared dead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnWorkerLost {
+    /// The session ends with reason `worker_lost`.
+    #[default]
+    End,
+    /// The janitor starts the session again on another worker, under a new epoch.
+    Restart,
+}
+
+// ---------------------------------------------------------------- commands
+
+/// `session.create`: start a headless session. Idempotent by `id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Your id for the session; generated when absent. A create with the id
+    /// of a live session returns that session and starts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<SessionId>,
+    #[serde(default)]
+    pub source: SourceSpec,
+    /// How long the session lives with no viewer and no keepalive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ttl: Option<HumanDuration>,
+    /// The longest the session may live at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<HumanDuration>,
+    #[serde(default)]
+    pub on_worker_lost: OnWorkerLost,
+    /// Free-form labels stored with the session (at most 32, short strings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CreateSession {
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.source.validate()?;
+        if self.labels.len() > 32
+            || self
+                .labels
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+        {
+            return Err(WireError::new(
+                crate::error::ErrorCode::InvalidRequest,
+                "labels: at most 32, keys 1..=64 bytes, values up to 256 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `session.list`: the registry's sessions, optionally filtered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSessions {
+    /// Include ended sessions still retained in the registry.
+    #[serde(default)]
+    pub include_ended: bool,
+}
+
+/// `session.<id>.get`: no fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetSession {}
+
+/// `session.<id>.keepalive`: reset the idle clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {}
+
+/// `session.<id>.stop`: end the session with reason `stopped`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopSession {
+    /// Free text kept in the record's end detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Janitor to worker: run this session, which the registry now gives you
+/// under `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptSession {
+    pub epoch: u64,
+}
+
+/// Janitor to worker: stop a session you run under `epoch`; the registry no
+/// longer gives it to you.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    pub epoch: u64,
+}
+
+/// An empty success reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Ack {}
+
+// ---------------------------------------------------------------- registry
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Claimed by a worker; its source is starting.
+    Starting,
+    /// The source produces encoded media.
+    Live,
+    /// Over; `ended` says why. Kept in the registry for a retention period.
+    Ended,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A `stop` command.
+    Stopped,
+    /// No viewer and no keepalive for the idle TTL.
+    IdleTimeout,
+    /// The session reached its maximum lifetime.
+    MaxLifetime,
+    /// Its worker shut down (SIGTERM).
+    WorkerShutdown,
+    /// Its worker died, hung or lost NATS for longer than its lease.
+    WorkerLost,
+    /// The source could not start or failed while running.
+    SourceFailed,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Stopped => "stopped",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::MaxLifetime => "max_lifetime",
+            EndReason::WorkerShutdown => "worker_shutdown",
+            EndReason::WorkerLost => "worker_lost",
+            EndReason::SourceFailed => "source_failed",
+        }
+    }
+}
+
+/// A session's spec with every default resolved, as stored in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionSpec {
+    pub source: SourceSpec,
+    pub idle_ttl: HumanDuration,
+    pub max_lifetime: HumanDuration,
+    #[serde(default)]
+    pub on_worker_lost: OnWorkerLost,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How and when a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Ended {
+    pub reason: EndReason,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The registry entry of one session: the value under its id in the
+/// `<prefix>_sessions` JetStream key-value bucket. Every change of owner is a
+/// compare-and-set on the entry's revision and bumps `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub owner: WorkerId,
+    /// Starts at 1; +1 at every change of owner.
+    pub epoch: u64,
+    pub state: SessionState,
+    pub spec: SessionSpec,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// When the current owner's source produced its first encoded frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Ended>,
+    /// Viewers attached when the owner last wrote the record.
+    #[serde(default)]
+    pub viewers: u32,
+}
+
+/// A session as replies show it: the record and its registry revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionInfo {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    /// The registry revision this view was read at.
+    pub revision: u64,
+}
+
+/// Reply to `session.list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}
+
+// ---------------------------------------------------------------- liveness
+
+/// A session a worker is running, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HeldSession {
+    pub id: SessionId,
+    pub epoch: u64,
+    #[serde(default)]
+    pub viewers: u32,
+}
+
+/// Published by every worker every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Heartbeat {
+    pub worker: WorkerId,
+    /// Increases by one per heartbeat of this process.
+    pub seq: u64,
+    pub interval_ms: u64,
+    /// The most sessions this worker runs at once.
+    pub capacity: u32,
+    pub sessions: Vec<HeldSession>,
+    /// The worker is shutting down and takes no new sessions.
+    #[serde(default)]
+    pub draining: bool,
+    pub sent_at: Timestamp,
+}
+
+impl Heartbeat {
+    pub fn free(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.capacity.saturating_sub(self.sessions.len() as u32)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEventKind {
+    /// The source is live on `worker` under `epoch`.
+    Started,
+    /// The session is over; `reason` says why.
+    Ended,
+    /// The janitor moved the session to another worker.
+    Moved,
+}
+
+impl SessionEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEventKind::Started => "started",
+            SessionEventKind::Ended => "ended",
+            SessionEventKind::Moved => "moved",
+        }
+    }
+}
+
+/// `event.session.<id>.<kind>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionEvent {
+    pub id: SessionId,
+    pub kind: SessionEventKind,
+    pub worker: WorkerId,
+    pub epoch: u64,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `event.worker.<id>.lost`: the janitor declared a worker dead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerLost {
+    pub worker: WorkerId,
+    pub last_seen: Timestamp,
+    pub sessions: Vec<SessionId>,
+    pub at: Timestamp,
+}

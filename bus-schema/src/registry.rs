@@ -1,0 +1,204 @@
+//! Typed access to the session registry: a JetStream key-value bucket whose
+//! keys are session ids and whose values are [`SessionRecord`]s.
+//!
+//! Every write that depends on what was read is a compare-and-set on the
+//! entry's revision, so two writers (two workers racing a create, two
+//! janitors reaping) can never both win.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
+
+use crate::codec::{decode_record, encode};
+use crate::ids::SessionId;
+use crate::messages::SessionRecord;
+use crate::subjects::Subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A compare-and-set lost: the entry changed since it was read (or, for
+    /// a create, exists already).
+    #[error("registry entry changed concurrently")]
+    Conflict,
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    #[error("registry entry {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+/// Where the bucket keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// On disk: survives a NATS server restart.
+    File,
+    Memory,
+}
+
+/// A record with the revision it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub record: SessionRecord,
+    pub revision: u64,
+}
+
+impl Versioned {
+    pub fn info(&self) -> crate::SessionInfo {
+        crate::SessionInfo {
+            record: self.record.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl Registry {
+    /// Opens the bucket, creating it if it does not exist yet.
+    pub async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        storage: Storage,
+    ) -> Result<Self, RegistryError> {
+        let bucket = subjects.registry_bucket();
+        if let Ok(kv) = js.get_key_value(&bucket).await {
+            return Ok(Self { kv });
+        }
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: "stream sessions: owner, epoch, state, spec".into(),
+                history: 1,
+                max_value_size: 64 * 1024,
+                storage: match storage {
+                    Storage::File => jetstream::stream::StorageType::File,
+                    Storage::Memory => jetstream::stream::StorageType::Memory,
+                },
+                ..Default::default()
+            })
+            .await;
+        match kv {
+            Ok(kv) => Ok(Self { kv }),
+            // Another service created it between our get and create.
+            Err(_) => js
+                .get_key_value(&bucket)
+                .await
+                .map(|kv| Self { kv })
+                .map_err(unavailable),
+        }
+    }
+
+    /// Opens the bucket, retrying until `deadline` passes (services start
+    /// before JetStream is ready, or while NATS restarts).
+    pub async fn open_with_retry(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        storage: Storage,
+        deadline: Duration,
+    ) -> Result<Self, RegistryError> {
+        let start = std::time::Instant::now();
+        loop {
+            match Self::open(js, subjects, storage).await {
+                Ok(r) => return Ok(r),
+                Err(e) if start.elapsed() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &SessionId) -> Result<Option<Versioned>, RegistryError> {
+        let entry = self.kv.entry(id.as_str()).await.map_err(unavailable)?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some(Self::parse(&e.key, &e.value, e.revision)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn parse(key: &str, value: &[u8], revision: u64) -> Result<Versioned, RegistryError> {
+        let record: SessionRecord = decode_record(value).map_err(|e| RegistryError::Corrupt {
+            key: key.to_string(),
+            reason: e.message,
+        })?;
+        Ok(Versioned { record, revision })
+    }
+
+    /// Creates the entry; `Conflict` if one exists.
+    pub async fn create(&self, record: &SessionRecord) -> Result<u64, RegistryError> {
+        self.kv
+            .create(record.id.as_str(), encode(record))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => RegistryError::Conflict,
+                _ => unavailable(e),
+            })
+    }
+
+    /// Replaces the entry if it is still at `revision`.
+    pub async fn update(&self, record: &SessionRecord, revision: u64) -> Result<u64, RegistryError> {
+        self.kv
+            .update(record.id.as_str(), encode(record), revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => RegistryError::Conflict,
+                _ => unavailable(e),
+            })
+    }
+
+    /// Removes the entry if it is still at `revision`.
+    pub async fn delete(&self, id: &SessionId, revision: u64) -> Result<(), RegistryError> {
+        self.kv
+            .purge_expect_revision(id.as_str(), Some(revision))
+            .await
+            .map_err(|e| {
+                // The server answers a failed expectation with a JetStream
+                // API error; everything else is transport.
+                let text = e.to_string();
+                if text.contains("wrong last sequence") || text.contains("10071") {
+                    RegistryError::Conflict
+                } else {
+                    unavailable(e)
+                }
+            })
+    }
+
+    /// Every readable record. Unreadable entries are logged and skipped.
+    pub async fn list(&self) -> Result<Vec<Versioned>, RegistryError> {
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(k) => k.try_collect().await.map_err(unavailable)?,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Ok(id) = SessionId::parse(key.as_str()) else {
+                tracing::warn!(%key, "registry key is not a session id; skipped");
+                continue;
+            };
+            match self.get(&id).await {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(RegistryError::Corrupt { key, reason }) => {
+                    tracing::warn!(%key, %reason, "unreadable registry entry; skipped")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.record.created_at.cmp(&b.record.created_at));
+        Ok(out)
+    }
+}

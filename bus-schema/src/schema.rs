@@ -1,0 +1,27 @@
+//! JSON Schemas of every wire message, for non-Rust clients.
+
+use schemars::{schema_for, Schema};
+
+use crate::codec::Envelope;
+use crate::messages::*;
+
+/// `(name, schema)` for every message, in a stable order.
+pub fn all() -> Vec<(&'static str, Schema)> {
+    vec![
+        ("CreateSession", schema_for!(CreateSession)),
+        ("ListSessions", schema_for!(ListSessions)),
+        ("GetSession", schema_for!(GetSession)),
+        ("Keepalive", schema_for!(Keepalive)),
+        ("StopSession", schema_for!(StopSession)),
+        ("AdoptSession", schema_for!(AdoptSession)),
+        ("Fence", schema_for!(Fence)),
+        ("Ack", schema_for!(Ack)),
+        ("SessionInfo", schema_for!(SessionInfo)),
+        ("SessionList", schema_for!(SessionList)),
+        ("SessionRecord", schema_for!(SessionRecord)),
+        ("Heartbeat", schema_for!(Heartbeat)),
+        ("SessionEvent", schema_for!(SessionEvent)),
+        ("WorkerLost", schema_for!(WorkerLost)),
+        ("ReplyEnvelope", schema_for!(Envelope<serde_json::Value>)),
+    ]
+}
