@@ -1,1 +1,180 @@
-//! api
+//! # api: REST and viewer signalling over HTTP, commands over NATS
+//!
+//! The api keeps no session state: every request becomes a NATS command
+//! (through [`bus_schema::Bus`]) and every answer comes from the workers or
+//! the registry. Restart it and nothing is lost.
+
+pub mod error;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bus_schema::{
+    decode, Bus, CreateSession, ErrorCode, GetSession, Keepalive, ListSessions, SessionId, StopSession, Subjects,
+    WireError,
+};
+use serde::Deserialize;
+
+pub use error::ApiError;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "api", about = "REST and WebSocket front of the streaming system")]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Prefix of every subject.
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = bus_schema::subjects::DEFAULT_PREFIX)]
+    pub subject_prefix: String,
+    /// Address to listen on.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// When set, REST calls that create, list or stop sessions need
+    /// `Authorization: Bearer <key>`.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// How long to wait for a worker's answer.
+    #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "10s")]
+    pub request_timeout: humantime::Duration,
+}
+
+impl Config {
+    pub fn for_tests(nats_url: &str) -> Self {
+        use clap::Parser;
+        let mut c = Config::parse_from(["api"]);
+        c.nats_url = nats_url.to_string();
+        c.listen = "127.0.0.1:0".into();
+        c
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Bus,
+    pub api_key: Option<String>,
+}
+
+/// The router, for `axum::serve` and for in-process tests.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/sessions", post(create).get(list))
+        .route("/api/sessions/{id}", get(get_one).delete(stop))
+        .route("/api/sessions/{id}/keepalive", post(keepalive))
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.api_key else { return Ok(()) };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(WireError::new(ErrorCode::Unauthorized, "wrong API key").into()),
+        None => Err(WireError::new(ErrorCode::Unauthorized, "missing Authorization: Bearer <api key>").into()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_id(id: &str) -> Result<SessionId, ApiError> {
+    Ok(SessionId::parse(id)?)
+}
+
+async fn create(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let cmd: CreateSession = decode(&body)?;
+    cmd.validate()?;
+    let info = s.bus.request(&s.bus.subjects.session_create(), &cmd).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    include_ended: bool,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let cmd = ListSessions {
+        include_ended: q.include_ended,
+    };
+    Ok(Json(s.bus.request(&s.bus.subjects.session_list(), &cmd).await?))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let id = parse_id(&id)?;
+    Ok(Json(s.bus.request(&s.bus.subjects.session_get(&id), &GetSession {}).await?))
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let id = parse_id(&id)?;
+    let cmd = StopSession { detail: None };
+    Ok(Json(s.bus.request(&s.bus.subjects.session_stop(&id), &cmd).await?))
+}
+
+async fn keepalive(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let id = parse_id(&id)?;
+    Ok(Json(s.bus.request(&s.bus.subjects.session_keepalive(&id), &Keepalive {}).await?))
+}
+
+/// Serves the api on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    client: async_nats::Client,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let subjects = Subjects::new(&config.subject_prefix)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let bus = Bus::new(client, subjects).with_timeout(*config.request_timeout);
+    let state = AppState {
+        bus,
+        api_key: config.api_key.clone(),
+    };
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Connects to NATS: retry the first connection, reconnect forever.
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("api")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+}

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Ended,
     /// Every live worker is at its configured maximum.
     NoCapacity,
+    /// The session's source could not start or failed.
+    SourceFailed,
     /// The command lost a race it cannot win (for example an ownership change).
     Conflict,
     /// No worker answered in time, or NATS is unreachable.
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Ended => "ended",
             ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::SourceFailed => "source_failed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unauthorized => "unauthorized",
@@ -57,7 +60,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Malformed,
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
@@ -66,6 +69,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Ended,
         ErrorCode::NoCapacity,
+        ErrorCode::SourceFailed,
         ErrorCode::Conflict,
         ErrorCode::Unavailable,
         ErrorCode::Unauthorized,

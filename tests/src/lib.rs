@@ -1,1 +1,348 @@
-//! Test harness
+//! Test harness: a real `nats-server` per test on a free port, services
+//! in-process or as child processes, a TCP proxy that can partition a
+//! service from NATS, and deadline-bounded waits.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `cond` until it returns `Some`, or panics with `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `nats-server` child process with JetStream, killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    child: Option<Child>,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            store,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let bin = which("nats-server");
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (run scripts/setup.sh to install it)");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_for("nats-server to accept connections", Duration::from_secs(10), || async move {
+            TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats")
+    }
+
+    /// Stops the server (the store survives) and starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn which(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// Path of a workspace binary (`target/<profile>/<name>`), built by the
+/// test command before the tests run.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, done by scripts/test.sh)",
+        p.display()
+    );
+    p
+}
+
+/// A service running as a child process; SIGKILLed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, envs: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(bin_path(name));
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn service binary");
+        Self { child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An in-process service task with its shutdown trigger.
+pub struct Service {
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    pub fn spawn<F, Fut>(f: F) -> Self
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = Box::pin(async move {
+            let _ = rx.await;
+        });
+        let join = tokio::spawn(f(shutdown));
+        Self {
+            shutdown: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    /// Triggers shutdown and waits for the task, up to `timeout`.
+    pub async fn stop(mut self, timeout: Duration) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let join = self.join.take().expect("joined once");
+        tokio::time::timeout(timeout, join).await.is_ok()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(j) = self.join.take() {
+            j.abort();
+        }
+    }
+}
+
+/// Starts a worker in-process.
+pub fn worker(config: worker::Config) -> Service {
+    Service::spawn(move |shutdown| async move {
+        let client = worker::connect(&config.nats_url, "worker").await.expect("worker connects");
+        let factory = Arc::new(worker::source::SyntheticFactory);
+        if let Err(e) = worker::run(config, client, factory, shutdown).await {
+            panic!("worker failed: {e}");
+        }
+    })
+}
+
+/// Starts the api in-process; returns its base URL.
+pub async fn api(config: api::Config) -> (Service, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let svc = Service::spawn(move |shutdown| async move {
+        let client = api::connect(&config.nats_url).await.expect("api connects");
+        api::run(config, client, listener, shutdown).await.expect("api runs");
+    });
+    (svc, base)
+}
+
+/// Starts the janitor in-process.
+pub fn janitor(config: janitor::Config) -> Service {
+    Service::spawn(move |shutdown| async move {
+        let client = async_nats::connect(&config.nats_url).await.expect("janitor connects");
+        if let Err(e) = janitor::run(config, client, shutdown).await {
+            panic!("janitor failed: {e}");
+        }
+    })
+}
+
+/// A TCP proxy in front of NATS. `partition()` stops forwarding bytes in
+/// both directions (connections stay open, as in a real partition);
+/// `heal()` resumes.
+pub struct Proxy {
+    pub port: u16,
+    blocked: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (blocked, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(pump(dr, uw, rx.clone()), pump(ur, dw, rx));
+                });
+            }
+        });
+        Self { port, blocked, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn partition(&self) {
+        let _ = self.blocked.send(true);
+    }
+
+    pub fn heal(&self) {
+        let _ = self.blocked.send(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut blocked: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // While partitioned, read nothing: bytes pile up in kernel buffers.
+        while *blocked.borrow() {
+            if blocked.changed().await.is_err() {
+                return;
+            }
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = blocked.changed() => continue,
+        };
+        // Bytes read just before a partition are held until it heals.
+        while *blocked.borrow() {
+            if blocked.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A raw NATS request with a JSON body, answered as JSON: what a Go or
+/// shell client sees. Returns the parsed reply envelope.
+pub async fn raw_request(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.request(subject.to_string(), bytes::Bytes::from(body.to_string())),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply on {subject} within 15 s"))
+    .unwrap_or_else(|e| panic!("request on {subject} failed: {e}"));
+    serde_json::from_slice(&reply.payload).expect("reply is JSON")
+}

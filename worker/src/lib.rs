@@ -1,1 +1,171 @@
-//! worker
+//! # worker: hosts live sessions
+//!
+//! A worker registers as a NATS micro service, answers session commands
+//! (any worker answers cluster-wide commands through a queue group and
+//! forwards to the owner when needed), runs one task per session
+//! ([`session::Session`]) and publishes heartbeats that double as its lease.
+//! The logic with state lives in [`core`] as plain structs.
+
+pub mod config;
+pub mod core;
+pub mod heartbeat;
+pub mod service;
+pub mod session;
+pub mod source;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus_schema::registry::{Registry, Storage};
+use bus_schema::{Bus, SessionId, Subjects, WorkerId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::core::{Cluster, Directory, Lease};
+use crate::session::SessionHandle;
+use crate::source::SourceFactory;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] bus_schema::WireError),
+    #[error("registry: {0}")]
+    Registry(#[from] bus_schema::registry::RegistryError),
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// What every task of the worker shares. The pure cores sit behind short
+/// synchronous locks that are never held across an `.await`.
+pub struct Ctx {
+    pub me: WorkerId,
+    pub config: Config,
+    pub bus: Bus,
+    pub registry: Registry,
+    pub factory: Arc<dyn SourceFactory>,
+    pub dir: Mutex<Directory<SessionHandle>>,
+    pub cluster: Mutex<Cluster>,
+    pub lease: Mutex<Lease>,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    /// How long a session that lost the lease keeps trying to record it.
+    pub lease_lost_retry: Duration,
+}
+
+impl Ctx {
+    pub fn remove(&self, id: &SessionId, epoch: u64) {
+        self.dir.lock().expect("directory lock").remove(id, epoch);
+    }
+}
+
+/// Connects to NATS with the options every service uses: retry the first
+/// connection, reconnect forever.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, WorkerError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))
+}
+
+/// Runs a worker until `shutdown` resolves, then ends its sessions with
+/// `worker_shutdown` and returns.
+pub async fn run(
+    config: Config,
+    client: async_nats::Client,
+    factory: Arc<dyn SourceFactory>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let (subjects, me) = config.validate()?;
+    let js = async_nats::jetstream::new(client.clone());
+    let storage = match config.registry_storage {
+        config::StorageKind::File => Storage::File,
+        config::StorageKind::Memory => Storage::Memory,
+    };
+    let registry = Registry::open_with_retry(&js, &subjects, storage, Duration::from_secs(30)).await?;
+    let interval = *config.heartbeat_interval;
+    let now = Instant::now();
+    let ctx = Arc::new(Ctx {
+        me: me.clone(),
+        bus: Bus::new(client.clone(), subjects.clone()),
+        registry,
+        factory,
+        dir: Mutex::new(Directory::new(config.capacity)),
+        cluster: Mutex::new(Cluster::new(me.clone(), interval * 3)),
+        lease: Mutex::new(Lease::new(now, *config.lease)),
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        lease_lost_retry: Duration::from_secs(600),
+        config,
+    });
+    tracing::info!(worker_id = %me, capacity = ctx.config.capacity, prefix = subjects.prefix(), "worker starting");
+
+    let service = service::start(ctx.clone()).await?;
+    heartbeat::start(ctx.clone()).await?;
+    tracing::info!(worker_id = %me, "worker ready");
+
+    shutdown.await;
+    tracing::info!(worker_id = %me, "worker shutting down");
+    drain(&ctx).await;
+    let _ = service.stop().await;
+    ctx.cancel.cancel();
+    ctx.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(3), ctx.tracker.wait()).await.is_err() {
+        tracing::warn!(worker_id = %me, "tasks still running at exit");
+    }
+    heartbeat::publish_final(&ctx).await;
+    let _ = client.flush().await;
+    tracing::info!(worker_id = %me, "worker stopped");
+    Ok(())
+}
+
+/// Stops taking sessions and ends every running one with `worker_shutdown`.
+async fn drain(ctx: &Arc<Ctx>) {
+    let running = {
+        let mut dir = ctx.dir.lock().expect("directory lock");
+        dir.start_draining();
+        dir.running()
+    };
+    let ends = running.into_iter().map(|(_, _, h)| async move {
+        let _ = h.ask(session::Cmd::Shutdown).await;
+    });
+    if tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(ends))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not end within 5 s");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// The subjects of a config, for tests and tools.
+pub fn subjects(config: &Config) -> Result<Subjects, WorkerError> {
+    Ok(config.validate()?.0)
+}

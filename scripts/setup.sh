@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the system and its tests need from Debian's packages:
+# nats-server (the bus), libopus-dev + pkg-config (Opus encoder), ffmpeg
+# (ffprobe checks the H.264 the source encodes), chromium + chromium-driver
+# (end-to-end browser tests). Idempotent: installs only what is missing.
+set -euo pipefail
+pkgs=(nats-server libopus-dev pkg-config ffmpeg chromium chromium-driver)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,213 @@
+//! Dead, hung and partitioned workers: the janitor's reaping and the
+//! worker's own lease, against real processes and a real nats-server.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use system_tests::*;
+
+const SMALL: &str = r#"{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":200}"#;
+
+fn worker_env(nats_url: &str, id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_URL", nats_url.to_string()),
+        ("WORKER_ID", id.to_string()),
+        ("HEARTBEAT_INTERVAL", "250ms".into()),
+        ("LEASE", "600ms".into()),
+        ("REGISTRY_STORAGE", "memory".into()),
+    ]
+}
+
+fn ok(v: &Value) -> &Value {
+    assert_eq!(v["ok"], json!(true), "expected success, got {v}");
+    &v["result"]
+}
+
+async fn heartbeat_from(sub: &mut async_nats::Subscriber, worker: &str) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a heartbeat in time")
+            .expect("subscription open");
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["worker"] == worker {
+            return v;
+        }
+    }
+}
+
+async fn get(c: &async_nats::Client, id: &str) -> Value {
+    raw_request(c, &format!("streams.v1.session.{id}.get"), "").await
+}
+
+#[tokio::test]
+async fn kill_9_of_a_worker_ends_its_sessions_with_worker_lost() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
+    let mut w = Proc::spawn("worker", &worker_env(&nats.url(), "w-doomed"));
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    heartbeat_from(&mut hb, "w-doomed").await;
+    let mut ended = c.subscribe("streams.v1.event.session.doomed-1.ended").await.unwrap();
+    let mut lost = c.subscribe("streams.v1.event.worker.w-doomed.lost").await.unwrap();
+    let body = format!(r#"{{"id":"doomed-1","source":{SMALL}}}"#);
+    let info = raw_request(&c, "streams.v1.session.create", &body).await;
+    assert_eq!(ok(&info)["owner"], "w-doomed");
+
+    w.signal("KILL");
+    let killed = Instant::now();
+    w.wait_exit(Duration::from_secs(5)).await.expect("worker died");
+    let m = tokio::time::timeout(Duration::from_secs(10), ended.next()).await.unwrap().unwrap();
+    let detected = killed.elapsed();
+    let ev: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(ev["reason"], "worker_lost");
+    eprintln!("janitor reaped the session {detected:?} after kill -9 (dead_after 1 s)");
+    let m = tokio::time::timeout(Duration::from_secs(5), lost.next()).await.unwrap().unwrap();
+    let ev: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(ev["sessions"], json!(["doomed-1"]));
+    let rec = get(&c, "doomed-1").await;
+    assert_eq!(ok(&rec)["state"], "ended");
+    assert_eq!(ok(&rec)["ended"]["reason"], "worker_lost");
+}
+
+#[tokio::test]
+async fn kill_9_moves_a_restartable_session_to_another_worker() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
+    let w1 = Proc::spawn("worker", &worker_env(&nats.url(), "w-first"));
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    heartbeat_from(&mut hb, "w-first").await;
+    let body = format!(r#"{{"id":"phoenix","on_worker_lost":"restart","source":{SMALL}}}"#);
+    assert_eq!(ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"], "w-first");
+
+    let mut cfg = worker::Config::for_tests(&nats.url());
+    cfg.worker_id = Some("w-second".into());
+    let _w2 = worker(cfg);
+    heartbeat_from(&mut hb, "w-second").await;
+    let mut moved = c.subscribe("streams.v1.event.session.phoenix.*").await.unwrap();
+
+    w1.signal("KILL");
+    let killed = Instant::now();
+    let live = wait_for("the session to be live on w-second", Duration::from_secs(15), || async {
+        let r = get(&c, "phoenix").await;
+        let rec = ok(&r).clone();
+        (rec["owner"] == "w-second" && rec["state"] == "live").then_some(rec)
+    })
+    .await;
+    eprintln!("session restarted elsewhere {:?} after kill -9", killed.elapsed());
+    assert_eq!(live["epoch"], 2, "a new epoch for the new owner");
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), moved.next()).await.unwrap().unwrap();
+        let ev: Value = serde_json::from_slice(&m.payload).unwrap();
+        kinds.push(ev["kind"].as_str().unwrap().to_string());
+    }
+    assert!(kinds.contains(&"moved".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"started".to_string()), "{kinds:?}");
+    let hb2 = heartbeat_from(&mut hb, "w-second").await;
+    assert_eq!(hb2["sessions"][0]["id"], "phoenix");
+}
+
+#[tokio::test]
+async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let proxy = Proxy::start(nats.port).await;
+    let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
+    let mut cfg = worker::Config::for_tests(&proxy.url());
+    cfg.worker_id = Some("w-island".into());
+    let _island = worker(cfg);
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    heartbeat_from(&mut hb, "w-island").await;
+    let body = format!(r#"{{"id":"marooned","on_worker_lost":"restart","source":{SMALL}}}"#);
+    assert_eq!(ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"], "w-island");
+    let mut cfg = worker::Config::for_tests(&nats.url());
+    cfg.worker_id = Some("w-main".into());
+    let _main = worker(cfg);
+    heartbeat_from(&mut hb, "w-main").await;
+
+    proxy.partition();
+    let cut = Instant::now();
+    // The janitor hears nothing from w-island and moves the session.
+    let moved = wait_for("the session to move to w-main", Duration::from_secs(15), || async {
+        let r = get(&c, "marooned").await;
+        let rec = ok(&r).clone();
+        (rec["owner"] == "w-main" && rec["state"] == "live").then_some(rec)
+    })
+    .await;
+    assert_eq!(moved["epoch"], 2);
+    eprintln!("moved {:?} after the partition", cut.elapsed());
+
+    let healed_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    proxy.heal();
+    // Heartbeats w-island sent while cut off arrive now, in order. One sent
+    // before the heal lists no session: it stopped by itself after its lease.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stopped_while_cut = loop {
+        assert!(Instant::now() < deadline, "no heartbeat from the partition without the session");
+        let v = heartbeat_from(&mut hb, "w-island").await;
+        let sent = v["sent_at"].as_str().unwrap().to_string();
+        if sent < healed_at && v["sessions"] == json!([]) {
+            break sent;
+        }
+    };
+    eprintln!("w-island reported no session at {stopped_while_cut}, before the heal at {healed_at}");
+    // After healing, w-island never picks the session up again.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let v = heartbeat_from(&mut hb, "w-island").await;
+        assert_eq!(v["sessions"], json!([]), "the healed worker does not resume a session it lost");
+    }
+    let rec = get(&c, "marooned").await;
+    assert_eq!(ok(&rec)["owner"], "w-main");
+    assert_eq!(ok(&rec)["epoch"], 2);
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_worker_process_cleanly_within_seconds() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let mut w = Proc::spawn("worker", &worker_env(&nats.url(), "w-term"));
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    heartbeat_from(&mut hb, "w-term").await;
+    let body = format!(r#"{{"id":"term-1","source":{SMALL}}}"#);
+    ok(&raw_request(&c, "streams.v1.session.create", &body).await);
+    let mut ended = c.subscribe("streams.v1.event.session.term-1.ended").await.unwrap();
+    w.signal("TERM");
+    let t0 = Instant::now();
+    let status = w.wait_exit(Duration::from_secs(5)).await.expect("exits within 5 s of SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+    eprintln!("worker exited {:?} after SIGTERM", t0.elapsed());
+    let m = tokio::time::timeout(Duration::from_secs(2), ended.next()).await.unwrap().unwrap();
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["reason"], "worker_shutdown");
+}
+
+#[tokio::test]
+async fn api_and_janitor_processes_exit_on_sigterm() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let port = free_port();
+    let mut api = Proc::spawn(
+        "api",
+        &[("NATS_URL", nats.url()), ("API_LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    let mut jan = Proc::spawn("janitor", &[("NATS_URL", nats.url())]);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    wait_for("the api to answer", Duration::from_secs(15), || {
+        let url = url.clone();
+        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+    for p in [&mut api, &mut jan] {
+        p.signal("TERM");
+        let s = p.wait_exit(Duration::from_secs(5)).await.expect("exits within 5 s");
+        assert!(s.success(), "{s:?}");
+    }
+}

@@ -1,0 +1,459 @@
+//! The worker's NATS micro service: one endpoint per command.
+//!
+//! Cluster-wide commands (`session.create`, `session.list`,
+//! `session.<id>.<verb>`) reach one worker of the queue group; it answers
+//! from the registry or forwards to the owner's direct subject with the
+//! caller's reply subject, so the owner answers the caller itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::service::{Request, Service, ServiceExt};
+use bus_schema::registry::{RegistryError, Versioned};
+use bus_schema::{
+    decode, encode_reply, Ack, AdoptSession, CreateSession, ErrorCode, Fence, GetSession, Keepalive, ListSessions,
+    SessionId, SessionInfo, SessionList, SessionRecord, SessionState, SessionVerb, StopSession, Timestamp, WireError,
+    WorkerId,
+};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn, Instrument};
+
+use crate::core::{Placement, Refusal};
+use crate::session::{Cmd, Session, SessionHandle};
+use crate::{Ctx, WorkerError};
+
+/// What a handler does with a request.
+enum Answer<T> {
+    Reply(Result<T, WireError>),
+    /// Handed to another worker with the caller's reply subject.
+    Forwarded,
+}
+
+impl<T> From<Result<T, WireError>> for Answer<T> {
+    fn from(r: Result<T, WireError>) -> Self {
+        Answer::Reply(r)
+    }
+}
+
+fn registry_err(e: RegistryError) -> WireError {
+    warn!(error = %e, "registry error");
+    match e {
+        RegistryError::Conflict => WireError::new(ErrorCode::Conflict, "the session changed concurrently; retry"),
+        _ => WireError::new(ErrorCode::Unavailable, "registry unavailable"),
+    }
+}
+
+pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
+    let nats = |e: async_nats::Error| WorkerError::Nats(e.to_string());
+    let service = ctx
+        .bus
+        .client
+        .service_builder()
+        .description("stream worker: hosts live WebRTC sessions")
+        .queue_group(bus_schema::subjects::WORKER_QUEUE)
+        .metadata([("worker_id".to_string(), ctx.me.to_string())].into())
+        .start(bus_schema::subjects::WORKER_SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(nats)?;
+    let s = &ctx.bus.subjects;
+    let me = &ctx.me;
+
+    let add = |name: &'static str, subject: String| {
+        let service = &service;
+        async move {
+            service
+                .endpoint_builder()
+                .name(name)
+                .add(subject)
+                .await
+                .map_err(|e| WorkerError::Nats(e.to_string()))
+        }
+    };
+
+    serve(&ctx, add("create", s.session_create().to_string()).await?, |c, r| async move {
+        create(&c, &r, true).await
+    });
+    serve(&ctx, add("list", s.session_list().to_string()).await?, |c, r| async move {
+        Answer::Reply(list(&c, &r).await)
+    });
+    serve(&ctx, add("get", s.session_verb_any(SessionVerb::Get)).await?, |c, r| async move {
+        Answer::Reply(get(&c, &r).await)
+    });
+    serve(&ctx, add("keepalive", s.session_verb_any(SessionVerb::Keepalive)).await?, |c, r| async move {
+        command(&c, &r, SessionVerb::Keepalive, true).await
+    });
+    serve(&ctx, add("stop", s.session_verb_any(SessionVerb::Stop)).await?, |c, r| async move {
+        command(&c, &r, SessionVerb::Stop, true).await
+    });
+    serve(&ctx, add("direct-create", s.worker_create(me).to_string()).await?, |c, r| async move {
+        create(&c, &r, false).await
+    });
+    serve(&ctx, add("direct-keepalive", s.worker_session_verb_any(me, "keepalive")).await?, |c, r| async move {
+        command(&c, &r, SessionVerb::Keepalive, false).await
+    });
+    serve(&ctx, add("direct-stop", s.worker_session_verb_any(me, "stop")).await?, |c, r| async move {
+        command(&c, &r, SessionVerb::Stop, false).await
+    });
+    serve(&ctx, add("adopt", s.worker_session_verb_any(me, "adopt")).await?, |c, r| async move {
+        Answer::Reply(adopt(&c, &r).await)
+    });
+    serve(&ctx, add("fence", s.worker_session_verb_any(me, "fence")).await?, |c, r| async move {
+        Answer::Reply(fence(&c, &r).await)
+    });
+    Ok(service)
+}
+
+/// Drives one endpoint: each request gets its own task so a slow create
+/// never holds up a keepalive.
+fn serve<T, F, Fut>(ctx: &Arc<Ctx>, mut endpoint: async_nats::service::endpoint::Endpoint, handler: F)
+where
+    T: Serialize + Send + 'static,
+    F: Fn(Arc<Ctx>, Arc<Request>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Answer<T>> + Send + 'static,
+{
+    let c = ctx.clone();
+    ctx.tracker.spawn(async move {
+        loop {
+            let req = tokio::select! {
+                r = endpoint.next() => match r { Some(r) => Arc::new(r), None => break },
+                _ = c.cancel.cancelled() => break,
+            };
+            let h = handler.clone();
+            let c2 = c.clone();
+            let span = tracing::info_span!("request", subject = %req.message.subject, worker_id = %c.me);
+            c.tracker.spawn(
+                async move {
+                    match h(c2, req.clone()).await {
+                        Answer::Reply(r) => {
+                            if let Err(e) = &r {
+                                debug!(code = %e.code, message = %e.message, "error reply");
+                            }
+                            if let Err(e) = req.respond(Ok(encode_reply(&r))).await {
+                                debug!(error = %e, "reply not sent");
+                            }
+                        }
+                        Answer::Forwarded => {}
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    });
+}
+
+fn session_id(ctx: &Ctx, req: &Request) -> Result<SessionId, WireError> {
+    ctx.bus.subjects.session_id_in(req.message.subject.as_str())
+}
+
+async fn get(ctx: &Ctx, req: &Request) -> Result<SessionInfo, WireError> {
+    let id = session_id(ctx, req)?;
+    decode::<GetSession>(&req.message.payload)?;
+    match ctx.registry.get(&id).await.map_err(registry_err)? {
+        Some(v) => Ok(v.info()),
+        None => Err(WireError::not_found(format!("session {id}"))),
+    }
+}
+
+async fn list(ctx: &Ctx, req: &Request) -> Result<SessionList, WireError> {
+    let q: ListSessions = decode(&req.message.payload)?;
+    let all = ctx.registry.list().await.map_err(registry_err)?;
+    Ok(SessionList {
+        sessions: all
+            .into_iter()
+            .filter(|v| q.include_ended || v.record.state != SessionState::Ended)
+            .map(|v| v.info())
+            .collect(),
+    })
+}
+
+/// Hands a request to another worker; it answers the caller directly.
+async fn forward(ctx: &Ctx, req: &Request, subject: String) -> Answer<SessionInfo> {
+    let Some(reply) = req.message.reply.clone() else {
+        return Answer::Reply(Err(WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")));
+    };
+    match ctx
+        .bus
+        .client
+        .publish_with_reply(subject, reply, req.message.payload.clone())
+        .await
+    {
+        Ok(()) => Answer::Forwarded,
+        Err(_) => Answer::Reply(Err(WireError::new(ErrorCode::Unavailable, "could not reach the owner"))),
+    }
+}
+
+async fn create(ctx: &Arc<Ctx>, req: &Request, placeable: bool) -> Answer<SessionInfo> {
+    let cmd: CreateSession = match decode(&req.message.payload).and_then(|c: CreateSession| c.validate().map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => return Answer::Reply(Err(e)),
+    };
+    let id = cmd.id.clone().unwrap_or_else(SessionId::generate);
+    match ctx.registry.get(&id).await {
+        Ok(Some(v)) if v.record.state != SessionState::Ended => return Answer::Reply(Ok(v.info())),
+        Ok(_) => {}
+        Err(e) => return Answer::Reply(Err(registry_err(e))),
+    }
+    if placeable {
+        let placement = {
+            let dir = ctx.dir.lock().expect("directory lock");
+            let cluster = ctx.cluster.lock().expect("cluster lock");
+            cluster.place(Instant::now(), dir.used(), dir.capacity(), dir.draining())
+        };
+        match placement {
+            Placement::Local => {}
+            Placement::Forward(w) => {
+                debug!(session_id = %id, to = %w, "create forwarded");
+                // Pin the id so the target creates exactly this session.
+                let mut pinned = cmd.clone();
+                pinned.id = Some(id.clone());
+                return forward_create(ctx, req, &w, &pinned).await;
+            }
+            Placement::NoCapacity => {
+                return Answer::Reply(Err(WireError::new(
+                    ErrorCode::NoCapacity,
+                    "every live worker is at its session limit",
+                )))
+            }
+        }
+    }
+    Answer::Reply(create_here(ctx, id, &cmd).await)
+}
+
+async fn forward_create(ctx: &Ctx, req: &Request, to: &WorkerId, cmd: &CreateSession) -> Answer<SessionInfo> {
+    let Some(reply) = req.message.reply.clone() else {
+        return Answer::Reply(Err(WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")));
+    };
+    let subject = ctx.bus.subjects.worker_create(to).to_string();
+    match ctx
+        .bus
+        .client
+        .publish_with_reply(subject, reply, bus_schema::encode(cmd))
+        .await
+    {
+        Ok(()) => Answer::Forwarded,
+        Err(_) => Answer::Reply(Err(WireError::new(ErrorCode::Unavailable, "could not reach the chosen worker"))),
+    }
+}
+
+/// Creates the session on this worker: reserve a slot, claim the id in the
+/// registry (compare-and-set), start the source, wait for the first frame.
+async fn create_here(ctx: &Arc<Ctx>, id: SessionId, cmd: &CreateSession) -> Result<SessionInfo, WireError> {
+    let reserved = ctx.dir.lock().expect("directory lock").reserve(&id);
+    match reserved {
+        Ok(()) => {}
+        Err(Refusal::Full) => {
+            return Err(WireError::new(ErrorCode::NoCapacity, "this worker is at its session limit"))
+        }
+        Err(Refusal::Draining) => return Err(WireError::new(ErrorCode::Unavailable, "this worker is shutting down")),
+        Err(Refusal::Present) => return existing_after_race(ctx, &id).await,
+    }
+    let guard = Reservation { ctx, id: &id };
+    let now = Timestamp::now();
+    let mut record = SessionRecord {
+        id: id.clone(),
+        owner: ctx.me.clone(),
+        epoch: 1,
+        state: SessionState::Starting,
+        spec: ctx.config.resolve(cmd),
+        created_at: now,
+        updated_at: now,
+        live_at: None,
+        ended: None,
+        viewers: 0,
+    };
+    let revision = match ctx.registry.create(&record).await {
+        Ok(rev) => rev,
+        Err(RegistryError::Conflict) => match ctx.registry.get(&id).await.map_err(registry_err)? {
+            Some(old) if old.record.state == SessionState::Ended => {
+                // A new run of an ended id: replace the old record.
+                record.epoch = old.record.epoch + 1;
+                match ctx.registry.update(&record, old.revision).await {
+                    Ok(rev) => rev,
+                    Err(RegistryError::Conflict) => return existing_after_race(ctx, &id).await,
+                    Err(e) => return Err(registry_err(e)),
+                }
+            }
+            Some(v) => return Ok(v.info()),
+            None => return existing_after_race(ctx, &id).await,
+        },
+        Err(e) => return Err(registry_err(e)),
+    };
+    let started = start_session(ctx, Versioned { record, revision }).await;
+    drop(guard);
+    started
+}
+
+/// Releases a reservation unless the session was started.
+struct Reservation<'a> {
+    ctx: &'a Ctx,
+    id: &'a SessionId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        // `start_session` fills the slot; an unfilled one is released.
+        let mut dir = self.ctx.dir.lock().expect("directory lock");
+        if dir.is_reserved(self.id) {
+            dir.release(self.id);
+        }
+    }
+}
+
+/// Another create of the same id is in flight: wait for its record.
+async fn existing_after_race(ctx: &Ctx, id: &SessionId) -> Result<SessionInfo, WireError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = ctx.registry.get(id).await.map_err(registry_err)? {
+            if v.record.state != SessionState::Starting || Instant::now() >= deadline {
+                return Ok(v.info());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(WireError::new(ErrorCode::Conflict, "a concurrent create of this id did not complete"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the source of a claimed session and waits for its first frame.
+async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo, WireError> {
+    let id = claimed.record.id.clone();
+    let epoch = claimed.record.epoch;
+    {
+        // Keep (or take) the slot for this session.
+        let mut dir = ctx.dir.lock().expect("directory lock");
+        if !dir.is_reserved(&id) {
+            if let Err(r) = dir.reserve(&id) {
+                drop(dir);
+                return Err(match r {
+                    Refusal::Full => WireError::new(ErrorCode::NoCapacity, "this worker is at its session limit"),
+                    Refusal::Draining => WireError::new(ErrorCode::Unavailable, "this worker is shutting down"),
+                    Refusal::Present => WireError::new(ErrorCode::Conflict, "session already running here"),
+                });
+            }
+        }
+    }
+    let source = match ctx.factory.start(&claimed.record.spec.source) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(session_id = %id, error = %e, "source failed to start");
+            ctx.dir.lock().expect("directory lock").release(&id);
+            let mut rec = claimed.record.clone();
+            rec.state = SessionState::Ended;
+            rec.ended = Some(bus_schema::Ended {
+                reason: bus_schema::EndReason::SourceFailed,
+                at: Timestamp::now(),
+                detail: Some(e.to_string()),
+            });
+            let _ = ctx.registry.update(&rec, claimed.revision).await;
+            return Err(WireError::new(ErrorCode::SourceFailed, format!("source failed to start: {e}")));
+        }
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let (live_tx, live_rx) = oneshot::channel();
+    ctx.dir
+        .lock()
+        .expect("directory lock")
+        .fill(&id, epoch, SessionHandle { tx });
+    let session = Session::new(ctx.clone(), claimed, source);
+    let span = tracing::info_span!("session", session_id = %id, epoch, worker_id = %ctx.me);
+    ctx.tracker.spawn(session.run(rx, live_tx).instrument(span));
+    live_rx
+        .await
+        .unwrap_or_else(|_| Err(WireError::new(ErrorCode::Internal, "session task ended unexpectedly")))
+}
+
+/// keepalive and stop, public (`placeable`: may forward) or direct.
+async fn command(ctx: &Arc<Ctx>, req: &Request, verb: SessionVerb, public: bool) -> Answer<SessionInfo> {
+    let id = match session_id(ctx, req) {
+        Ok(id) => id,
+        Err(e) => return Answer::Reply(Err(e)),
+    };
+    let detail = match verb {
+        SessionVerb::Stop => match decode::<StopSession>(&req.message.payload) {
+            Ok(s) => s.detail,
+            Err(e) => return Answer::Reply(Err(e)),
+        },
+        _ => match decode::<Keepalive>(&req.message.payload) {
+            Ok(_) => None,
+            Err(e) => return Answer::Reply(Err(e)),
+        },
+    };
+    let local = ctx.dir.lock().expect("directory lock").get(&id);
+    if let Some((_, handle)) = local {
+        let r = match verb {
+            SessionVerb::Stop => handle.ask(|reply| Cmd::Stop { detail, reply }).await,
+            _ => handle.ask(Cmd::Keepalive).await,
+        };
+        return Answer::Reply(r);
+    }
+    let v = match ctx.registry.get(&id).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return Answer::Reply(Err(WireError::not_found(format!("session {id}")))),
+        Err(e) => return Answer::Reply(Err(registry_err(e))),
+    };
+    if v.record.state == SessionState::Ended {
+        return Answer::Reply(match verb {
+            // Stopping an ended session is a no-op that says how it ended.
+            SessionVerb::Stop => Ok(v.info()),
+            _ => Err(WireError::new(
+                ErrorCode::Ended,
+                format!(
+                    "session {id} has ended: {}",
+                    v.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("unknown")
+                ),
+            )),
+        });
+    }
+    if public && v.record.owner != ctx.me {
+        let s = &ctx.bus.subjects;
+        let subject = match verb {
+            SessionVerb::Stop => s.worker_stop(&v.record.owner, &id).to_string(),
+            _ => s.worker_keepalive(&v.record.owner, &id).to_string(),
+        };
+        return forward(ctx, req, subject).await;
+    }
+    Answer::Reply(Err(WireError::new(
+        ErrorCode::Conflict,
+        format!("session {id} is starting or moving; retry"),
+    )))
+}
+
+async fn adopt(ctx: &Arc<Ctx>, req: &Request) -> Result<SessionInfo, WireError> {
+    let id = session_id(ctx, req)?;
+    let cmd: AdoptSession = decode(&req.message.payload)?;
+    let v = ctx
+        .registry
+        .get(&id)
+        .await
+        .map_err(registry_err)?
+        .ok_or_else(|| WireError::not_found(format!("session {id}")))?;
+    if let Some((epoch, handle)) = ctx.dir.lock().expect("directory lock").get(&id) {
+        if epoch == cmd.epoch {
+            drop(handle);
+            return Ok(v.info());
+        }
+    }
+    if v.record.owner != ctx.me || v.record.epoch != cmd.epoch || v.record.state != SessionState::Starting {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("the registry does not give session {id} to this worker under epoch {}", cmd.epoch),
+        ));
+    }
+    start_session(ctx, v).await
+}
+
+async fn fence(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
+    let id = session_id(ctx, req)?;
+    let cmd: Fence = decode(&req.message.payload)?;
+    let local = ctx.dir.lock().expect("directory lock").get(&id);
+    if let Some((epoch, handle)) = local {
+        if epoch <= cmd.epoch {
+            warn!(session_id = %id, epoch, "fenced by the janitor; stopping");
+            handle.ask(Cmd::Fence).await?;
+        }
+    }
+    Ok(Ack {})
+}
