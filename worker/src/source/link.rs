@@ -1,0 +1,297 @@
+//! The handle a session holds and the link its source threads hold.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::{Media, Overlay, SourceError, SourceExit, STOP_TIMEOUT};
+
+/// Requests from the handle to the source, and counters back.
+#[derive(Default)]
+struct Control {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    keyframe_wanted: AtomicBool,
+    overlay: Mutex<Option<Overlay>>,
+    frames_encoded: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking source thread must not take the handle down with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a source thread holds: the output, the requests, the stop signal.
+#[derive(Clone)]
+pub struct SourceLink {
+    media: broadcast::Sender<Media>,
+    control: Arc<Control>,
+    exit: watch::Sender<Option<SourceExit>>,
+}
+
+impl SourceLink {
+    /// Sends to every subscriber; having none is normal.
+    pub fn publish(&self, media: Media) {
+        let _ = self.media.send(media);
+    }
+
+    /// Whether a keyframe was asked for since the last call (which clears it).
+    pub fn take_keyframe_request(&self) -> bool {
+        self.control.keyframe_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// The overlay set since the last call, if any.
+    pub fn take_overlay(&self) -> Option<Overlay> {
+        lock(&self.control.overlay).take()
+    }
+
+    /// Counts one encoded video frame.
+    pub fn count_frame(&self) {
+        self.control.frames_encoded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        *lock(&self.control.stop)
+    }
+
+    /// Sleeps until `deadline`, waking early when a stop is requested.
+    /// Returns `true` if the source should stop.
+    pub fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut stopped = lock(&self.control.stop);
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            stopped = self
+                .control
+                .wake
+                .wait_timeout(stopped, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn request_stop(&self) {
+        *lock(&self.control.stop) = true;
+        self.control.wake.notify_all();
+    }
+
+    /// Records how the source ended; the first record wins.
+    fn record_exit(&self, exit: SourceExit) {
+        self.exit.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(exit);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Records a panic as a failure while the thread unwinds.
+struct PanicGuard(Option<SourceLink>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.record_exit(SourceExit::Failed("source thread panicked".into()));
+            link.request_stop();
+        }
+    }
+}
+
+/// A running source. Dropping it stops the source without waiting.
+pub struct SourceHandle {
+    link: SourceLink,
+    exit: watch::Receiver<Option<SourceExit>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Each thread holds a clone; the channel closes when all have ended.
+    alive_tx: Option<mpsc::Sender<()>>,
+    alive_rx: mpsc::Receiver<()>,
+}
+
+impl SourceHandle {
+    /// A handle with no threads yet. `media_capacity` is the broadcast depth
+    /// per subscriber (about two seconds of media).
+    pub fn new(media_capacity: usize) -> Self {
+        let (media, _) = broadcast::channel(media_capacity.max(1));
+        let (exit, exit_rx) = watch::channel(None);
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        SourceHandle {
+            link: SourceLink {
+                media,
+                control: Arc::default(),
+                exit,
+            },
+            exit: exit_rx,
+            threads: Vec::new(),
+            alive_tx: Some(alive_tx),
+            alive_rx,
+        }
+    }
+
+    /// Runs `body` on a new named OS thread. `Ok(())` means the source ended
+    /// cleanly (asked to stop, or its input ended), `Err(reason)` that it
+    /// failed; either way the source's other threads are asked to stop, and
+    /// unless a stop was requested [`exited`](Self::exited) reports it.
+    pub fn spawn_thread<F>(&mut self, name: &str, body: F) -> Result<(), SourceError>
+    where
+        F: FnOnce(SourceLink) -> Result<(), String> + Send + 'static,
+    {
+        let link = self.link.clone();
+        let alive = self.alive_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _alive = alive;
+                let mut guard = PanicGuard(Some(link.clone()));
+                let outcome = body(link.clone());
+                guard.0 = None;
+                match outcome {
+                    Ok(()) => link.record_exit(SourceExit::Stopped),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "source failed");
+                        link.record_exit(SourceExit::Failed(reason));
+                    }
+                }
+                link.request_stop();
+            })
+            .map_err(SourceError::Spawn)?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Every consumer gets every frame from now on; a consumer more than
+    /// about two seconds behind gets `Lagged` and skips ahead.
+    pub fn subscribe(&self) -> broadcast::Receiver<Media> {
+        self.link.media.subscribe()
+    }
+
+    /// The next video frame will be an IDR. Calls before that frame coalesce.
+    pub fn request_keyframe(&self) {
+        self.link
+            .control
+            .keyframe_wanted
+            .store(true, Ordering::Release);
+    }
+
+    /// Latest wins; drawn on the next frames.
+    pub fn set_overlay(&self, overlay: Overlay) {
+        *lock(&self.link.control.overlay) = Some(overlay);
+    }
+
+    pub fn frames_encoded(&self) -> u64 {
+        self.link.control.frames_encoded.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the source ends on its own (normally a failure); pending
+    /// forever while it runs. Cancel-safe, and resolves again if called again.
+    pub async fn exited(&mut self) -> SourceExit {
+        loop {
+            if let Some(exit) = self.exit.borrow_and_update().clone() {
+                return exit;
+            }
+            if self.exit.changed().await.is_err() {
+                // Unreachable while `self.link` holds the sender.
+                return SourceExit::Failed("source ended without a record".into());
+            }
+        }
+    }
+
+    /// Stops the source and waits, at most [`STOP_TIMEOUT`], for its threads.
+    pub async fn stop(mut self) {
+        self.link.request_stop();
+        self.alive_tx = None;
+        let ended = tokio::time::timeout(STOP_TIMEOUT, async {
+            while self.alive_rx.recv().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            tracing::warn!(timeout = ?STOP_TIMEOUT, "source threads still running after stop; detaching them");
+            return;
+        }
+        for thread in self.threads.drain(..) {
+            // The thread has returned from its body; this is its last breath.
+            if thread.join().is_err() {
+                tracing::warn!("source thread panicked");
+            }
+        }
+    }
+
+    /// Test hook: the join handles, to watch the threads end after a drop.
+    #[cfg(test)]
+    pub(crate) fn take_threads(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.threads)
+    }
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        self.link.request_stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn failure_in_a_thread_is_reported_and_stops_the_others() {
+        let mut handle = SourceHandle::new(4);
+        handle
+            .spawn_thread("test-waiter", |link| {
+                while !link.sleep_until(Instant::now() + Duration::from_secs(10)) {}
+                Ok(())
+            })
+            .unwrap();
+        handle
+            .spawn_thread("test-failer", |_| Err("boom".into()))
+            .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), handle.exited())
+            .await
+            .expect("exited resolves after a failure");
+        assert_eq!(exit, SourceExit::Failed("boom".into()));
+        // A second call gives the same answer.
+        assert_eq!(handle.exited().await, SourceExit::Failed("boom".into()));
+        let started = Instant::now();
+        handle.stop().await;
+        assert!(started.elapsed() < STOP_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_failure() {
+        let mut handle = SourceHandle::new(4);
+        handle
+            .spawn_thread("test-panicker", |_| panic!("deliberate"))
+            .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), handle.exited())
+            .await
+            .expect("exited resolves after a panic");
+        assert_eq!(exit, SourceExit::Failed("source thread panicked".into()));
+    }
+
+    #[tokio::test]
+    async fn exited_is_pending_while_running() {
+        let mut handle = SourceHandle::new(4);
+        handle
+            .spawn_thread("test-waiter", |link| {
+                while !link.sleep_until(Instant::now() + Duration::from_secs(10)) {}
+                Ok(())
+            })
+            .unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(100), handle.exited()).await;
+        assert!(pending.is_err(), "exited resolved while the source ran");
+        let started = Instant::now();
+        handle.stop().await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,180 @@
+//! Media sources: where a session's encoded video and audio come from.
+//!
+//! A [`SourceFactory`] turns a [`bus_schema::SourceSpec`] into a running
+//! source and hands back a [`SourceHandle`]. The handle is the only way in:
+//! consumers [`subscribe`](SourceHandle::subscribe) to a broadcast of
+//! [`Media`] (every consumer gets every frame), ask for keyframes, push the
+//! viewers' merged input as an [`Overlay`], and stop the source.
+//!
+//! A source runs on its own OS threads (encoding is CPU work that must not
+//! stall the async runtime). The threads talk to the handle only through a
+//! [`SourceLink`]: atomics and a small mutex for requests, a condition
+//! variable for the stop signal, and the broadcast sender for output.
+//!
+//! Invariants:
+//! - No source thread outlives its handle for long: dropping the handle asks
+//!   the threads to stop (without blocking), and [`SourceHandle::stop`] waits
+//!   for them, bounded by [`STOP_TIMEOUT`].
+//! - Video is H.264 constrained baseline in Annex B, one access unit per
+//!   [`EncodedVideo`], with SPS and PPS in front of every IDR.
+//! - Audio is Opus at 48 kHz, stereo, 20 ms per [`EncodedAudio`].
+
+mod annexb;
+mod link;
+mod picture;
+mod synthetic;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
+pub use link::{SourceHandle, SourceLink};
+pub use picture::{draw_frame, I420};
+pub use synthetic::SyntheticFactory;
+
+/// The RTP clock of H.264 video.
+pub const VIDEO_CLOCK_HZ: u32 = 90_000;
+/// Opus always runs at 48 kHz on the wire.
+pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
+/// Channels in every [`EncodedAudio`] this module produces.
+pub const AUDIO_CHANNELS: u16 = 2;
+/// Samples per channel in one 20 ms audio packet.
+pub const AUDIO_FRAME_SAMPLES: u32 = AUDIO_SAMPLE_RATE / 50;
+/// The longest [`SourceHandle::stop`] waits for a source's threads.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One H.264 access unit.
+pub struct EncodedVideo {
+    /// Position in this source's output, from 0, without gaps.
+    pub seq: u64,
+    /// Presentation time on the 90 kHz clock, from the frame's slot in the
+    /// schedule: frames skipped because the source fell behind leave a gap here.
+    pub pts_90k: u64,
+    /// An IDR picture, preceded by SPS and PPS: a decoder can start here.
+    pub keyframe: bool,
+    /// NAL units with 4-byte start codes.
+    pub annexb: Bytes,
+    pub width: u32,
+    pub height: u32,
+    /// When the picture was taken (for the synthetic source: drawn).
+    pub captured_at: Instant,
+}
+
+/// One 20 ms Opus packet (48 kHz, [`AUDIO_CHANNELS`] channels).
+pub struct EncodedAudio {
+    /// Position in this source's output, from 0, without gaps.
+    pub seq: u64,
+    /// Presentation time in samples per channel at 48 kHz.
+    pub pts_48k: u64,
+    pub opus: Bytes,
+    pub captured_at: Instant,
+}
+
+// Debug without the payload bytes, which would flood a log.
+impl std::fmt::Debug for EncodedVideo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedVideo")
+            .field("seq", &self.seq)
+            .field("pts_90k", &self.pts_90k)
+            .field("keyframe", &self.keyframe)
+            .field("annexb_len", &self.annexb.len())
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EncodedAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedAudio")
+            .field("seq", &self.seq)
+            .field("pts_48k", &self.pts_48k)
+            .field("opus_len", &self.opus.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a source broadcasts. Cloning is cheap (an `Arc`).
+#[derive(Clone, Debug)]
+pub enum Media {
+    Video(Arc<EncodedVideo>),
+    Audio(Arc<EncodedAudio>),
+}
+
+/// What the viewers' merged input looks like, drawn into the synthetic
+/// picture (the round trip made visible).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overlay {
+    /// Pointer position in picture pixels (clamped to the picture).
+    pub cursor: Option<(u32, u32)>,
+    pub keys_down: Vec<String>,
+    pub buttons_down: Vec<String>,
+    pub pads: Vec<String>,
+    /// Free text; newlines start new lines.
+    pub text: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The encoder refused its configuration or failed to initialise.
+    #[error("encoder error: {0}")]
+    Encoder(String),
+    /// No factory here can start this kind of source.
+    #[error("unsupported source: {0}")]
+    Unsupported(String),
+    /// The spec is of a known kind but its values are out of range.
+    #[error("invalid source spec: {0}")]
+    InvalidSpec(String),
+    /// The operating system would not start a source thread.
+    #[error("could not start a source thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// How a source ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceExit {
+    /// It ended cleanly (asked to, or its input ended).
+    Stopped,
+    /// It failed; the reason is for the log.
+    Failed(String),
+}
+
+/// Starts sources from specs. Object-safe so real sources (Moonlight host,
+/// RTP feed, desktop capture) plug in later.
+pub trait SourceFactory: Send + Sync + 'static {
+    /// Starts a source. May block for a few milliseconds while encoders
+    /// initialise (the synthetic source encodes its first frame here, so
+    /// configuration errors surface as [`SourceError::Encoder`]).
+    fn start(&self, spec: &bus_schema::SourceSpec) -> Result<SourceHandle, SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads_and_factories_are_objects() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SourceHandle>();
+        send_sync::<Media>();
+        let _: Arc<dyn SourceFactory> = Arc::new(SyntheticFactory);
+    }
+
+    #[test]
+    fn debug_leaves_out_the_payload() {
+        let v = EncodedVideo {
+            seq: 1,
+            pts_90k: 3000,
+            keyframe: true,
+            annexb: Bytes::from(vec![0xAB; 1000]),
+            width: 2,
+            height: 2,
+            captured_at: Instant::now(),
+        };
+        let text = format!("{:?}", Media::Video(Arc::new(v)));
+        assert!(text.contains("annexb_len: 1000"), "{text}");
+        assert!(text.len() < 200, "{text}");
+    }
+}
