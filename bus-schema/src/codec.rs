@@ -102,6 +102,13 @@ pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, WireError> {
             format!("JSON nested deeper than {MAX_DEPTH} levels"),
         ));
     }
+    if !text.trim_start().starts_with('{') {
+        // serde would read a struct from an array too; commands are objects.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(e) => WireError::from_json(&e),
+            Ok(_) => WireError::new(ErrorCode::InvalidRequest, "a command must be a JSON object"),
+        });
+    }
     serde_json::from_str(text).map_err(|e| WireError::from_json(&e))
 }
 
@@ -145,6 +152,8 @@ mod tests {
         assert_eq!(code(b"{"), ErrorCode::Malformed);
         assert_eq!(code(b"\xff\xfe"), ErrorCode::Malformed);
         assert_eq!(code(b"[1,2]"), ErrorCode::InvalidRequest);
+        assert_eq!(code(b"[]"), ErrorCode::InvalidRequest, "arrays never stand in for commands");
+        assert_eq!(code(b"null"), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"idd":"x"}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"id":5}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"id":"a.b"}"#), ErrorCode::InvalidId);

@@ -77,28 +77,32 @@ impl Registry {
         if let Ok(kv) = js.get_key_value(&bucket).await {
             return Ok(Self { kv });
         }
-        let kv = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "stream sessions: owner, epoch, state, spec".into(),
-                history: 1,
-                max_value_size: 64 * 1024,
-                storage: match storage {
-                    Storage::File => jetstream::stream::StorageType::File,
-                    Storage::Memory => jetstream::stream::StorageType::Memory,
-                },
-                ..Default::default()
-            })
-            .await;
-        match kv {
-            Ok(kv) => Ok(Self { kv }),
-            // Another service created it between our get and create.
-            Err(_) => js
-                .get_key_value(&bucket)
-                .await
-                .map(|kv| Self { kv })
-                .map_err(unavailable),
-        }
+        // The bucket's stream is created directly, with the key-value
+        // conventions (KV_<bucket>, $KV.<bucket>.>, one value per key):
+        // `create_key_value` first reads account info in a shape that
+        // Debian's nats-server 2.9 does not send.
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("stream sessions: owner, epoch, state, spec".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: 64 * 1024,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            storage: match storage {
+                Storage::File => jetstream::stream::StorageType::File,
+                Storage::Memory => jetstream::stream::StorageType::Memory,
+            },
+            ..Default::default()
+        };
+        let kv = match js.get_or_create_stream(stream).await {
+            Ok(_) => js.get_key_value(&bucket).await.map_err(unavailable),
+            Err(e) => Err(unavailable(e)),
+        };
+        kv.map(|kv| Self { kv })
     }
 
     /// Opens the bucket, retrying until `deadline` passes (services start

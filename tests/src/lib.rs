@@ -346,3 +346,18 @@ pub async fn raw_request(client: &async_nats::Client, subject: &str, body: &str)
     .unwrap_or_else(|e| panic!("request on {subject} failed: {e}"));
     serde_json::from_slice(&reply.payload).expect("reply is JSON")
 }
+
+/// Reads a session's registry entry straight from JetStream (no worker
+/// needed), as JSON.
+pub async fn registry_get(client: &async_nats::Client, id: &str) -> Option<serde_json::Value> {
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = bus_schema::Subjects::default();
+    let reg = bus_schema::registry::Registry::open(&js, &subjects, bus_schema::registry::Storage::Memory)
+        .await
+        .expect("registry opens");
+    let id = bus_schema::SessionId::parse(id).expect("valid id");
+    reg.get(&id)
+        .await
+        .expect("registry readable")
+        .map(|v| serde_json::to_value(v.record).expect("record to JSON"))
+}
