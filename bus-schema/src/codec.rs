@@ -40,6 +40,15 @@ impl Command for AdoptSession {
 impl Command for Fence {
     type Reply = Ack;
 }
+impl Command for JoinPeer {
+    type Reply = Joined;
+}
+impl Command for PeerSignal {
+    type Reply = Ack;
+}
+impl Command for crate::input::InjectInput {
+    type Reply = Ack;
+}
 
 /// The reply envelope, as it is on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::ids::{SessionId, WorkerId};
+use crate::ids::{PeerId, SessionId, WorkerId};
 use crate::time::{HumanDuration, Timestamp};
 
 // ---------------------------------------------------------------- sources
@@ -335,6 +335,86 @@ impl Heartbeat {
     }
 }
 
+// ---------------------------------------------------------------- viewers
+
+/// What a viewer may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees, hears and sends input.
+    Control,
+    /// Sees and hears; input is refused.
+    #[default]
+    View,
+}
+
+/// A STUN or TURN server, in the shape of the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// `session.<id>.join`: attach a viewer. The owner creates an
+/// RTCPeerConnection (the worker offers) and answers with its offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinPeer {
+    pub peer: PeerId,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// Reply to `join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Joined {
+    pub session: SessionId,
+    pub peer: PeerId,
+    pub worker: WorkerId,
+    pub epoch: u64,
+    pub role: Role,
+    /// The worker's SDP offer: H.264 video, Opus audio, data channel `input`.
+    pub offer: String,
+    pub ice_servers: Vec<IceServer>,
+    pub viewers: u32,
+}
+
+/// An ICE candidate, as `RTCIceCandidateInit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Candidate {
+    pub candidate: String,
+    #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// Viewer to worker, through the api: `worker.<w>.session.<id>.peer.<peer>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerSignal {
+    Answer { sdp: String },
+    Candidate { candidate: Candidate },
+    /// The viewer leaves; everything it held is released.
+    Leave,
+}
+
+/// Worker to viewer, through the api: `peer.<peer>.out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToPeer {
+    Candidate { candidate: Candidate },
+    /// The number of viewers changed.
+    Viewers { count: u32 },
+    /// The session ended; the viewer should show why.
+    Ended { reason: EndReason },
+    /// The worker dropped this peer (for example after an ICE failure).
+    Closed { reason: String },
+}
+
 // ---------------------------------------------------------------- events
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -346,6 +426,8 @@ pub enum SessionEventKind {
     Ended,
     /// The janitor moved the session to another worker.
     Moved,
+    ViewerJoined,
+    ViewerLeft,
 }
 
 impl SessionEventKind {
@@ -354,6 +436,8 @@ impl SessionEventKind {
             SessionEventKind::Started => "started",
             SessionEventKind::Ended => "ended",
             SessionEventKind::Moved => "moved",
+            SessionEventKind::ViewerJoined => "viewer_joined",
+            SessionEventKind::ViewerLeft => "viewer_left",
         }
     }
 }
@@ -370,6 +454,11 @@ pub struct SessionEvent {
     pub reason: Option<EndReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For viewer events: who, and how many viewers now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::PeerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<u32>,
 }
 
 /// `event.worker.<id>.lost`: the janitor declared a worker dead.

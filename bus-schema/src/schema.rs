@@ -22,6 +22,12 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("Heartbeat", schema_for!(Heartbeat)),
         ("SessionEvent", schema_for!(SessionEvent)),
         ("WorkerLost", schema_for!(WorkerLost)),
+        ("JoinPeer", schema_for!(JoinPeer)),
+        ("Joined", schema_for!(Joined)),
+        ("PeerSignal", schema_for!(PeerSignal)),
+        ("ToPeer", schema_for!(ToPeer)),
+        ("InjectInput", schema_for!(crate::input::InjectInput)),
+        ("InputEvent", schema_for!(crate::input::InputEvent)),
         ("ReplyEnvelope", schema_for!(Envelope<serde_json::Value>)),
     ]
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use crate::error::{ErrorCode, WireError};
-use crate::ids::{SessionId, WorkerId};
+use crate::ids::{PeerId, SessionId, WorkerId};
 use crate::messages::*;
 
 /// The protocol version token present in every subject.
@@ -63,15 +63,25 @@ pub enum SessionVerb {
     Get,
     Keepalive,
     Stop,
+    Join,
+    Input,
 }
 
 impl SessionVerb {
-    pub const ALL: [SessionVerb; 3] = [SessionVerb::Get, SessionVerb::Keepalive, SessionVerb::Stop];
+    pub const ALL: [SessionVerb; 5] = [
+        SessionVerb::Get,
+        SessionVerb::Keepalive,
+        SessionVerb::Stop,
+        SessionVerb::Join,
+        SessionVerb::Input,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             SessionVerb::Get => "get",
             SessionVerb::Keepalive => "keepalive",
             SessionVerb::Stop => "stop",
+            SessionVerb::Join => "join",
+            SessionVerb::Input => "input",
         }
     }
 }
@@ -151,6 +161,16 @@ impl Subjects {
         Subject::new(format!("{}.session.{id}.stop", self.base()))
     }
 
+    /// Attach a viewer. Reply: [`Joined`].
+    pub fn session_join(&self, id: &SessionId) -> Subject<JoinPeer> {
+        Subject::new(format!("{}.session.{id}.join", self.base()))
+    }
+
+    /// Inject input as the backend. Reply: [`Ack`].
+    pub fn session_input(&self, id: &SessionId) -> Subject<crate::input::InjectInput> {
+        Subject::new(format!("{}.session.{id}.input", self.base()))
+    }
+
     /// The wildcard a worker subscribes to for one verb of any session.
     pub fn session_verb_any(&self, verb: SessionVerb) -> String {
         format!("{}.session.*.{}", self.base(), verb.as_str())
@@ -203,6 +223,41 @@ impl Subjects {
     /// gives it. Reply: [`Ack`].
     pub fn worker_fence(&self, w: &WorkerId, id: &SessionId) -> Subject<Fence> {
         Subject::new(format!("{}.worker.{w}.session.{id}.fence", self.base()))
+    }
+
+    pub fn worker_join(&self, w: &WorkerId, id: &SessionId) -> Subject<JoinPeer> {
+        Subject::new(format!("{}.worker.{w}.session.{id}.join", self.base()))
+    }
+
+    pub fn worker_input(&self, w: &WorkerId, id: &SessionId) -> Subject<crate::input::InjectInput> {
+        Subject::new(format!("{}.worker.{w}.session.{id}.input", self.base()))
+    }
+
+    /// Viewer to worker signalling for one peer. Reply: [`Ack`].
+    pub fn worker_peer(&self, w: &WorkerId, id: &SessionId, peer: &PeerId) -> Subject<PeerSignal> {
+        Subject::new(format!("{}.worker.{w}.session.{id}.peer.{peer}", self.base()))
+    }
+
+    /// Wildcard over every peer signal to one worker.
+    pub fn worker_peer_any(&self, w: &WorkerId) -> String {
+        format!("{}.worker.{w}.session.*.peer.*", self.base())
+    }
+
+    /// Worker to viewer signalling; the api serving the viewer subscribes.
+    pub fn peer_out(&self, peer: &PeerId) -> Subject<ToPeer> {
+        Subject::new(format!("{}.peer.{peer}.out", self.base()))
+    }
+
+    /// Parses `<prefix>.v1.worker.<w>.session.<id>.peer.<peer>`.
+    pub fn peer_in(&self, subject: &str) -> Result<(SessionId, PeerId), WireError> {
+        let rest = subject
+            .strip_prefix(&self.base())
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or_else(|| WireError::new(ErrorCode::InvalidRequest, "subject outside this prefix"))?;
+        match rest.split('.').collect::<Vec<_>>().as_slice() {
+            ["worker", _w, "session", id, "peer", peer] => Ok((SessionId::parse(*id)?, PeerId::parse(*peer)?)),
+            _ => Err(WireError::new(ErrorCode::InvalidRequest, format!("subject {subject:?} names no peer"))),
+        }
     }
 
     /// Wildcard over one worker's per-session verb.
