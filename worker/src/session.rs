@@ -288,6 +288,8 @@ impl Session {
             at: Timestamp::now(),
             reason,
             detail,
+            peer: None,
+            viewers: None,
         };
         let subject = self.ctx.bus.subjects.event_session(self.id(), kind);
         if let Err(e) = self.ctx.bus.publish(&subject, &ev).await {
