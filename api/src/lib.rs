@@ -5,6 +5,8 @@
 //! the registry. Restart it and nothing is lost.
 
 pub mod error;
+pub mod token;
+pub mod ws;
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +41,11 @@ pub struct Config {
     /// `Authorization: Bearer <key>`.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Secret that signs join tokens (HMAC-SHA256). Every api instance and
+    /// any backend minting tokens share it. Random when absent (tokens then
+    /// only work with this process).
+    #[arg(long, env = "JOIN_TOKEN_SECRET", hide_env_values = true)]
+    pub join_token_secret: Option<String>,
     /// How long to wait for a worker's answer.
     #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "10s")]
     pub request_timeout: humantime::Duration,
@@ -58,7 +65,11 @@ impl Config {
 pub struct AppState {
     pub bus: Bus,
     pub api_key: Option<String>,
+    pub signer: token::Signer,
 }
+
+/// The viewer page: plain HTML and JavaScript, no build step.
+const VIEWER_HTML: &str = include_str!("../static/viewer.html");
 
 /// The router, for `axum::serve` and for in-process tests.
 pub fn app(state: AppState) -> Router {
@@ -67,6 +78,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sessions", post(create).get(list))
         .route("/api/sessions/{id}", get(get_one).delete(stop))
         .route("/api/sessions/{id}/keepalive", post(keepalive))
+        .route("/api/sessions/{id}/tokens", post(mint_token))
+        .route("/api/sessions/{id}/ws", get(ws::upgrade))
+        .route("/view/{id}", get(viewer_page))
         .with_state(state)
 }
 
@@ -148,6 +162,50 @@ async fn keepalive(
     Ok(Json(s.bus.request(&s.bus.subjects.session_keepalive(&id), &Keepalive {}).await?))
 }
 
+async fn viewer_page() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        VIEWER_HTML,
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    role: bus_schema::Role,
+    #[serde(default)]
+    ttl: Option<bus_schema::HumanDuration>,
+}
+
+/// Mints a join token for a live session; returns it with the page URL.
+async fn mint_token(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    let id = parse_id(&id)?;
+    let req: TokenRequest = decode(&body)?;
+    // Only sessions that exist get tokens.
+    let info = s.bus.request(&s.bus.subjects.session_get(&id), &GetSession {}).await?;
+    if info.record.state == bus_schema::SessionState::Ended {
+        return Err(WireError::new(ErrorCode::Ended, format!("session {id} has ended")).into());
+    }
+    let ttl = req.ttl.map(|d| d.get()).unwrap_or(Duration::from_secs(3600));
+    let token = s.signer.mint(&id, req.role, ttl, std::time::SystemTime::now());
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "token": token,
+            "role": req.role,
+            "url": format!("/view/{id}?token={token}"),
+            "ws": format!("/api/sessions/{id}/ws?token={token}"),
+        })),
+    ))
+}
+
 /// Serves the api on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -158,9 +216,17 @@ pub async fn run(
     let subjects = Subjects::new(&config.subject_prefix)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let bus = Bus::new(client, subjects).with_timeout(*config.request_timeout);
+    let secret = match &config.join_token_secret {
+        Some(s) if !s.is_empty() => s.clone().into_bytes(),
+        _ => {
+            tracing::warn!("JOIN_TOKEN_SECRET not set: tokens are signed with a random key and only this process accepts them");
+            uuid::Uuid::new_v4().as_bytes().to_vec()
+        }
+    };
     let state = AppState {
         bus,
         api_key: config.api_key.clone(),
+        signer: token::Signer::new(secret),
     };
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     axum::serve(listener, app(state))

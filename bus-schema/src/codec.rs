@@ -40,6 +40,9 @@ impl Command for AdoptSession {
 impl Command for Fence {
     type Reply = Ack;
 }
+impl Command for GetStats {
+    type Reply = SessionStats;
+}
 impl Command for JoinPeer {
     type Reply = Joined;
 }

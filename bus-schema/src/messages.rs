@@ -415,6 +415,35 @@ pub enum ToPeer {
     Closed { reason: String },
 }
 
+/// `session.<id>.stats`: what the owner sees right now. No fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetStats {}
+
+/// One attached viewer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ViewerInfo {
+    pub peer: PeerId,
+    pub role: Role,
+}
+
+/// Reply to `session.<id>.stats`: the live state of a session on its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionStats {
+    pub id: SessionId,
+    pub worker: WorkerId,
+    pub epoch: u64,
+    pub frames_encoded: u64,
+    pub viewers: Vec<ViewerInfo>,
+    /// The merged input: keys and mouse buttons held by any viewer.
+    pub keys_down: Vec<String>,
+    pub buttons_down: Vec<u8>,
+    /// Input events accepted from viewers and the backend.
+    pub input_events: u64,
+    /// Input messages refused (view-only senders, malformed packets).
+    pub input_refused: u64,
+}
+
 // ---------------------------------------------------------------- events
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -202,7 +202,7 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.record.created_at.cmp(&b.record.created_at));
+        out.sort_by_key(|v| v.record.created_at);
         Ok(out)
     }
 }

@@ -22,6 +22,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("Heartbeat", schema_for!(Heartbeat)),
         ("SessionEvent", schema_for!(SessionEvent)),
         ("WorkerLost", schema_for!(WorkerLost)),
+        ("GetStats", schema_for!(GetStats)),
+        ("SessionStats", schema_for!(SessionStats)),
         ("JoinPeer", schema_for!(JoinPeer)),
         ("Joined", schema_for!(Joined)),
         ("PeerSignal", schema_for!(PeerSignal)),

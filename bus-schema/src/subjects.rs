@@ -65,15 +65,17 @@ pub enum SessionVerb {
     Stop,
     Join,
     Input,
+    Stats,
 }
 
 impl SessionVerb {
-    pub const ALL: [SessionVerb; 5] = [
+    pub const ALL: [SessionVerb; 6] = [
         SessionVerb::Get,
         SessionVerb::Keepalive,
         SessionVerb::Stop,
         SessionVerb::Join,
         SessionVerb::Input,
+        SessionVerb::Stats,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +84,7 @@ impl SessionVerb {
             SessionVerb::Stop => "stop",
             SessionVerb::Join => "join",
             SessionVerb::Input => "input",
+            SessionVerb::Stats => "stats",
         }
     }
 }
@@ -169,6 +172,15 @@ impl Subjects {
     /// Inject input as the backend. Reply: [`Ack`].
     pub fn session_input(&self, id: &SessionId) -> Subject<crate::input::InjectInput> {
         Subject::new(format!("{}.session.{id}.input", self.base()))
+    }
+
+    /// The owner's live view of a session. Reply: [`SessionStats`].
+    pub fn session_stats(&self, id: &SessionId) -> Subject<GetStats> {
+        Subject::new(format!("{}.session.{id}.stats", self.base()))
+    }
+
+    pub fn worker_stats(&self, w: &WorkerId, id: &SessionId) -> Subject<GetStats> {
+        Subject::new(format!("{}.worker.{w}.session.{id}.stats", self.base()))
     }
 
     /// The wildcard a worker subscribes to for one verb of any session.

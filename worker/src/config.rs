@@ -38,6 +38,22 @@ pub struct Config {
     /// Maximum lifetime for sessions created without one.
     #[arg(long, env = "DEFAULT_MAX_LIFETIME", default_value = "24h")]
     pub default_max_lifetime: humantime::Duration,
+    /// The most viewers one session takes.
+    #[arg(long, env = "MAX_VIEWERS", default_value_t = 32)]
+    pub max_viewers: u32,
+    /// STUN/TURN servers handed to both sides, comma separated. TURN
+    /// credentials go in the URL's user part: `turn:user:pass@host:3478`.
+    #[arg(long, env = "ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// Public IPs to advertise for this host (NAT 1:1), comma separated.
+    #[arg(long, env = "PUBLIC_IPS", value_delimiter = ',')]
+    pub public_ips: Vec<String>,
+    /// One UDP port for every viewer (ICE UDP mux).
+    #[arg(long, env = "UDP_PORT")]
+    pub udp_port: Option<u16>,
+    /// A UDP port range for viewers, `min-max`.
+    #[arg(long, env = "UDP_PORT_RANGE")]
+    pub udp_port_range: Option<String>,
     /// Where the registry bucket keeps its data when this worker creates it.
     #[arg(long, env = "REGISTRY_STORAGE", value_enum, default_value = "file")]
     pub registry_storage: StorageKind,
@@ -75,6 +91,34 @@ impl Config {
         Ok((subjects, id))
     }
 
+    /// ICE settings for the WebRTC engine.
+    pub fn rtc_settings(&self) -> Result<crate::rtc::RtcSettings, WireError> {
+        let bad = |m: String| WireError::new(bus_schema::ErrorCode::InvalidRequest, m);
+        let udp_port_range = match &self.udp_port_range {
+            None => None,
+            Some(r) => {
+                let (lo, hi) = r
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+                    .filter(|(a, b)| a <= b && *a > 0)
+                    .ok_or_else(|| bad(format!("UDP_PORT_RANGE {r:?} is not min-max")))?;
+                Some((lo, hi))
+            }
+        };
+        let ice_servers = self
+            .ice_servers
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| parse_ice_server(u.trim()).ok_or_else(|| bad(format!("ICE server {u:?} is not stun:/turn:/turns:"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::rtc::RtcSettings {
+            ice_servers,
+            nat_1to1_ips: self.public_ips.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            udp_port: self.udp_port,
+            udp_port_range,
+        })
+    }
+
     /// The spec of a create, every default filled in.
     pub fn resolve(&self, req: &CreateSession) -> SessionSpec {
         let dur = |d: Duration| bus_schema::HumanDuration::new(d).expect("validated at startup");
@@ -85,5 +129,53 @@ impl Config {
             on_worker_lost: req.on_worker_lost,
             labels: req.labels.clone(),
         }
+    }
+}
+
+/// `stun:host:port`, or `turn:user:pass@host:port` with credentials.
+fn parse_ice_server(u: &str) -> Option<bus_schema::IceServer> {
+    let (scheme, rest) = u.split_once(':')?;
+    if !matches!(scheme, "stun" | "turn" | "turns") || rest.is_empty() {
+        return None;
+    }
+    match rest.rsplit_once('@') {
+        Some((cred, host)) if scheme != "stun" => {
+            let (user, pass) = cred.split_once(':')?;
+            Some(bus_schema::IceServer {
+                urls: vec![format!("{scheme}:{host}")],
+                username: Some(user.to_string()),
+                credential: Some(pass.to_string()),
+            })
+        }
+        _ => Some(bus_schema::IceServer {
+            urls: vec![u.to_string()],
+            username: None,
+            credential: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_parse_with_and_without_credentials() {
+        let s = parse_ice_server("turn:alice:s3cret@turn.example.com:3478").unwrap();
+        assert_eq!(s.urls, ["turn:turn.example.com:3478"]);
+        assert_eq!(s.username.as_deref(), Some("alice"));
+        assert_eq!(s.credential.as_deref(), Some("s3cret"));
+        let s = parse_ice_server("stun:stun.example.com:19302").unwrap();
+        assert_eq!(s.username, None);
+        assert!(parse_ice_server("http://x").is_none());
+    }
+
+    #[test]
+    fn udp_port_range_is_checked() {
+        let mut c = Config::for_tests("nats://x");
+        c.udp_port_range = Some("40000-40100".into());
+        assert_eq!(c.rtc_settings().unwrap().udp_port_range, Some((40000, 40100)));
+        c.udp_port_range = Some("5-1".into());
+        assert!(c.rtc_settings().is_err());
     }
 }

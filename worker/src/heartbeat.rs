@@ -26,7 +26,11 @@ fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
     } else {
         dir.running()
             .into_iter()
-            .map(|(id, epoch, _)| HeldSession { id, epoch, viewers: 0 })
+            .map(|(id, epoch, h)| HeldSession {
+                id,
+                epoch,
+                viewers: h.viewers.load(Ordering::Relaxed),
+            })
             .collect()
     };
     Heartbeat {

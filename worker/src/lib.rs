@@ -9,6 +9,9 @@
 pub mod config;
 pub mod core;
 pub mod heartbeat;
+pub mod input;
+pub mod input_state;
+pub mod rtc;
 pub mod service;
 pub mod session;
 pub mod source;
@@ -36,6 +39,8 @@ pub enum WorkerError {
     Registry(#[from] bus_schema::registry::RegistryError),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("WebRTC: {0}")]
+    Rtc(String),
 }
 
 /// What every task of the worker shares. The pure cores sit behind short
@@ -46,6 +51,7 @@ pub struct Ctx {
     pub bus: Bus,
     pub registry: Registry,
     pub factory: Arc<dyn SourceFactory>,
+    pub engine: rtc::Engine,
     pub dir: Mutex<Directory<SessionHandle>>,
     pub cluster: Mutex<Cluster>,
     pub lease: Mutex<Lease>,
@@ -90,12 +96,16 @@ pub async fn run(
     };
     let registry = Registry::open_with_retry(&js, &subjects, storage, Duration::from_secs(30)).await?;
     let interval = *config.heartbeat_interval;
+    let engine = rtc::Engine::new(&config.rtc_settings()?)
+        .await
+        .map_err(|e| WorkerError::Rtc(e.to_string()))?;
     let now = Instant::now();
     let ctx = Arc::new(Ctx {
         me: me.clone(),
         bus: Bus::new(client.clone(), subjects.clone()),
         registry,
         factory,
+        engine,
         dir: Mutex::new(Directory::new(config.capacity)),
         cluster: Mutex::new(Cluster::new(me.clone(), interval * 3)),
         lease: Mutex::new(Lease::new(now, *config.lease)),

@@ -87,6 +87,27 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
     serve(&ctx, add("stop", s.session_verb_any(SessionVerb::Stop)).await?, |c, r| async move {
         command(&c, &r, SessionVerb::Stop, true).await
     });
+    serve(&ctx, add("join", s.session_verb_any(SessionVerb::Join)).await?, |c, r| async move {
+        join(&c, &r, true).await
+    });
+    serve(&ctx, add("input", s.session_verb_any(SessionVerb::Input)).await?, |c, r| async move {
+        inject(&c, &r, true).await
+    });
+    serve(&ctx, add("stats", s.session_verb_any(SessionVerb::Stats)).await?, |c, r| async move {
+        stats(&c, &r, true).await
+    });
+    serve(&ctx, add("direct-stats", s.worker_session_verb_any(me, "stats")).await?, |c, r| async move {
+        stats(&c, &r, false).await
+    });
+    serve(&ctx, add("direct-join", s.worker_session_verb_any(me, "join")).await?, |c, r| async move {
+        join(&c, &r, false).await
+    });
+    serve(&ctx, add("direct-input", s.worker_session_verb_any(me, "input")).await?, |c, r| async move {
+        inject(&c, &r, false).await
+    });
+    serve(&ctx, add("peer-signal", s.worker_peer_any(me)).await?, |c, r| async move {
+        Answer::Reply(peer_signal(&c, &r).await)
+    });
     serve(&ctx, add("direct-create", s.worker_create(me).to_string()).await?, |c, r| async move {
         create(&c, &r, false).await
     });
@@ -353,11 +374,12 @@ async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo
     };
     let (tx, rx) = mpsc::channel(64);
     let (live_tx, live_rx) = oneshot::channel();
+    let viewers = Arc::new(std::sync::atomic::AtomicU32::new(0));
     ctx.dir
         .lock()
         .expect("directory lock")
-        .fill(&id, epoch, SessionHandle { tx });
-    let session = Session::new(ctx.clone(), claimed, source);
+        .fill(&id, epoch, SessionHandle { tx, viewers: viewers.clone() });
+    let session = Session::new(ctx.clone(), claimed, source, viewers);
     let span = tracing::info_span!("session", session_id = %id, epoch, worker_id = %ctx.me);
     ctx.tracker.spawn(session.run(rx, live_tx).instrument(span));
     live_rx
@@ -456,4 +478,131 @@ async fn fence(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
         }
     }
     Ok(Ack {})
+}
+
+/// Finds the owner of a live session: here (its handle), elsewhere (its
+/// worker), or an error that says why not.
+enum Owner {
+    Here(SessionHandle),
+    There(WorkerId),
+}
+
+async fn owner_of(ctx: &Ctx, id: &SessionId) -> Result<Owner, WireError> {
+    if let Some((_, h)) = ctx.dir.lock().expect("directory lock").get(id) {
+        return Ok(Owner::Here(h));
+    }
+    match ctx.registry.get(id).await.map_err(registry_err)? {
+        None => Err(WireError::not_found(format!("session {id}"))),
+        Some(v) if v.record.state == SessionState::Ended => Err(WireError::new(
+            ErrorCode::Ended,
+            format!(
+                "session {id} has ended: {}",
+                v.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("unknown")
+            ),
+        )),
+        Some(v) if v.record.owner != ctx.me => Ok(Owner::There(v.record.owner)),
+        Some(_) => Err(WireError::new(ErrorCode::Conflict, format!("session {id} is starting or moving; retry"))),
+    }
+}
+
+async fn join(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema::Joined> {
+    let run = async {
+        let id = session_id(ctx, req)?;
+        let cmd: bus_schema::JoinPeer = decode(&req.message.payload)?;
+        Ok::<_, WireError>((id, cmd))
+    };
+    let (id, cmd) = match run.await {
+        Ok(x) => x,
+        Err(e) => return Answer::Reply(Err(e)),
+    };
+    match owner_of(ctx, &id).await {
+        Ok(Owner::Here(h)) => Answer::Reply(h.ask(|reply| Cmd::Join { join: cmd, reply }).await.and_then(|r| r)),
+        Ok(Owner::There(w)) if public => {
+            match forward_raw(ctx, req, ctx.bus.subjects.worker_join(&w, &id).to_string()).await {
+                Ok(()) => Answer::Forwarded,
+                Err(e) => Answer::Reply(Err(e)),
+            }
+        }
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Err(e) => Answer::Reply(Err(e)),
+    }
+}
+
+async fn inject(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<Ack> {
+    let run = async {
+        let id = session_id(ctx, req)?;
+        let cmd: bus_schema::InjectInput = decode(&req.message.payload)?;
+        for e in &cmd.events {
+            bus_schema::input::validate_event(e)?;
+        }
+        Ok::<_, WireError>((id, cmd))
+    };
+    let (id, cmd) = match run.await {
+        Ok(x) => x,
+        Err(e) => return Answer::Reply(Err(e)),
+    };
+    match owner_of(ctx, &id).await {
+        Ok(Owner::Here(h)) => Answer::Reply(
+            h.ask(|reply| Cmd::Inject {
+                events: cmd.events,
+                reply,
+            })
+            .await
+            .and_then(|r| r),
+        ),
+        Ok(Owner::There(w)) if public => {
+            match forward_raw(ctx, req, ctx.bus.subjects.worker_input(&w, &id).to_string()).await {
+                Ok(()) => Answer::Forwarded,
+                Err(e) => Answer::Reply(Err(e)),
+            }
+        }
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Err(e) => Answer::Reply(Err(e)),
+    }
+}
+
+async fn peer_signal(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
+    let (id, peer) = ctx.bus.subjects.peer_in(req.message.subject.as_str())?;
+    let signal: bus_schema::PeerSignal = decode(&req.message.payload)?;
+    let Some((_, h)) = ctx.dir.lock().expect("directory lock").get(&id) else {
+        return Err(WireError::not_found(format!("session {id} on this worker")));
+    };
+    h.ask(|reply| Cmd::Signal { peer, signal, reply }).await?
+}
+
+/// Hands a request to another worker with the caller's reply subject.
+async fn forward_raw(ctx: &Ctx, req: &Request, subject: String) -> Result<(), WireError> {
+    let reply = req
+        .message
+        .reply
+        .clone()
+        .ok_or_else(|| WireError::new(ErrorCode::InvalidRequest, "command without a reply subject"))?;
+    ctx.bus
+        .client
+        .publish_with_reply(subject, reply, req.message.payload.clone())
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Unavailable, "could not reach the owner"))
+}
+
+async fn stats(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema::SessionStats> {
+    let run = async {
+        let id = session_id(ctx, req)?;
+        decode::<bus_schema::GetStats>(&req.message.payload)?;
+        Ok::<_, WireError>(id)
+    };
+    let id = match run.await {
+        Ok(x) => x,
+        Err(e) => return Answer::Reply(Err(e)),
+    };
+    match owner_of(ctx, &id).await {
+        Ok(Owner::Here(h)) => Answer::Reply(h.ask(Cmd::Stats).await),
+        Ok(Owner::There(w)) if public => {
+            match forward_raw(ctx, req, ctx.bus.subjects.worker_stats(&w, &id).to_string()).await {
+                Ok(()) => Answer::Forwarded,
+                Err(e) => Answer::Reply(Err(e)),
+            }
+        }
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Err(e) => Answer::Reply(Err(e)),
+    }
 }

@@ -6,16 +6,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus_schema::registry::{RegistryError, Versioned};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use bus_schema::{
-    EndReason, Ended, ErrorCode, SessionEvent, SessionEventKind, SessionId, SessionInfo, SessionState, Timestamp,
-    WireError,
+    Ack, EndReason, Ended, ErrorCode, InputEvent, JoinPeer, Joined, PeerId, PeerSignal, Role, SessionEvent,
+    SessionEventKind, SessionId, SessionInfo, SessionState, SessionStats, Timestamp, ToPeer, ViewerInfo, WireError,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::core::SessionClock;
+use crate::input_state::{InputState, BACKEND_VIEWER};
+use crate::rtc::{Viewer, ViewerEvent};
 use crate::source::{Media, SourceExit, SourceHandle};
 use crate::Ctx;
+
+/// Viewer callbacks queued for the session task; beyond this, input floods
+/// are dropped.
+const VIEWER_EVENT_QUEUE: usize = 1024;
 
 /// How long a new source may take to produce its first encoded frame.
 pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -33,12 +42,31 @@ pub enum Cmd {
     Shutdown(oneshot::Sender<()>),
     /// The worker's lease ran out: stop streaming now, record later.
     LeaseLost,
+    /// Attach a viewer.
+    Join {
+        join: JoinPeer,
+        reply: oneshot::Sender<Result<Joined, WireError>>,
+    },
+    /// Signalling from a viewer.
+    Signal {
+        peer: PeerId,
+        signal: PeerSignal,
+        reply: oneshot::Sender<Result<Ack, WireError>>,
+    },
+    Stats(oneshot::Sender<SessionStats>),
+    /// Input injected by the backend.
+    Inject {
+        events: Vec<InputEvent>,
+        reply: oneshot::Sender<Result<Ack, WireError>>,
+    },
 }
 
 /// How the rest of the worker talks to a session task.
 #[derive(Clone)]
 pub struct SessionHandle {
     pub tx: mpsc::Sender<Cmd>,
+    /// Viewers attached now (read by the heartbeat).
+    pub viewers: Arc<AtomicU32>,
 }
 
 impl SessionHandle {
@@ -55,6 +83,11 @@ pub struct Session {
     state: Versioned,
     clock: SessionClock,
     source: Option<SourceHandle>,
+    viewers: HashMap<PeerId, Viewer>,
+    viewer_count: Arc<AtomicU32>,
+    viewer_tx: mpsc::Sender<ViewerEvent>,
+    viewer_rx: mpsc::Receiver<ViewerEvent>,
+    input: InputState,
 }
 
 enum Outcome {
@@ -67,14 +100,23 @@ enum Outcome {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<Ctx>, state: Versioned, source: SourceHandle) -> Self {
+    pub fn new(ctx: Arc<Ctx>, state: Versioned, source: SourceHandle, viewer_count: Arc<AtomicU32>) -> Self {
         let spec = &state.record.spec;
         let clock = SessionClock::new(Instant::now(), spec.idle_ttl.get(), spec.max_lifetime.get());
+        let (viewer_tx, viewer_rx) = mpsc::channel(VIEWER_EVENT_QUEUE);
+        let spec = state.record.spec.clone();
         Self {
             ctx,
             state,
             clock,
             source: Some(source),
+            viewers: HashMap::new(),
+            viewer_count,
+            viewer_tx,
+            viewer_rx,
+            input: match spec.source {
+                bus_schema::SourceSpec::Synthetic { width, height, .. } => InputState::new(width, height),
+            },
         }
     }
 
@@ -113,7 +155,23 @@ impl Session {
                     Some(Cmd::Fence(r)) => { done.push(r); break Outcome::Fenced; }
                     Some(Cmd::Shutdown(r)) => { done.push(r); break Outcome::End(EndReason::WorkerShutdown, None); }
                     Some(Cmd::LeaseLost) => break Outcome::LeaseLost,
+                    Some(Cmd::Join { join, reply }) => {
+                        let r = self.join(join).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Cmd::Signal { peer, signal, reply }) => {
+                        let r = self.signal(peer, signal).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Cmd::Stats(reply)) => {
+                        let _ = reply.send(self.stats());
+                    }
+                    Some(Cmd::Inject { events, reply }) => {
+                        let r = self.inject(events);
+                        let _ = reply.send(r);
+                    }
                 },
+                Some(ev) = self.viewer_rx.recv() => self.on_viewer_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Some(reason) = self.clock.expired(Instant::now()) {
                         break Outcome::End(reason, None);
@@ -144,6 +202,11 @@ impl Session {
             }
         };
 
+        let end_reason = match &outcome {
+            Outcome::End(r, _) => *r,
+            Outcome::Fenced | Outcome::LeaseLost => EndReason::WorkerLost,
+        };
+        self.close_viewers(end_reason).await;
         if let Some(source) = self.source.take() {
             source.stop().await;
         }
@@ -198,8 +261,209 @@ impl Session {
                 Cmd::Fence(r) | Cmd::Shutdown(r) => {
                     let _ = r.send(());
                 }
+                Cmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(self.ended_error()));
+                }
+                Cmd::Stats(reply) => {
+                    let _ = reply.send(self.stats());
+                }
+                Cmd::Signal { reply, .. } | Cmd::Inject { reply, .. } => {
+                    let _ = reply.send(Err(self.ended_error()));
+                }
                 Cmd::LeaseLost => {}
             }
+        }
+    }
+
+    fn stats(&self) -> SessionStats {
+        let mut viewers: Vec<ViewerInfo> = self
+            .viewers
+            .iter()
+            .map(|(peer, v)| ViewerInfo {
+                peer: peer.clone(),
+                role: v.role,
+            })
+            .collect();
+        viewers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let (keys_down, buttons_down) = self.input.held();
+        SessionStats {
+            id: self.id().clone(),
+            worker: self.ctx.me.clone(),
+            epoch: self.epoch(),
+            frames_encoded: self.source.as_ref().map(|s| s.frames_encoded()).unwrap_or(0),
+            viewers,
+            keys_down,
+            buttons_down,
+            input_events: self.input.accepted,
+            input_refused: self.input.refused,
+        }
+    }
+
+    fn ended_error(&self) -> WireError {
+        let reason = self.state.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("stopped");
+        WireError::new(ErrorCode::Ended, format!("session {} has ended: {reason}", self.id()))
+    }
+
+    async fn join(&mut self, join: JoinPeer) -> Result<Joined, WireError> {
+        if self.viewers.contains_key(&join.peer) {
+            return Err(WireError::new(ErrorCode::Conflict, format!("peer {} is already attached", join.peer)));
+        }
+        if self.viewers.len() as u32 >= self.ctx.config.max_viewers {
+            return Err(WireError::new(ErrorCode::NoCapacity, "this session has its maximum of viewers"));
+        }
+        let Some(source) = self.source.as_ref() else {
+            return Err(self.ended_error());
+        };
+        let fps = match self.state.record.spec.source {
+            bus_schema::SourceSpec::Synthetic { fps, .. } => fps,
+        };
+        let (viewer, offer) = self
+            .ctx
+            .engine
+            .viewer(join.peer.clone(), join.role, source.tap(), fps, self.viewer_tx.clone())
+            .await
+            .map_err(|e| {
+                warn!(session_id = %self.id(), error = %e, "peer connection failed");
+                WireError::new(ErrorCode::Internal, "could not create the peer connection")
+            })?;
+        self.viewers.insert(join.peer.clone(), viewer);
+        self.clock.viewer_joined(Instant::now());
+        let count = self.viewers.len() as u32;
+        self.viewer_count.store(count, Ordering::Relaxed);
+        info!(session_id = %self.id(), peer_id = %join.peer, role = ?join.role, viewers = count, "viewer joined");
+        self.viewer_changed(SessionEventKind::ViewerJoined, &join.peer).await;
+        Ok(Joined {
+            session: self.id().clone(),
+            peer: join.peer,
+            worker: self.ctx.me.clone(),
+            epoch: self.epoch(),
+            role: join.role,
+            offer,
+            ice_servers: self.ctx.engine.ice_servers().to_vec(),
+            viewers: count,
+        })
+    }
+
+    async fn signal(&mut self, peer: PeerId, signal: PeerSignal) -> Result<Ack, WireError> {
+        let not_here = || WireError::new(ErrorCode::NotFound, format!("peer {peer} is not attached to this session"));
+        match signal {
+            PeerSignal::Leave => {
+                if !self.viewers.contains_key(&peer) {
+                    return Err(not_here());
+                }
+                self.remove_viewer(&peer, "left").await;
+            }
+            PeerSignal::Answer { sdp } => {
+                let v = self.viewers.get(&peer).ok_or_else(not_here)?;
+                v.apply_answer(sdp).await.map_err(|e| {
+                    WireError::new(ErrorCode::InvalidRequest, format!("answer rejected: {e}"))
+                })?;
+            }
+            PeerSignal::Candidate { candidate } => {
+                let v = self.viewers.get(&peer).ok_or_else(not_here)?;
+                v.add_candidate(candidate).await.map_err(|e| {
+                    WireError::new(ErrorCode::InvalidRequest, format!("candidate rejected: {e}"))
+                })?;
+            }
+        }
+        Ok(Ack {})
+    }
+
+    fn inject(&mut self, events: Vec<InputEvent>) -> Result<Ack, WireError> {
+        for e in &events {
+            bus_schema::input::validate_event(e)?;
+        }
+        self.clock.keepalive(Instant::now());
+        self.apply_input(BACKEND_VIEWER, &events);
+        Ok(Ack {})
+    }
+
+    fn apply_input(&mut self, viewer: &str, events: &[InputEvent]) {
+        if let Some(overlay) = self.input.apply(Instant::now(), viewer, events) {
+            if let Some(src) = &self.source {
+                src.set_overlay(overlay);
+            }
+        }
+    }
+
+    async fn on_viewer_event(&mut self, ev: ViewerEvent) {
+        match ev {
+            ViewerEvent::Candidate(peer, candidate) => {
+                self.to_peer(&peer, &ToPeer::Candidate { candidate }).await;
+            }
+            ViewerEvent::Input(peer, events) => {
+                if self.viewers.get(&peer).is_some_and(|v| v.role == Role::Control) {
+                    self.apply_input(peer.as_str(), &events);
+                } else {
+                    self.input.refused += 1;
+                }
+            }
+            ViewerEvent::BadInput(peer, e) => {
+                self.input.refused += 1;
+                debug!(session_id = %self.id(), peer_id = %peer, code = %e.code, message = %e.message, "input refused");
+            }
+            ViewerEvent::State(peer, state) => {
+                use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
+                debug!(session_id = %self.id(), peer_id = %peer, ?state, "peer state");
+                if matches!(state, S::Failed | S::Closed) && self.viewers.contains_key(&peer) {
+                    self.remove_viewer(&peer, "connection failed").await;
+                    self.to_peer(&peer, &ToPeer::Closed { reason: format!("{state}") }).await;
+                }
+            }
+        }
+    }
+
+    async fn remove_viewer(&mut self, peer: &PeerId, why: &str) {
+        let Some(v) = self.viewers.remove(peer) else { return };
+        // Closing takes a moment; the session goes on meanwhile.
+        self.ctx.tracker.spawn(v.close());
+        self.clock.viewer_left(Instant::now());
+        let count = self.viewers.len() as u32;
+        self.viewer_count.store(count, Ordering::Relaxed);
+        if let Some(overlay) = self.input.release(Instant::now(), peer.as_str()) {
+            if let Some(src) = &self.source {
+                src.set_overlay(overlay);
+            }
+        }
+        info!(session_id = %self.id(), peer_id = %peer, viewers = count, why, "viewer left");
+        self.viewer_changed(SessionEventKind::ViewerLeft, peer).await;
+    }
+
+    async fn close_viewers(&mut self, reason: EndReason) {
+        let peers: Vec<PeerId> = self.viewers.keys().cloned().collect();
+        for p in &peers {
+            self.to_peer(p, &ToPeer::Ended { reason }).await;
+        }
+        let closing: Vec<_> = self.viewers.drain().map(|(_, v)| v.close()).collect();
+        futures::future::join_all(closing).await;
+        self.viewer_count.store(0, Ordering::Relaxed);
+    }
+
+    async fn viewer_changed(&mut self, kind: SessionEventKind, peer: &PeerId) {
+        let count = self.viewers.len() as u32;
+        let peers: Vec<PeerId> = self.viewers.keys().cloned().collect();
+        for p in &peers {
+            self.to_peer(p, &ToPeer::Viewers { count }).await;
+        }
+        let ev = SessionEvent {
+            id: self.id().clone(),
+            kind,
+            worker: self.ctx.me.clone(),
+            epoch: self.epoch(),
+            at: Timestamp::now(),
+            reason: None,
+            detail: None,
+            peer: Some(peer.clone()),
+            viewers: Some(count),
+        };
+        let subject = self.ctx.bus.subjects.event_session(self.id(), kind);
+        let _ = self.ctx.bus.publish(&subject, &ev).await;
+    }
+
+    async fn to_peer(&self, peer: &PeerId, msg: &ToPeer) {
+        let subject = self.ctx.bus.subjects.peer_out(peer);
+        if let Err(e) = self.ctx.bus.publish(&subject, msg).await {
+            debug!(peer_id = %peer, error = %e, "signal to peer not published");
         }
     }
 

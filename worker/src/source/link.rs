@@ -108,6 +108,24 @@ impl Drop for PanicGuard {
     }
 }
 
+/// What a viewer holds of a source: its media and the keyframe request.
+#[derive(Clone)]
+pub struct SourceTap {
+    media: broadcast::Sender<Media>,
+    control: Arc<Control>,
+}
+
+impl SourceTap {
+    pub fn subscribe(&self) -> broadcast::Receiver<Media> {
+        self.media.subscribe()
+    }
+
+    /// The next video frame will be an IDR. Calls before that frame coalesce.
+    pub fn request_keyframe(&self) {
+        self.control.keyframe_wanted.store(true, Ordering::Release);
+    }
+}
+
 /// A running source. Dropping it stops the source without waiting.
 pub struct SourceHandle {
     link: SourceLink,
@@ -167,6 +185,15 @@ impl SourceHandle {
             .map_err(SourceError::Spawn)?;
         self.threads.push(thread);
         Ok(())
+    }
+
+    /// A cloneable view of the running source for consumers (viewers): they
+    /// subscribe and ask for keyframes without owning the source.
+    pub fn tap(&self) -> SourceTap {
+        SourceTap {
+            media: self.link.media.clone(),
+            control: self.link.control.clone(),
+        }
     }
 
     /// Every consumer gets every frame from now on; a consumer more than

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
-pub use link::{SourceHandle, SourceLink};
+pub use link::{SourceHandle, SourceLink, SourceTap};
 pub use picture::{draw_frame, I420};
 pub use synthetic::SyntheticFactory;
 

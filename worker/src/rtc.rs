@@ -1,0 +1,408 @@
+//! WebRTC for viewers, on webrtc-rs 0.17 (see docs/decisions.md).
+//!
+//! One [`Engine`] per worker holds the webrtc `API` (codecs, interceptors,
+//! ICE settings: NAT 1:1 IPs, one UDP port or a port range, mDNS). Each
+//! viewer is a [`Viewer`]: one RTCPeerConnection with its own H.264 and
+//! Opus tracks and an `input` data channel. The source encodes once; each
+//! viewer's writer task reads the shared broadcast and packetizes for its
+//! own peer, so a slow viewer only lags itself: when it falls behind the
+//! broadcast's bound it skips to the next keyframe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_schema::{Candidate, IceServer, InputEvent, PeerId, Role, WireError};
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
+use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::media::Sample;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+use webrtc::track::track_local::TrackLocal;
+
+use crate::source::{Media, SourceTap};
+
+/// How long one sample write may take before the viewer is treated as
+/// stalled and skips to the next keyframe.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// ICE settings from the worker's config.
+#[derive(Debug, Clone, Default)]
+pub struct RtcSettings {
+    pub ice_servers: Vec<IceServer>,
+    /// Public IPs to advertise for host candidates (NAT 1:1).
+    pub nat_1to1_ips: Vec<String>,
+    /// One UDP port for every peer connection (UDP mux).
+    pub udp_port: Option<u16>,
+    /// Or a range of UDP ports.
+    pub udp_port_range: Option<(u16, u16)>,
+}
+
+/// What a viewer's callbacks tell its session.
+#[derive(Debug)]
+pub enum ViewerEvent {
+    Candidate(PeerId, Candidate),
+    Input(PeerId, Vec<InputEvent>),
+    BadInput(PeerId, WireError),
+    State(PeerId, RTCPeerConnectionState),
+}
+
+pub struct Engine {
+    api: API,
+    ice_servers: Vec<IceServer>,
+}
+
+fn h264() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".to_owned(),
+        rtcp_feedback: vec![
+            RTCPFeedback {
+                typ: "goog-remb".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "ccm".into(),
+                parameter: "fir".into(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "pli".into(),
+            },
+        ],
+    }
+}
+
+fn opus() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+impl Engine {
+    pub async fn new(settings: &RtcSettings) -> Result<Self, RtcError> {
+        let mut media = MediaEngine::default();
+        media.register_codec(
+            RTCRtpCodecParameters {
+                capability: h264(),
+                payload_type: 102,
+                ..Default::default()
+            },
+            RTPCodecType::Video,
+        )?;
+        media.register_codec(
+            RTCRtpCodecParameters {
+                capability: opus(),
+                payload_type: 111,
+                ..Default::default()
+            },
+            RTPCodecType::Audio,
+        )?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        let mut se = SettingEngine::default();
+        if !settings.nat_1to1_ips.is_empty() {
+            se.set_nat_1to1_ips(settings.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
+        }
+        if let Some(port) = settings.udp_port {
+            let sock = tokio::net::UdpSocket::bind(("0.0.0.0", port)).await?;
+            se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(sock))));
+        } else if let Some((lo, hi)) = settings.udp_port_range {
+            let range = EphemeralUDP::new(lo, hi).map_err(|e| RtcError::WebRtc(e.into()))?;
+            se.set_udp_network(UDPNetwork::Ephemeral(range));
+        }
+        // Browsers hide host addresses behind mDNS names; resolve them.
+        se.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(se)
+            .build();
+        Ok(Self {
+            api,
+            ice_servers: settings.ice_servers.clone(),
+        })
+    }
+
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// Creates a viewer's peer connection, starts its writer, and returns
+    /// the viewer with the SDP offer to send to the browser.
+    pub async fn viewer(
+        &self,
+        peer: PeerId,
+        role: Role,
+        tap: SourceTap,
+        fps: u32,
+        events: mpsc::Sender<ViewerEvent>,
+    ) -> Result<(Viewer, String), RtcError> {
+        let config = RTCConfiguration {
+            ice_servers: self
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone().unwrap_or_default(),
+                    credential: s.credential.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let pc = Arc::new(self.api.new_peer_connection(config).await?);
+        let cancel = CancellationToken::new();
+        let video = Arc::new(TrackLocalStaticSample::new(h264(), "video".into(), "stream".into()));
+        let audio = Arc::new(TrackLocalStaticSample::new(opus(), "audio".into(), "stream".into()));
+        let video_sender = pc.add_track(video.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+        let audio_sender = pc.add_track(audio.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+
+        // RTCP from the viewer: PLI/FIR ask the source for a keyframe (the
+        // source coalesces concurrent asks into one IDR). Reading RTCP also
+        // feeds the NACK interceptor.
+        {
+            let tap = tap.clone();
+            let cancel_v = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let r = tokio::select! {
+                        r = video_sender.read_rtcp() => r,
+                        _ = cancel_v.cancelled() => break,
+                    };
+                    let Ok((pkts, _)) = r else { break };
+                    for p in pkts {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                            tap.request_keyframe();
+                        }
+                    }
+                }
+            });
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = audio_sender.read_rtcp() => if r.is_err() { break },
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+            });
+        }
+
+        // Input arrives on a data channel the worker opens.
+        let dc = pc.create_data_channel("input", None).await?;
+        {
+            let events = events.clone();
+            let peer = peer.clone();
+            dc.on_message(Box::new(move |msg: DataChannelMessage| {
+                let ev = if role != Role::Control {
+                    ViewerEvent::BadInput(
+                        peer.clone(),
+                        WireError::new(bus_schema::ErrorCode::Forbidden, "view-only viewers send no input"),
+                    )
+                } else if msg.is_string {
+                    ViewerEvent::BadInput(
+                        peer.clone(),
+                        WireError::new(bus_schema::ErrorCode::InvalidRequest, "input messages are binary"),
+                    )
+                } else {
+                    match bus_schema::input::decode_input(&msg.data) {
+                        Ok(evs) => ViewerEvent::Input(peer.clone(), evs),
+                        Err(e) => ViewerEvent::BadInput(peer.clone(), e),
+                    }
+                };
+                // A full queue means a flood: drop, never block the channel.
+                let _ = events.try_send(ev);
+                Box::pin(async {})
+            }));
+        }
+        {
+            let events = events.clone();
+            let peer = peer.clone();
+            pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
+                let events = events.clone();
+                let peer = peer.clone();
+                Box::pin(async move {
+                    let Some(c) = c else { return };
+                    match c.to_json() {
+                        Ok(init) => {
+                            let cand = Candidate {
+                                candidate: init.candidate,
+                                sdp_mid: init.sdp_mid,
+                                sdp_mline_index: init.sdp_mline_index,
+                            };
+                            let _ = events.send(ViewerEvent::Candidate(peer, cand)).await;
+                        }
+                        Err(e) => debug!(error = %e, "candidate not serializable"),
+                    }
+                })
+            }));
+        }
+        {
+            let events = events.clone();
+            let peer = peer.clone();
+            let tap = tap.clone();
+            pc.on_peer_connection_state_change(Box::new(move |s: RTCPeerConnectionState| {
+                if s == RTCPeerConnectionState::Connected {
+                    // A joining viewer gets a keyframe at once.
+                    tap.request_keyframe();
+                }
+                let events = events.clone();
+                let peer = peer.clone();
+                Box::pin(async move {
+                    let _ = events.send(ViewerEvent::State(peer, s)).await;
+                })
+            }));
+        }
+
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+
+        let writer = tokio::spawn(write_media(tap, video, audio, fps, cancel.clone()));
+        Ok((
+            Viewer {
+                pc,
+                role,
+                cancel,
+                writer,
+            },
+            sdp,
+        ))
+    }
+}
+
+pub struct Viewer {
+    pc: Arc<RTCPeerConnection>,
+    pub role: Role,
+    cancel: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Viewer {
+    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let answer = RTCSessionDescription::answer(sdp)?;
+        self.pc.set_remote_description(answer).await?;
+        Ok(())
+    }
+
+    pub async fn add_candidate(&self, c: Candidate) -> Result<(), RtcError> {
+        self.pc
+            .add_ice_candidate(RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index,
+                username_fragment: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.pc.close().await {
+            debug!(error = %e, "peer connection close");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
+    }
+}
+
+/// One viewer's writer: every frame of the shared broadcast to this peer's
+/// tracks. Starts at a keyframe; after falling behind (the broadcast's
+/// bound) or a stalled write, skips to the next keyframe and asks for one.
+async fn write_media(
+    tap: SourceTap,
+    video: Arc<TrackLocalStaticSample>,
+    audio: Arc<TrackLocalStaticSample>,
+    fps: u32,
+    cancel: CancellationToken,
+) {
+    use broadcast::error::RecvError;
+    let mut rx = tap.subscribe();
+    let frame = Duration::from_secs(1) / fps.max(1);
+    let mut need_key = true;
+    tap.request_keyframe();
+    loop {
+        let m = tokio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => return,
+        };
+        match m {
+            Ok(Media::Video(v)) => {
+                if need_key && !v.keyframe {
+                    continue;
+                }
+                need_key = false;
+                let sample = Sample {
+                    data: v.annexb.clone(),
+                    duration: frame,
+                    ..Default::default()
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, video.write_sample(&sample)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "video write"),
+                    Err(_) => {
+                        warn!("viewer stalled; skipping to the next keyframe");
+                        need_key = true;
+                        tap.request_keyframe();
+                    }
+                }
+            }
+            Ok(Media::Audio(a)) => {
+                let sample = Sample {
+                    data: Bytes::clone(&a.opus),
+                    duration: Duration::from_millis(20),
+                    ..Default::default()
+                };
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
+            }
+            Err(RecvError::Lagged(n)) => {
+                debug!(skipped = n, "viewer behind the broadcast; skipping to the next keyframe");
+                need_key = true;
+                tap.request_keyframe();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
