@@ -2,6 +2,8 @@
 //! in-process or as child processes, a TCP proxy that can partition a
 //! service from NATS, and deadline-bounded waits.
 
+pub mod browser;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -17,7 +19,9 @@ use tokio::task::JoinHandle;
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_srtp=error".into()
+            }),
         )
         .with_test_writer()
         .try_init();
@@ -41,7 +45,10 @@ where
         if let Some(v) = cond().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -66,20 +73,33 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let bin = which("nats-server");
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts (run scripts/setup.sh to install it)");
-        self.child = Some(child);
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        wait_for("nats-server to accept connections", Duration::from_secs(10), || async move {
-            TcpStream::connect(addr).await.ok().map(|_| ())
-        })
-        .await;
+        // A port found free may be taken by the time the server binds it
+        // (tests run in parallel): if the server exits, try another port.
+        for attempt in 0..5 {
+            let mut child = Command::new(which("nats-server"))
+                .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+                .arg(self.store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts (run scripts/setup.sh to install it)");
+            let url = self.url();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if async_nats::connect(&url).await.is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                assert!(Instant::now() < deadline, "nats-server did not come up on {url}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            tracing::warn!(attempt, port = self.port, "nats-server exited at start; trying another port");
+            self.port = free_port();
+        }
+        panic!("nats-server would not start");
     }
 
     pub fn url(&self) -> String {
@@ -87,7 +107,9 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
     }
 
     /// Stops the server (the store survives) and starts it again on the same port.
@@ -143,7 +165,10 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, envs: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(bin_path(name));
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -229,7 +254,9 @@ impl Drop for Service {
 /// Starts a worker in-process.
 pub fn worker(config: worker::Config) -> Service {
     Service::spawn(move |shutdown| async move {
-        let client = worker::connect(&config.nats_url, "worker").await.expect("worker connects");
+        let client = worker::connect(&config.nats_url, "worker")
+            .await
+            .expect("worker connects");
         let factory = Arc::new(worker::source::SyntheticFactory);
         if let Err(e) = worker::run(config, client, factory, shutdown).await {
             panic!("worker failed: {e}");
@@ -239,11 +266,15 @@ pub fn worker(config: worker::Config) -> Service {
 
 /// Starts the api in-process; returns its base URL.
 pub async fn api(config: api::Config) -> (Service, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let svc = Service::spawn(move |shutdown| async move {
         let client = api::connect(&config.nats_url).await.expect("api connects");
-        api::run(config, client, listener, shutdown).await.expect("api runs");
+        api::run(config, client, listener, shutdown)
+            .await
+            .expect("api runs");
     });
     (svc, base)
 }
@@ -251,7 +282,9 @@ pub async fn api(config: api::Config) -> (Service, String) {
 /// Starts the janitor in-process.
 pub fn janitor(config: janitor::Config) -> Service {
     Service::spawn(move |shutdown| async move {
-        let client = async_nats::connect(&config.nats_url).await.expect("janitor connects");
+        let client = async_nats::connect(&config.nats_url)
+            .await
+            .expect("janitor connects");
         if let Err(e) = janitor::run(config, client, shutdown).await {
             panic!("janitor failed: {e}");
         }
@@ -276,14 +309,20 @@ impl Proxy {
             while let Ok((down, _)) = listener.accept().await {
                 let rx = rx.clone();
                 tokio::spawn(async move {
-                    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                        return;
+                    };
                     let (dr, dw) = down.into_split();
                     let (ur, uw) = up.into_split();
                     tokio::join!(pump(dr, uw, rx.clone()), pump(ur, dw, rx));
                 });
             }
         });
-        Self { port, blocked, task }
+        Self {
+            port,
+            blocked,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -336,7 +375,11 @@ async fn pump(
 
 /// A raw NATS request with a JSON body, answered as JSON: what a Go or
 /// shell client sees. Returns the parsed reply envelope.
-pub async fn raw_request(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+pub async fn raw_request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+) -> serde_json::Value {
     let reply = tokio::time::timeout(
         Duration::from_secs(15),
         client.request(subject.to_string(), bytes::Bytes::from(body.to_string())),
@@ -352,9 +395,10 @@ pub async fn raw_request(client: &async_nats::Client, subject: &str, body: &str)
 pub async fn registry_get(client: &async_nats::Client, id: &str) -> Option<serde_json::Value> {
     let js = async_nats::jetstream::new(client.clone());
     let subjects = bus_schema::Subjects::default();
-    let reg = bus_schema::registry::Registry::open(&js, &subjects, bus_schema::registry::Storage::Memory)
-        .await
-        .expect("registry opens");
+    let reg =
+        bus_schema::registry::Registry::open(&js, &subjects, bus_schema::registry::Storage::Memory)
+            .await
+            .expect("registry opens");
     let id = bus_schema::SessionId::parse(id).expect("valid id");
     reg.get(&id)
         .await

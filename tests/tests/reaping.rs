@@ -46,21 +46,35 @@ async fn kill_9_of_a_worker_ends_its_sessions_with_worker_lost() {
     let c = nats.client().await;
     let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
     heartbeat_from(&mut hb, "w-doomed").await;
-    let mut ended = c.subscribe("streams.v1.event.session.doomed-1.ended").await.unwrap();
-    let mut lost = c.subscribe("streams.v1.event.worker.w-doomed.lost").await.unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.doomed-1.ended")
+        .await
+        .unwrap();
+    let mut lost = c
+        .subscribe("streams.v1.event.worker.w-doomed.lost")
+        .await
+        .unwrap();
     let body = format!(r#"{{"id":"doomed-1","source":{SMALL}}}"#);
     let info = raw_request(&c, "streams.v1.session.create", &body).await;
     assert_eq!(ok(&info)["owner"], "w-doomed");
 
     w.signal("KILL");
     let killed = Instant::now();
-    w.wait_exit(Duration::from_secs(5)).await.expect("worker died");
-    let m = tokio::time::timeout(Duration::from_secs(10), ended.next()).await.unwrap().unwrap();
+    w.wait_exit(Duration::from_secs(5))
+        .await
+        .expect("worker died");
+    let m = tokio::time::timeout(Duration::from_secs(10), ended.next())
+        .await
+        .unwrap()
+        .unwrap();
     let detected = killed.elapsed();
     let ev: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(ev["reason"], "worker_lost");
     eprintln!("janitor reaped the session {detected:?} after kill -9 (dead_after 1 s)");
-    let m = tokio::time::timeout(Duration::from_secs(5), lost.next()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), lost.next())
+        .await
+        .unwrap()
+        .unwrap();
     let ev: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(ev["sessions"], json!(["doomed-1"]));
     // No worker is left to answer `get`: read the registry itself.
@@ -79,26 +93,42 @@ async fn kill_9_moves_a_restartable_session_to_another_worker() {
     let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
     heartbeat_from(&mut hb, "w-first").await;
     let body = format!(r#"{{"id":"phoenix","on_worker_lost":"restart","source":{SMALL}}}"#);
-    assert_eq!(ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"], "w-first");
+    assert_eq!(
+        ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"],
+        "w-first"
+    );
 
     let mut cfg = worker::Config::for_tests(&nats.url());
     cfg.worker_id = Some("w-second".into());
     let _w2 = worker(cfg);
     heartbeat_from(&mut hb, "w-second").await;
-    let mut moved = c.subscribe("streams.v1.event.session.phoenix.*").await.unwrap();
+    let mut moved = c
+        .subscribe("streams.v1.event.session.phoenix.*")
+        .await
+        .unwrap();
 
     w1.signal("KILL");
     let killed = Instant::now();
-    let live = wait_for("the session to be live on w-second", Duration::from_secs(15), || async {
-        let rec = registry_get(&c, "phoenix").await?;
-        (rec["owner"] == "w-second" && rec["state"] == "live").then_some(rec)
-    })
+    let live = wait_for(
+        "the session to be live on w-second",
+        Duration::from_secs(15),
+        || async {
+            let rec = registry_get(&c, "phoenix").await?;
+            (rec["owner"] == "w-second" && rec["state"] == "live").then_some(rec)
+        },
+    )
     .await;
-    eprintln!("session restarted elsewhere {:?} after kill -9", killed.elapsed());
+    eprintln!(
+        "session restarted elsewhere {:?} after kill -9",
+        killed.elapsed()
+    );
     assert_eq!(live["epoch"], 2, "a new epoch for the new owner");
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), moved.next()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), moved.next())
+            .await
+            .unwrap()
+            .unwrap();
         let ev: Value = serde_json::from_slice(&m.payload).unwrap();
         kinds.push(ev["kind"].as_str().unwrap().to_string());
     }
@@ -107,10 +137,18 @@ async fn kill_9_moves_a_restartable_session_to_another_worker() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let v = heartbeat_from(&mut hb, "w-second").await;
-        if v["sessions"].as_array().unwrap().iter().any(|s| s["id"] == "phoenix" && s["epoch"] == 2) {
+        if v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "phoenix" && s["epoch"] == 2)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "w-second never reported the session");
+        assert!(
+            Instant::now() < deadline,
+            "w-second never reported the session"
+        );
     }
 }
 
@@ -127,7 +165,10 @@ async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing(
     let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
     heartbeat_from(&mut hb, "w-island").await;
     let body = format!(r#"{{"id":"marooned","on_worker_lost":"restart","source":{SMALL}}}"#);
-    assert_eq!(ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"], "w-island");
+    assert_eq!(
+        ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"],
+        "w-island"
+    );
     let mut cfg = worker::Config::for_tests(&nats.url());
     cfg.worker_id = Some("w-main".into());
     let _main = worker(cfg);
@@ -136,10 +177,14 @@ async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing(
     proxy.partition();
     let cut = Instant::now();
     // The janitor hears nothing from w-island and moves the session.
-    let moved = wait_for("the session to move to w-main", Duration::from_secs(15), || async {
-        let rec = registry_get(&c, "marooned").await?;
-        (rec["owner"] == "w-main" && rec["state"] == "live").then_some(rec)
-    })
+    let moved = wait_for(
+        "the session to move to w-main",
+        Duration::from_secs(15),
+        || async {
+            let rec = registry_get(&c, "marooned").await?;
+            (rec["owner"] == "w-main" && rec["state"] == "live").then_some(rec)
+        },
+    )
     .await;
     assert_eq!(moved["epoch"], 2);
     eprintln!("moved {:?} after the partition", cut.elapsed());
@@ -150,19 +195,28 @@ async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing(
     // before the heal lists no session: it stopped by itself after its lease.
     let deadline = Instant::now() + Duration::from_secs(15);
     let stopped_while_cut = loop {
-        assert!(Instant::now() < deadline, "no heartbeat from the partition without the session");
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat from the partition without the session"
+        );
         let v = heartbeat_from(&mut hb, "w-island").await;
         let sent = v["sent_at"].as_str().unwrap().to_string();
         if sent < healed_at && v["sessions"] == json!([]) {
             break sent;
         }
     };
-    eprintln!("w-island reported no session at {stopped_while_cut}, before the heal at {healed_at}");
+    eprintln!(
+        "w-island reported no session at {stopped_while_cut}, before the heal at {healed_at}"
+    );
     // After healing, w-island never picks the session up again.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         let v = heartbeat_from(&mut hb, "w-island").await;
-        assert_eq!(v["sessions"], json!([]), "the healed worker does not resume a session it lost");
+        assert_eq!(
+            v["sessions"],
+            json!([]),
+            "the healed worker does not resume a session it lost"
+        );
     }
     let rec = registry_get(&c, "marooned").await.unwrap();
     assert_eq!(rec["owner"], "w-main");
@@ -179,13 +233,22 @@ async fn sigterm_ends_a_worker_process_cleanly_within_seconds() {
     heartbeat_from(&mut hb, "w-term").await;
     let body = format!(r#"{{"id":"term-1","source":{SMALL}}}"#);
     ok(&raw_request(&c, "streams.v1.session.create", &body).await);
-    let mut ended = c.subscribe("streams.v1.event.session.term-1.ended").await.unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.term-1.ended")
+        .await
+        .unwrap();
     w.signal("TERM");
     let t0 = Instant::now();
-    let status = w.wait_exit(Duration::from_secs(5)).await.expect("exits within 5 s of SIGTERM");
+    let status = w
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits within 5 s of SIGTERM");
     assert!(status.success(), "clean exit: {status:?}");
     eprintln!("worker exited {:?} after SIGTERM", t0.elapsed());
-    let m = tokio::time::timeout(Duration::from_secs(2), ended.next()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(2), ended.next())
+        .await
+        .unwrap()
+        .unwrap();
     let v: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(v["reason"], "worker_shutdown");
 }
@@ -197,18 +260,30 @@ async fn api_and_janitor_processes_exit_on_sigterm() {
     let port = free_port();
     let mut api = Proc::spawn(
         "api",
-        &[("NATS_URL", nats.url()), ("API_LISTEN", format!("127.0.0.1:{port}"))],
+        &[
+            ("NATS_URL", nats.url()),
+            ("API_LISTEN", format!("127.0.0.1:{port}")),
+        ],
     );
     let mut jan = Proc::spawn("janitor", &[("NATS_URL", nats.url())]);
     let url = format!("http://127.0.0.1:{port}/healthz");
     wait_for("the api to answer", Duration::from_secs(15), || {
         let url = url.clone();
-        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        async move {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        }
     })
     .await;
     for p in [&mut api, &mut jan] {
         p.signal("TERM");
-        let s = p.wait_exit(Duration::from_secs(5)).await.expect("exits within 5 s");
+        let s = p
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("exits within 5 s");
         assert!(s.success(), "{s:?}");
     }
 }

@@ -10,7 +10,11 @@ use system_tests::*;
 const SMALL: &str = r#"{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":200}"#;
 
 fn create_body(id: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
     format!(r#"{{"id":"{id}","source":{SMALL}{extra}}}"#)
 }
 
@@ -61,20 +65,37 @@ async fn raw_json_create_get_list_keepalive_stop() {
     let w = worker(worker_cfg(&nats, "w-raw"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut started = c.subscribe("streams.v1.event.session.helix-1.started").await.unwrap();
-    let mut ended = c.subscribe("streams.v1.event.session.helix-1.ended").await.unwrap();
+    let mut started = c
+        .subscribe("streams.v1.event.session.helix-1.started")
+        .await
+        .unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.helix-1.ended")
+        .await
+        .unwrap();
 
     let t0 = Instant::now();
-    let created = raw_request(&c, "streams.v1.session.create", &create_body("helix-1", r#""idle_ttl":"1m""#)).await;
+    let created = raw_request(
+        &c,
+        "streams.v1.session.create",
+        &create_body("helix-1", r#""idle_ttl":"1m""#),
+    )
+    .await;
     let info = ok(&created).clone();
     eprintln!("create-to-live reply: {:?}", t0.elapsed());
     assert_eq!(info["id"], "helix-1");
     assert_eq!(info["owner"], "w-raw");
-    assert_eq!(info["state"], "live", "the reply comes once the first frame is encoded");
+    assert_eq!(
+        info["state"], "live",
+        "the reply comes once the first frame is encoded"
+    );
     assert_eq!(info["epoch"], 1);
     assert_eq!(info["spec"]["idle_ttl"], "1m");
     assert!(info["live_at"].is_string());
-    let ev = tokio::time::timeout(Duration::from_secs(5), started.next()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), started.next())
+        .await
+        .unwrap()
+        .unwrap();
     let ev: Value = serde_json::from_slice(&ev.payload).unwrap();
     assert_eq!(ev["worker"], "w-raw");
 
@@ -92,12 +113,20 @@ async fn raw_json_create_get_list_keepalive_stop() {
     let kept = raw_request(&c, "streams.v1.session.helix-1.keepalive", "{}").await;
     assert_eq!(ok(&kept)["id"], "helix-1");
 
-    let stopped = raw_request(&c, "streams.v1.session.helix-1.stop", r#"{"detail":"user closed"}"#).await;
+    let stopped = raw_request(
+        &c,
+        "streams.v1.session.helix-1.stop",
+        r#"{"detail":"user closed"}"#,
+    )
+    .await;
     let stopped = ok(&stopped);
     assert_eq!(stopped["state"], "ended");
     assert_eq!(stopped["ended"]["reason"], "stopped");
     assert_eq!(stopped["ended"]["detail"], "user closed");
-    assert_eq!(ended_reason(&mut ended, Duration::from_secs(5)).await, "stopped");
+    assert_eq!(
+        ended_reason(&mut ended, Duration::from_secs(5)).await,
+        "stopped"
+    );
 
     // The end stays visible; a second stop is a no-op that says how it ended.
     let again = raw_request(&c, "streams.v1.session.helix-1.stop", "").await;
@@ -142,16 +171,23 @@ async fn create_is_idempotent_even_when_two_workers_race() {
     let after = Instant::now();
     let mut seen = std::collections::HashMap::new();
     while seen.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), hb.next()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), hb.next())
+            .await
+            .unwrap()
+            .unwrap();
         if after.elapsed() < Duration::from_millis(300) {
             continue;
         }
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
-        let holds = v["sessions"].as_array().unwrap().iter().any(|s| s["id"] == "race-1");
+        let holds = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "race-1");
         seen.insert(v["worker"].as_str().unwrap().to_string(), holds);
     }
     assert_eq!(seen.values().filter(|h| **h).count(), 1, "{seen:?}");
-    assert_eq!(seen[&owner], true);
+    assert!(seen[&owner], "the owner streams it");
     let listed = raw_request(&c, "streams.v1.session.list", "").await;
     assert_eq!(ok(&listed)["sessions"].as_array().unwrap().len(), 1);
     a.stop(Duration::from_secs(5)).await;
@@ -167,15 +203,34 @@ async fn idle_ttl_ends_a_headless_session_and_keepalive_defers_it() {
     ready(&c).await;
 
     // Unattended: ends on its idle TTL.
-    let mut ended = c.subscribe("streams.v1.event.session.idle-1.ended").await.unwrap();
-    ok(&raw_request(&c, "streams.v1.session.create", &create_body("idle-1", r#""idle_ttl":"1s""#)).await);
-    assert_eq!(ended_reason(&mut ended, Duration::from_secs(10)).await, "idle_timeout");
+    let mut ended = c
+        .subscribe("streams.v1.event.session.idle-1.ended")
+        .await
+        .unwrap();
+    ok(&raw_request(
+        &c,
+        "streams.v1.session.create",
+        &create_body("idle-1", r#""idle_ttl":"1s""#),
+    )
+    .await);
+    assert_eq!(
+        ended_reason(&mut ended, Duration::from_secs(10)).await,
+        "idle_timeout"
+    );
     let got = raw_request(&c, "streams.v1.session.idle-1.get", "").await;
     assert_eq!(ok(&got)["ended"]["reason"], "idle_timeout");
 
     // Kept alive for three TTLs, it survives; then it idles out.
-    let mut ended = c.subscribe("streams.v1.event.session.idle-2.ended").await.unwrap();
-    ok(&raw_request(&c, "streams.v1.session.create", &create_body("idle-2", r#""idle_ttl":"1s""#)).await);
+    let mut ended = c
+        .subscribe("streams.v1.event.session.idle-2.ended")
+        .await
+        .unwrap();
+    ok(&raw_request(
+        &c,
+        "streams.v1.session.create",
+        &create_body("idle-2", r#""idle_ttl":"1s""#),
+    )
+    .await);
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
@@ -183,7 +238,10 @@ async fn idle_ttl_ends_a_headless_session_and_keepalive_defers_it() {
         let r = raw_request(&c, "streams.v1.session.idle-2.keepalive", "").await;
         assert_eq!(ok(&r)["state"], "live", "keepalive holds the session");
     }
-    assert_eq!(ended_reason(&mut ended, Duration::from_secs(10)).await, "idle_timeout");
+    assert_eq!(
+        ended_reason(&mut ended, Duration::from_secs(10)).await,
+        "idle_timeout"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +251,10 @@ async fn max_lifetime_ends_a_session_despite_keepalives() {
     let _w = worker(worker_cfg(&nats, "w-life"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut ended = c.subscribe("streams.v1.event.session.life-1.ended").await.unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.life-1.ended")
+        .await
+        .unwrap();
     ok(&raw_request(
         &c,
         "streams.v1.session.create",
@@ -241,33 +302,93 @@ async fn bad_input_gets_stable_error_codes_and_changes_nothing() {
     let cases: &[(&str, &str, &str)] = &[
         ("streams.v1.session.create", "{not json", "malformed"),
         ("streams.v1.session.create", "\u{0}\u{1}", "malformed"),
-        ("streams.v1.session.create", r#"{"id":"x","colour":"red"}"#, "invalid_request"),
-        ("streams.v1.session.create", r#"{"id":42}"#, "invalid_request"),
+        (
+            "streams.v1.session.create",
+            r#"{"id":"x","colour":"red"}"#,
+            "invalid_request",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"id":42}"#,
+            "invalid_request",
+        ),
         ("streams.v1.session.create", r#"[]"#, "invalid_request"),
-        ("streams.v1.session.create", r#"{"id":"has space"}"#, "invalid_id"),
-        ("streams.v1.session.create", r#"{"idle_ttl":"tomorrow"}"#, "invalid_duration"),
-        ("streams.v1.session.create", r#"{"max_lifetime":"0s"}"#, "invalid_duration"),
-        ("streams.v1.session.create", r#"{"source":{"kind":"webcam"}}"#, "invalid_request"),
-        ("streams.v1.session.create", r#"{"source":{"kind":"synthetic","width":7}}"#, "invalid_request"),
-        ("streams.v1.session.create", r#"{"on_worker_lost":"sometimes"}"#, "invalid_request"),
-        ("streams.v1.session.list", r#"{"include_ended":"yes"}"#, "invalid_request"),
+        (
+            "streams.v1.session.create",
+            r#"{"id":"has space"}"#,
+            "invalid_id",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"idle_ttl":"tomorrow"}"#,
+            "invalid_duration",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"max_lifetime":"0s"}"#,
+            "invalid_duration",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"source":{"kind":"webcam"}}"#,
+            "invalid_request",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"source":{"kind":"synthetic","width":7}}"#,
+            "invalid_request",
+        ),
+        (
+            "streams.v1.session.create",
+            r#"{"on_worker_lost":"sometimes"}"#,
+            "invalid_request",
+        ),
+        (
+            "streams.v1.session.list",
+            r#"{"include_ended":"yes"}"#,
+            "invalid_request",
+        ),
         ("streams.v1.session.nosuch.get", "", "not_found"),
         ("streams.v1.session.nosuch.stop", "", "not_found"),
         ("streams.v1.session.nosuch.keepalive", "", "not_found"),
         ("streams.v1.session.bad!id.get", "", "invalid_id"),
-        ("streams.v1.session.nosuch.stop", r#"{"detail":7}"#, "invalid_request"),
-        ("streams.v1.worker.w-bad.session.nosuch.adopt", r#"{"epoch":2}"#, "not_found"),
-        ("streams.v1.worker.w-bad.session.nosuch.adopt", r#"{}"#, "invalid_request"),
+        (
+            "streams.v1.session.nosuch.stop",
+            r#"{"detail":7}"#,
+            "invalid_request",
+        ),
+        (
+            "streams.v1.worker.w-bad.session.nosuch.adopt",
+            r#"{"epoch":2}"#,
+            "not_found",
+        ),
+        (
+            "streams.v1.worker.w-bad.session.nosuch.adopt",
+            r#"{}"#,
+            "invalid_request",
+        ),
     ];
     for (subject, body, code) in cases {
         let r = raw_request(&c, subject, body).await;
         assert_eq!(err_code(&r), *code, "{subject} {body:?} -> {r}");
-        assert!(r["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
-    let huge = format!(r#"{{"id":"big","labels":{{"k":"{}"}}}}"#, "x".repeat(70_000));
-    assert_eq!(err_code(&raw_request(&c, "streams.v1.session.create", &huge).await), "too_large");
+    let huge = format!(
+        r#"{{"id":"big","labels":{{"k":"{}"}}}}"#,
+        "x".repeat(70_000)
+    );
+    assert_eq!(
+        err_code(&raw_request(&c, "streams.v1.session.create", &huge).await),
+        "too_large"
+    );
     let listed = raw_request(&c, "streams.v1.session.list", r#"{"include_ended":true}"#).await;
-    assert_eq!(ok(&listed)["sessions"], json!([]), "nothing was created by bad input");
+    assert_eq!(
+        ok(&listed)["sessions"],
+        json!([]),
+        "nothing was created by bad input"
+    );
     // The worker still serves.
     ok(&raw_request(&c, "streams.v1.session.create", &create_body("fine", "")).await);
 }
@@ -279,7 +400,10 @@ async fn worker_shutdown_ends_sessions_and_leaves_no_live_entries() {
     let w = worker(worker_cfg(&nats, "w-bye"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut ended = c.subscribe("streams.v1.event.session.*.ended").await.unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.*.ended")
+        .await
+        .unwrap();
     for id in ["bye-1", "bye-2"] {
         ok(&raw_request(&c, "streams.v1.session.create", &create_body(id, "")).await);
     }
@@ -287,7 +411,10 @@ async fn worker_shutdown_ends_sessions_and_leaves_no_live_entries() {
     assert!(w.stop(Duration::from_secs(10)).await, "worker stops");
     eprintln!("worker shutdown took {:?}", t0.elapsed());
     for _ in 0..2 {
-        let m = tokio::time::timeout(Duration::from_secs(2), ended.next()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(2), ended.next())
+            .await
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["reason"], "worker_shutdown");
     }

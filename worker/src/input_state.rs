@@ -9,7 +9,7 @@ use crate::input::{Aggregator, Limits, Output};
 use crate::source::Overlay;
 
 /// The viewer name under which backend-injected input is merged.
-pub const BACKEND_VIEWER: &str = "backend";
+pub use crate::input::BACKEND as BACKEND_VIEWER;
 
 pub struct InputState {
     agg: Aggregator,
@@ -80,7 +80,11 @@ impl InputState {
         Some(Overlay {
             cursor: self.cursor,
             keys_down: snap.keys_down.clone(),
-            buttons_down: snap.buttons_down.iter().map(|b| format!("mouse{b}")).collect(),
+            buttons_down: snap
+                .buttons_down
+                .iter()
+                .map(|b| format!("mouse{b}"))
+                .collect(),
             pads: snap
                 .pads
                 .iter()

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use async_nats::service::{Request, Service, ServiceExt};
 use bus_schema::registry::{RegistryError, Versioned};
 use bus_schema::{
-    decode, encode_reply, Ack, AdoptSession, CreateSession, ErrorCode, Fence, GetSession, Keepalive, ListSessions,
-    SessionId, SessionInfo, SessionList, SessionRecord, SessionState, SessionVerb, StopSession, Timestamp, WireError,
-    WorkerId,
+    decode, encode_reply, Ack, AdoptSession, CreateSession, ErrorCode, Fence, GetSession,
+    Keepalive, ListSessions, SessionId, SessionInfo, SessionList, SessionRecord, SessionState,
+    SessionVerb, StopSession, Timestamp, WireError, WorkerId,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -40,7 +40,10 @@ impl<T> From<Result<T, WireError>> for Answer<T> {
 fn registry_err(e: RegistryError) -> WireError {
     warn!(error = %e, "registry error");
     match e {
-        RegistryError::Conflict => WireError::new(ErrorCode::Conflict, "the session changed concurrently; retry"),
+        RegistryError::Conflict => WireError::new(
+            ErrorCode::Conflict,
+            "the session changed concurrently; retry",
+        ),
         _ => WireError::new(ErrorCode::Unavailable, "registry unavailable"),
     }
 }
@@ -54,7 +57,10 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
         .description("stream worker: hosts live WebRTC sessions")
         .queue_group(bus_schema::subjects::WORKER_QUEUE)
         .metadata([("worker_id".to_string(), ctx.me.to_string())].into())
-        .start(bus_schema::subjects::WORKER_SERVICE, env!("CARGO_PKG_VERSION"))
+        .start(
+            bus_schema::subjects::WORKER_SERVICE,
+            env!("CARGO_PKG_VERSION"),
+        )
         .await
         .map_err(nats)?;
     let s = &ctx.bus.subjects;
@@ -72,64 +78,105 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
         }
     };
 
-    serve(&ctx, add("create", s.session_create().to_string()).await?, |c, r| async move {
-        create(&c, &r, true).await
-    });
-    serve(&ctx, add("list", s.session_list().to_string()).await?, |c, r| async move {
-        Answer::Reply(list(&c, &r).await)
-    });
-    serve(&ctx, add("get", s.session_verb_any(SessionVerb::Get)).await?, |c, r| async move {
-        Answer::Reply(get(&c, &r).await)
-    });
-    serve(&ctx, add("keepalive", s.session_verb_any(SessionVerb::Keepalive)).await?, |c, r| async move {
-        command(&c, &r, SessionVerb::Keepalive, true).await
-    });
-    serve(&ctx, add("stop", s.session_verb_any(SessionVerb::Stop)).await?, |c, r| async move {
-        command(&c, &r, SessionVerb::Stop, true).await
-    });
-    serve(&ctx, add("join", s.session_verb_any(SessionVerb::Join)).await?, |c, r| async move {
-        join(&c, &r, true).await
-    });
-    serve(&ctx, add("input", s.session_verb_any(SessionVerb::Input)).await?, |c, r| async move {
-        inject(&c, &r, true).await
-    });
-    serve(&ctx, add("stats", s.session_verb_any(SessionVerb::Stats)).await?, |c, r| async move {
-        stats(&c, &r, true).await
-    });
-    serve(&ctx, add("direct-stats", s.worker_session_verb_any(me, "stats")).await?, |c, r| async move {
-        stats(&c, &r, false).await
-    });
-    serve(&ctx, add("direct-join", s.worker_session_verb_any(me, "join")).await?, |c, r| async move {
-        join(&c, &r, false).await
-    });
-    serve(&ctx, add("direct-input", s.worker_session_verb_any(me, "input")).await?, |c, r| async move {
-        inject(&c, &r, false).await
-    });
-    serve(&ctx, add("peer-signal", s.worker_peer_any(me)).await?, |c, r| async move {
-        Answer::Reply(peer_signal(&c, &r).await)
-    });
-    serve(&ctx, add("direct-create", s.worker_create(me).to_string()).await?, |c, r| async move {
-        create(&c, &r, false).await
-    });
-    serve(&ctx, add("direct-keepalive", s.worker_session_verb_any(me, "keepalive")).await?, |c, r| async move {
-        command(&c, &r, SessionVerb::Keepalive, false).await
-    });
-    serve(&ctx, add("direct-stop", s.worker_session_verb_any(me, "stop")).await?, |c, r| async move {
-        command(&c, &r, SessionVerb::Stop, false).await
-    });
-    serve(&ctx, add("adopt", s.worker_session_verb_any(me, "adopt")).await?, |c, r| async move {
-        Answer::Reply(adopt(&c, &r).await)
-    });
-    serve(&ctx, add("fence", s.worker_session_verb_any(me, "fence")).await?, |c, r| async move {
-        Answer::Reply(fence(&c, &r).await)
-    });
+    serve(
+        &ctx,
+        add("create", s.session_create().to_string()).await?,
+        |c, r| async move { create(&c, &r, true).await },
+    );
+    serve(
+        &ctx,
+        add("list", s.session_list().to_string()).await?,
+        |c, r| async move { Answer::Reply(list(&c, &r).await) },
+    );
+    serve(
+        &ctx,
+        add("get", s.session_verb_any(SessionVerb::Get)).await?,
+        |c, r| async move { Answer::Reply(get(&c, &r).await) },
+    );
+    serve(
+        &ctx,
+        add("keepalive", s.session_verb_any(SessionVerb::Keepalive)).await?,
+        |c, r| async move { command(&c, &r, SessionVerb::Keepalive, true).await },
+    );
+    serve(
+        &ctx,
+        add("stop", s.session_verb_any(SessionVerb::Stop)).await?,
+        |c, r| async move { command(&c, &r, SessionVerb::Stop, true).await },
+    );
+    serve(
+        &ctx,
+        add("join", s.session_verb_any(SessionVerb::Join)).await?,
+        |c, r| async move { join(&c, &r, true).await },
+    );
+    serve(
+        &ctx,
+        add("input", s.session_verb_any(SessionVerb::Input)).await?,
+        |c, r| async move { inject(&c, &r, true).await },
+    );
+    serve(
+        &ctx,
+        add("stats", s.session_verb_any(SessionVerb::Stats)).await?,
+        |c, r| async move { stats(&c, &r, true).await },
+    );
+    serve(
+        &ctx,
+        add("direct-stats", s.worker_session_verb_any(me, "stats")).await?,
+        |c, r| async move { stats(&c, &r, false).await },
+    );
+    serve(
+        &ctx,
+        add("direct-join", s.worker_session_verb_any(me, "join")).await?,
+        |c, r| async move { join(&c, &r, false).await },
+    );
+    serve(
+        &ctx,
+        add("direct-input", s.worker_session_verb_any(me, "input")).await?,
+        |c, r| async move { inject(&c, &r, false).await },
+    );
+    serve(
+        &ctx,
+        add("peer-signal", s.worker_peer_any(me)).await?,
+        |c, r| async move { Answer::Reply(peer_signal(&c, &r).await) },
+    );
+    serve(
+        &ctx,
+        add("direct-create", s.worker_create(me).to_string()).await?,
+        |c, r| async move { create(&c, &r, false).await },
+    );
+    serve(
+        &ctx,
+        add(
+            "direct-keepalive",
+            s.worker_session_verb_any(me, "keepalive"),
+        )
+        .await?,
+        |c, r| async move { command(&c, &r, SessionVerb::Keepalive, false).await },
+    );
+    serve(
+        &ctx,
+        add("direct-stop", s.worker_session_verb_any(me, "stop")).await?,
+        |c, r| async move { command(&c, &r, SessionVerb::Stop, false).await },
+    );
+    serve(
+        &ctx,
+        add("adopt", s.worker_session_verb_any(me, "adopt")).await?,
+        |c, r| async move { Answer::Reply(adopt(&c, &r).await) },
+    );
+    serve(
+        &ctx,
+        add("fence", s.worker_session_verb_any(me, "fence")).await?,
+        |c, r| async move { Answer::Reply(fence(&c, &r).await) },
+    );
     Ok(service)
 }
 
 /// Drives one endpoint: each request gets its own task so a slow create
 /// never holds up a keepalive.
-fn serve<T, F, Fut>(ctx: &Arc<Ctx>, mut endpoint: async_nats::service::endpoint::Endpoint, handler: F)
-where
+fn serve<T, F, Fut>(
+    ctx: &Arc<Ctx>,
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    handler: F,
+) where
     T: Serialize + Send + 'static,
     F: Fn(Arc<Ctx>, Arc<Request>) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Answer<T>> + Send + 'static,
@@ -143,7 +190,8 @@ where
             };
             let h = handler.clone();
             let c2 = c.clone();
-            let span = tracing::info_span!("request", subject = %req.message.subject, worker_id = %c.me);
+            let span =
+                tracing::info_span!("request", subject = %req.message.subject, worker_id = %c.me);
             c.tracker.spawn(
                 async move {
                     match h(c2, req.clone()).await {
@@ -192,7 +240,10 @@ async fn list(ctx: &Ctx, req: &Request) -> Result<SessionList, WireError> {
 /// Hands a request to another worker; it answers the caller directly.
 async fn forward(ctx: &Ctx, req: &Request, subject: String) -> Answer<SessionInfo> {
     let Some(reply) = req.message.reply.clone() else {
-        return Answer::Reply(Err(WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")));
+        return Answer::Reply(Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "command without a reply subject",
+        )));
     };
     match ctx
         .bus
@@ -201,15 +252,19 @@ async fn forward(ctx: &Ctx, req: &Request, subject: String) -> Answer<SessionInf
         .await
     {
         Ok(()) => Answer::Forwarded,
-        Err(_) => Answer::Reply(Err(WireError::new(ErrorCode::Unavailable, "could not reach the owner"))),
+        Err(_) => Answer::Reply(Err(WireError::new(
+            ErrorCode::Unavailable,
+            "could not reach the owner",
+        ))),
     }
 }
 
 async fn create(ctx: &Arc<Ctx>, req: &Request, placeable: bool) -> Answer<SessionInfo> {
-    let cmd: CreateSession = match decode(&req.message.payload).and_then(|c: CreateSession| c.validate().map(|_| c)) {
-        Ok(c) => c,
-        Err(e) => return Answer::Reply(Err(e)),
-    };
+    let cmd: CreateSession =
+        match decode(&req.message.payload).and_then(|c: CreateSession| c.validate().map(|_| c)) {
+            Ok(c) => c,
+            Err(e) => return Answer::Reply(Err(e)),
+        };
     let id = cmd.id.clone().unwrap_or_else(SessionId::generate);
     match ctx.registry.get(&id).await {
         Ok(Some(v)) if v.record.state != SessionState::Ended => return Answer::Reply(Ok(v.info())),
@@ -242,9 +297,17 @@ async fn create(ctx: &Arc<Ctx>, req: &Request, placeable: bool) -> Answer<Sessio
     Answer::Reply(create_here(ctx, id, &cmd).await)
 }
 
-async fn forward_create(ctx: &Ctx, req: &Request, to: &WorkerId, cmd: &CreateSession) -> Answer<SessionInfo> {
+async fn forward_create(
+    ctx: &Ctx,
+    req: &Request,
+    to: &WorkerId,
+    cmd: &CreateSession,
+) -> Answer<SessionInfo> {
     let Some(reply) = req.message.reply.clone() else {
-        return Answer::Reply(Err(WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")));
+        return Answer::Reply(Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "command without a reply subject",
+        )));
     };
     let subject = ctx.bus.subjects.worker_create(to).to_string();
     match ctx
@@ -254,20 +317,35 @@ async fn forward_create(ctx: &Ctx, req: &Request, to: &WorkerId, cmd: &CreateSes
         .await
     {
         Ok(()) => Answer::Forwarded,
-        Err(_) => Answer::Reply(Err(WireError::new(ErrorCode::Unavailable, "could not reach the chosen worker"))),
+        Err(_) => Answer::Reply(Err(WireError::new(
+            ErrorCode::Unavailable,
+            "could not reach the chosen worker",
+        ))),
     }
 }
 
 /// Creates the session on this worker: reserve a slot, claim the id in the
 /// registry (compare-and-set), start the source, wait for the first frame.
-async fn create_here(ctx: &Arc<Ctx>, id: SessionId, cmd: &CreateSession) -> Result<SessionInfo, WireError> {
+async fn create_here(
+    ctx: &Arc<Ctx>,
+    id: SessionId,
+    cmd: &CreateSession,
+) -> Result<SessionInfo, WireError> {
     let reserved = ctx.dir.lock().expect("directory lock").reserve(&id);
     match reserved {
         Ok(()) => {}
         Err(Refusal::Full) => {
-            return Err(WireError::new(ErrorCode::NoCapacity, "this worker is at its session limit"))
+            return Err(WireError::new(
+                ErrorCode::NoCapacity,
+                "this worker is at its session limit",
+            ))
         }
-        Err(Refusal::Draining) => return Err(WireError::new(ErrorCode::Unavailable, "this worker is shutting down")),
+        Err(Refusal::Draining) => {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "this worker is shutting down",
+            ))
+        }
         Err(Refusal::Present) => return existing_after_race(ctx, &id).await,
     }
     let guard = Reservation { ctx, id: &id };
@@ -332,7 +410,10 @@ async fn existing_after_race(ctx: &Ctx, id: &SessionId) -> Result<SessionInfo, W
             }
         }
         if Instant::now() >= deadline {
-            return Err(WireError::new(ErrorCode::Conflict, "a concurrent create of this id did not complete"));
+            return Err(WireError::new(
+                ErrorCode::Conflict,
+                "a concurrent create of this id did not complete",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -349,9 +430,15 @@ async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo
             if let Err(r) = dir.reserve(&id) {
                 drop(dir);
                 return Err(match r {
-                    Refusal::Full => WireError::new(ErrorCode::NoCapacity, "this worker is at its session limit"),
-                    Refusal::Draining => WireError::new(ErrorCode::Unavailable, "this worker is shutting down"),
-                    Refusal::Present => WireError::new(ErrorCode::Conflict, "session already running here"),
+                    Refusal::Full => {
+                        WireError::new(ErrorCode::NoCapacity, "this worker is at its session limit")
+                    }
+                    Refusal::Draining => {
+                        WireError::new(ErrorCode::Unavailable, "this worker is shutting down")
+                    }
+                    Refusal::Present => {
+                        WireError::new(ErrorCode::Conflict, "session already running here")
+                    }
                 });
             }
         }
@@ -369,26 +456,41 @@ async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo
                 detail: Some(e.to_string()),
             });
             let _ = ctx.registry.update(&rec, claimed.revision).await;
-            return Err(WireError::new(ErrorCode::SourceFailed, format!("source failed to start: {e}")));
+            return Err(WireError::new(
+                ErrorCode::SourceFailed,
+                format!("source failed to start: {e}"),
+            ));
         }
     };
     let (tx, rx) = mpsc::channel(64);
     let (live_tx, live_rx) = oneshot::channel();
     let viewers = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    ctx.dir
-        .lock()
-        .expect("directory lock")
-        .fill(&id, epoch, SessionHandle { tx, viewers: viewers.clone() });
+    ctx.dir.lock().expect("directory lock").fill(
+        &id,
+        epoch,
+        SessionHandle {
+            tx,
+            viewers: viewers.clone(),
+        },
+    );
     let session = Session::new(ctx.clone(), claimed, source, viewers);
     let span = tracing::info_span!("session", session_id = %id, epoch, worker_id = %ctx.me);
     ctx.tracker.spawn(session.run(rx, live_tx).instrument(span));
-    live_rx
-        .await
-        .unwrap_or_else(|_| Err(WireError::new(ErrorCode::Internal, "session task ended unexpectedly")))
+    live_rx.await.unwrap_or_else(|_| {
+        Err(WireError::new(
+            ErrorCode::Internal,
+            "session task ended unexpectedly",
+        ))
+    })
 }
 
 /// keepalive and stop, public (`placeable`: may forward) or direct.
-async fn command(ctx: &Arc<Ctx>, req: &Request, verb: SessionVerb, public: bool) -> Answer<SessionInfo> {
+async fn command(
+    ctx: &Arc<Ctx>,
+    req: &Request,
+    verb: SessionVerb,
+    public: bool,
+) -> Answer<SessionInfo> {
     let id = match session_id(ctx, req) {
         Ok(id) => id,
         Err(e) => return Answer::Reply(Err(e)),
@@ -424,7 +526,11 @@ async fn command(ctx: &Arc<Ctx>, req: &Request, verb: SessionVerb, public: bool)
                 ErrorCode::Ended,
                 format!(
                     "session {id} has ended: {}",
-                    v.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("unknown")
+                    v.record
+                        .ended
+                        .as_ref()
+                        .map(|e| e.reason.as_str())
+                        .unwrap_or("unknown")
                 ),
             )),
         });
@@ -458,10 +564,16 @@ async fn adopt(ctx: &Arc<Ctx>, req: &Request) -> Result<SessionInfo, WireError> 
             return Ok(v.info());
         }
     }
-    if v.record.owner != ctx.me || v.record.epoch != cmd.epoch || v.record.state != SessionState::Starting {
+    if v.record.owner != ctx.me
+        || v.record.epoch != cmd.epoch
+        || v.record.state != SessionState::Starting
+    {
         return Err(WireError::new(
             ErrorCode::Conflict,
-            format!("the registry does not give session {id} to this worker under epoch {}", cmd.epoch),
+            format!(
+                "the registry does not give session {id} to this worker under epoch {}",
+                cmd.epoch
+            ),
         ));
     }
     start_session(ctx, v).await
@@ -497,11 +609,18 @@ async fn owner_of(ctx: &Ctx, id: &SessionId) -> Result<Owner, WireError> {
             ErrorCode::Ended,
             format!(
                 "session {id} has ended: {}",
-                v.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("unknown")
+                v.record
+                    .ended
+                    .as_ref()
+                    .map(|e| e.reason.as_str())
+                    .unwrap_or("unknown")
             ),
         )),
         Some(v) if v.record.owner != ctx.me => Ok(Owner::There(v.record.owner)),
-        Some(_) => Err(WireError::new(ErrorCode::Conflict, format!("session {id} is starting or moving; retry"))),
+        Some(_) => Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("session {id} is starting or moving; retry"),
+        )),
     }
 }
 
@@ -516,14 +635,21 @@ async fn join(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema:
         Err(e) => return Answer::Reply(Err(e)),
     };
     match owner_of(ctx, &id).await {
-        Ok(Owner::Here(h)) => Answer::Reply(h.ask(|reply| Cmd::Join { join: cmd, reply }).await.and_then(|r| r)),
+        Ok(Owner::Here(h)) => Answer::Reply(
+            h.ask(|reply| Cmd::Join { join: cmd, reply })
+                .await
+                .and_then(|r| r),
+        ),
         Ok(Owner::There(w)) if public => {
             match forward_raw(ctx, req, ctx.bus.subjects.worker_join(&w, &id).to_string()).await {
                 Ok(()) => Answer::Forwarded,
                 Err(e) => Answer::Reply(Err(e)),
             }
         }
-        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
+            ErrorCode::NotFound,
+            "session not on this worker",
+        ))),
         Err(e) => Answer::Reply(Err(e)),
     }
 }
@@ -532,9 +658,7 @@ async fn inject(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<Ack> {
     let run = async {
         let id = session_id(ctx, req)?;
         let cmd: bus_schema::InjectInput = decode(&req.message.payload)?;
-        for e in &cmd.events {
-            bus_schema::input::validate_event(e)?;
-        }
+        cmd.validate()?;
         Ok::<_, WireError>((id, cmd))
     };
     let (id, cmd) = match run.await {
@@ -556,7 +680,10 @@ async fn inject(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<Ack> {
                 Err(e) => Answer::Reply(Err(e)),
             }
         }
-        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
+            ErrorCode::NotFound,
+            "session not on this worker",
+        ))),
         Err(e) => Answer::Reply(Err(e)),
     }
 }
@@ -567,16 +694,19 @@ async fn peer_signal(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
     let Some((_, h)) = ctx.dir.lock().expect("directory lock").get(&id) else {
         return Err(WireError::not_found(format!("session {id} on this worker")));
     };
-    h.ask(|reply| Cmd::Signal { peer, signal, reply }).await?
+    h.ask(|reply| Cmd::Signal {
+        peer,
+        signal,
+        reply,
+    })
+    .await?
 }
 
 /// Hands a request to another worker with the caller's reply subject.
 async fn forward_raw(ctx: &Ctx, req: &Request, subject: String) -> Result<(), WireError> {
-    let reply = req
-        .message
-        .reply
-        .clone()
-        .ok_or_else(|| WireError::new(ErrorCode::InvalidRequest, "command without a reply subject"))?;
+    let reply = req.message.reply.clone().ok_or_else(|| {
+        WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")
+    })?;
     ctx.bus
         .client
         .publish_with_reply(subject, reply, req.message.payload.clone())
@@ -602,7 +732,10 @@ async fn stats(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema
                 Err(e) => Answer::Reply(Err(e)),
             }
         }
-        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(ErrorCode::NotFound, "session not on this worker"))),
+        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
+            ErrorCode::NotFound,
+            "session not on this worker",
+        ))),
         Err(e) => Answer::Reply(Err(e)),
     }
 }
