@@ -16,9 +16,10 @@ impl From<WireError> for ApiError {
 
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::Malformed | ErrorCode::InvalidRequest | ErrorCode::InvalidId | ErrorCode::InvalidDuration => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorCode::Malformed
+        | ErrorCode::InvalidRequest
+        | ErrorCode::InvalidId
+        | ErrorCode::InvalidDuration => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Ended => StatusCode::GONE,

@@ -18,15 +18,18 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bus_schema::{
-    decode, Bus, CreateSession, ErrorCode, GetSession, Keepalive, ListSessions, SessionId, StopSession, Subjects,
-    WireError,
+    decode, Bus, CreateSession, ErrorCode, GetSession, Keepalive, ListSessions, SessionId,
+    StopSession, Subjects, WireError,
 };
 use serde::Deserialize;
 
 pub use error::ApiError;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "api", about = "REST and WebSocket front of the streaming system")]
+#[command(
+    name = "api",
+    about = "REST and WebSocket front of the streaming system"
+)]
 pub struct Config {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -85,7 +88,9 @@ pub fn app(state: AppState) -> Router {
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.api_key else { return Ok(()) };
+    let Some(key) = &state.api_key else {
+        return Ok(());
+    };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +98,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
         Some(_) => Err(WireError::new(ErrorCode::Unauthorized, "wrong API key").into()),
-        None => Err(WireError::new(ErrorCode::Unauthorized, "missing Authorization: Bearer <api key>").into()),
+        None => Err(WireError::new(
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <api key>",
+        )
+        .into()),
     }
 }
 
@@ -105,11 +114,18 @@ fn parse_id(id: &str) -> Result<SessionId, ApiError> {
     Ok(SessionId::parse(id)?)
 }
 
-async fn create(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&s, &headers)?;
     let cmd: CreateSession = decode(&body)?;
     cmd.validate()?;
-    let info = s.bus.request(&s.bus.subjects.session_create(), &cmd).await?;
+    let info = s
+        .bus
+        .request(&s.bus.subjects.session_create(), &cmd)
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -128,7 +144,9 @@ async fn list(
     let cmd = ListSessions {
         include_ended: q.include_ended,
     };
-    Ok(Json(s.bus.request(&s.bus.subjects.session_list(), &cmd).await?))
+    Ok(Json(
+        s.bus.request(&s.bus.subjects.session_list(), &cmd).await?,
+    ))
 }
 
 async fn get_one(
@@ -138,7 +156,11 @@ async fn get_one(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&s, &headers)?;
     let id = parse_id(&id)?;
-    Ok(Json(s.bus.request(&s.bus.subjects.session_get(&id), &GetSession {}).await?))
+    Ok(Json(
+        s.bus
+            .request(&s.bus.subjects.session_get(&id), &GetSession {})
+            .await?,
+    ))
 }
 
 async fn stop(
@@ -149,7 +171,11 @@ async fn stop(
     authorize(&s, &headers)?;
     let id = parse_id(&id)?;
     let cmd = StopSession { detail: None };
-    Ok(Json(s.bus.request(&s.bus.subjects.session_stop(&id), &cmd).await?))
+    Ok(Json(
+        s.bus
+            .request(&s.bus.subjects.session_stop(&id), &cmd)
+            .await?,
+    ))
 }
 
 async fn keepalive(
@@ -159,7 +185,11 @@ async fn keepalive(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&s, &headers)?;
     let id = parse_id(&id)?;
-    Ok(Json(s.bus.request(&s.bus.subjects.session_keepalive(&id), &Keepalive {}).await?))
+    Ok(Json(
+        s.bus
+            .request(&s.bus.subjects.session_keepalive(&id), &Keepalive {})
+            .await?,
+    ))
 }
 
 async fn viewer_page() -> impl IntoResponse {
@@ -189,12 +219,20 @@ async fn mint_token(
     let id = parse_id(&id)?;
     let req: TokenRequest = decode(&body)?;
     // Only sessions that exist get tokens.
-    let info = s.bus.request(&s.bus.subjects.session_get(&id), &GetSession {}).await?;
+    let info = s
+        .bus
+        .request(&s.bus.subjects.session_get(&id), &GetSession {})
+        .await?;
     if info.record.state == bus_schema::SessionState::Ended {
         return Err(WireError::new(ErrorCode::Ended, format!("session {id} has ended")).into());
     }
-    let ttl = req.ttl.map(|d| d.get()).unwrap_or(Duration::from_secs(3600));
-    let token = s.signer.mint(&id, req.role, ttl, std::time::SystemTime::now());
+    let ttl = req
+        .ttl
+        .map(|d| d.get())
+        .unwrap_or(Duration::from_secs(3600));
+    let token = s
+        .signer
+        .mint(&id, req.role, ttl, std::time::SystemTime::now());
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({

@@ -43,7 +43,9 @@ fn unauthorized(msg: &str) -> WireError {
 
 impl Signer {
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self { secret: secret.into() }
+        Self {
+            secret: secret.into(),
+        }
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -51,13 +53,19 @@ impl Signer {
     }
 
     pub fn mint(&self, sid: &SessionId, role: Role, ttl: Duration, now: SystemTime) -> String {
-        let exp = (now + ttl).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let exp = (now + ttl)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let claims = Claims {
             sid: sid.clone(),
             role,
             exp,
         };
-        let body = format!("v1.{}", B64.encode(serde_json::to_vec(&claims).expect("claims serialize")));
+        let body = format!(
+            "v1.{}",
+            B64.encode(serde_json::to_vec(&claims).expect("claims serialize"))
+        );
         let mut mac = self.mac();
         mac.update(body.as_bytes());
         format!("{body}.{}", B64.encode(mac.finalize().into_bytes()))
@@ -65,24 +73,42 @@ impl Signer {
 
     /// Checks signature, expiry and session. Errors are `unauthorized`
     /// (bad or expired token) or `forbidden` (a token for another session).
-    pub fn verify(&self, token: &str, session: &SessionId, now: SystemTime) -> Result<Claims, WireError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        session: &SessionId,
+        now: SystemTime,
+    ) -> Result<Claims, WireError> {
         if token.len() > 1024 {
             return Err(unauthorized("token too long"));
         }
-        let (body, sig) = token.rsplit_once('.').ok_or_else(|| unauthorized("malformed token"))?;
-        let claims_b64 = body.strip_prefix("v1.").ok_or_else(|| unauthorized("unknown token version"))?;
-        let sig = B64.decode(sig).map_err(|_| unauthorized("malformed token signature"))?;
+        let (body, sig) = token
+            .rsplit_once('.')
+            .ok_or_else(|| unauthorized("malformed token"))?;
+        let claims_b64 = body
+            .strip_prefix("v1.")
+            .ok_or_else(|| unauthorized("unknown token version"))?;
+        let sig = B64
+            .decode(sig)
+            .map_err(|_| unauthorized("malformed token signature"))?;
         let mut mac = self.mac();
         mac.update(body.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| unauthorized("bad token signature"))?;
-        let raw = B64.decode(claims_b64).map_err(|_| unauthorized("malformed token claims"))?;
-        let claims: Claims = serde_json::from_slice(&raw).map_err(|_| unauthorized("malformed token claims"))?;
+        mac.verify_slice(&sig)
+            .map_err(|_| unauthorized("bad token signature"))?;
+        let raw = B64
+            .decode(claims_b64)
+            .map_err(|_| unauthorized("malformed token claims"))?;
+        let claims: Claims =
+            serde_json::from_slice(&raw).map_err(|_| unauthorized("malformed token claims"))?;
         let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         if claims.exp <= now_s {
             return Err(unauthorized("token expired"));
         }
         if &claims.sid != session {
-            return Err(WireError::new(ErrorCode::Forbidden, "token is for another session"));
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "token is for another session",
+            ));
         }
         Ok(claims)
     }
@@ -103,7 +129,9 @@ mod tests {
         let tok = s.mint(&sid("a"), Role::Control, Duration::from_secs(60), t0);
         let c = s.verify(&tok, &sid("a"), t0).unwrap();
         assert_eq!(c.role, Role::Control);
-        let e = s.verify(&tok, &sid("a"), t0 + Duration::from_secs(61)).unwrap_err();
+        let e = s
+            .verify(&tok, &sid("a"), t0 + Duration::from_secs(61))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::Unauthorized);
         let e = s.verify(&tok, &sid("b"), t0).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
@@ -118,9 +146,18 @@ mod tests {
         let (_, sig) = tok.rsplit_once('.').unwrap();
         let forged_claims = B64.encode(br#"{"sid":"a","role":"control","exp":99999999999}"#);
         let forged = format!("v1.{forged_claims}.{sig}");
-        assert_eq!(Signer::new("k").verify(&forged, &sid("a"), t0).unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(
+            Signer::new("k")
+                .verify(&forged, &sid("a"), t0)
+                .unwrap_err()
+                .code,
+            ErrorCode::Unauthorized
+        );
         for junk in ["", "v1", "v1..", "v2.a.b", "x.y.z", &"a".repeat(5000)] {
-            assert!(Signer::new("k").verify(junk, &sid("a"), t0).is_err(), "{junk}");
+            assert!(
+                Signer::new("k").verify(junk, &sid("a"), t0).is_err(),
+                "{junk}"
+            );
         }
     }
 }

@@ -43,7 +43,11 @@ pub async fn upgrade(
         Err(e) => return ApiError(e).into_response(),
     };
     let Some(token) = q.token else {
-        return ApiError(WireError::new(ErrorCode::Unauthorized, "a join token is required")).into_response();
+        return ApiError(WireError::new(
+            ErrorCode::Unauthorized,
+            "a join token is required",
+        ))
+        .into_response();
     };
     let claims = match s.signer.verify(&token, &id, SystemTime::now()) {
         Ok(c) => c,
@@ -59,15 +63,28 @@ fn error_json(e: &WireError) -> String {
     serde_json::json!({"type": "error", "code": e.code, "message": e.message}).to_string()
 }
 
-async fn serve(s: AppState, socket: WebSocket, id: SessionId, peer: PeerId, role: bus_schema::Role) {
+async fn serve(
+    s: AppState,
+    socket: WebSocket,
+    id: SessionId,
+    peer: PeerId,
+    role: bus_schema::Role,
+) {
     let (mut tx, mut rx) = socket.split();
     let subjects = &s.bus.subjects;
     // Subscribe before joining so no candidate from the worker is missed.
-    let mut inbox = match s.bus.client.subscribe(subjects.peer_out(&peer).to_string()).await {
+    let mut inbox = match s
+        .bus
+        .client
+        .subscribe(subjects.peer_out(&peer).to_string())
+        .await
+    {
         Ok(sub) => sub,
         Err(_) => {
             let _ = tx
-                .send(Message::Text(error_json(&WireError::new(ErrorCode::Unavailable, "bus unavailable")).into()))
+                .send(Message::Text(
+                    error_json(&WireError::new(ErrorCode::Unavailable, "bus unavailable")).into(),
+                ))
                 .await;
             return;
         }
@@ -94,7 +111,11 @@ async fn serve(s: AppState, socket: WebSocket, id: SessionId, peer: PeerId, role
     let worker = joined.worker.clone();
     let mut msg = serde_json::to_value(&joined).expect("serializes");
     msg["type"] = "joined".into();
-    if tx.send(Message::Text(msg.to_string().into())).await.is_err() {
+    if tx
+        .send(Message::Text(msg.to_string().into()))
+        .await
+        .is_err()
+    {
         leave(&s, &worker, &id, &peer).await;
         return;
     }

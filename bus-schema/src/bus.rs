@@ -33,7 +33,11 @@ impl Bus {
 
     /// Sends a command and waits for its typed reply. Transport failures
     /// come back as `unavailable`.
-    pub async fn request<M: Command>(&self, subject: &Subject<M>, msg: &M) -> Result<M::Reply, WireError> {
+    pub async fn request<M: Command>(
+        &self,
+        subject: &Subject<M>,
+        msg: &M,
+    ) -> Result<M::Reply, WireError> {
         let req = async_nats::Request::new()
             .payload(encode(msg))
             .timeout(Some(self.timeout));
@@ -57,7 +61,11 @@ impl Bus {
     }
 
     /// Publishes a message (events, heartbeats). Fire and forget.
-    pub async fn publish<M: Serialize>(&self, subject: &Subject<M>, msg: &M) -> Result<(), WireError> {
+    pub async fn publish<M: Serialize>(
+        &self,
+        subject: &Subject<M>,
+        msg: &M,
+    ) -> Result<(), WireError> {
         self.client
             .publish(subject.as_str().to_string(), encode(msg))
             .await

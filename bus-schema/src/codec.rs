@@ -102,7 +102,10 @@ pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, WireError> {
     if payload.len() > MAX_COMMAND_BYTES {
         return Err(WireError::new(
             ErrorCode::TooLarge,
-            format!("payload is {} bytes; the limit is {MAX_COMMAND_BYTES}", payload.len()),
+            format!(
+                "payload is {} bytes; the limit is {MAX_COMMAND_BYTES}",
+                payload.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(payload)
@@ -145,12 +148,18 @@ pub fn encode_reply<T: Serialize>(reply: &Result<T, WireError>) -> Bytes {
 
 pub fn decode_reply<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     let env: Envelope<T> = serde_json::from_slice(payload).map_err(|e| {
-        WireError::new(ErrorCode::Internal, format!("unreadable reply from the bus: {e}"))
+        WireError::new(
+            ErrorCode::Internal,
+            format!("unreadable reply from the bus: {e}"),
+        )
     })?;
     match (env.ok, env.result, env.error) {
         (true, Some(v), _) => Ok(v),
         (false, _, Some(e)) => Err(e),
-        _ => Err(WireError::new(ErrorCode::Internal, "reply envelope without result or error")),
+        _ => Err(WireError::new(
+            ErrorCode::Internal,
+            "reply envelope without result or error",
+        )),
     }
 }
 
@@ -164,18 +173,35 @@ mod tests {
         assert_eq!(code(b"{"), ErrorCode::Malformed);
         assert_eq!(code(b"\xff\xfe"), ErrorCode::Malformed);
         assert_eq!(code(b"[1,2]"), ErrorCode::InvalidRequest);
-        assert_eq!(code(b"[]"), ErrorCode::InvalidRequest, "arrays never stand in for commands");
+        assert_eq!(
+            code(b"[]"),
+            ErrorCode::InvalidRequest,
+            "arrays never stand in for commands"
+        );
         assert_eq!(code(b"null"), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"idd":"x"}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"id":5}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"id":"a.b"}"#), ErrorCode::InvalidId);
         assert_eq!(code(br#"{"idle_ttl":"soon"}"#), ErrorCode::InvalidDuration);
-        assert_eq!(code(br#"{"source":{"kind":"webcam"}}"#), ErrorCode::InvalidRequest);
-        assert_eq!(code(br#"{"source":{"kind":"synthetic","colour":1}}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(br#"{"source":{"kind":"webcam"}}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(br#"{"source":{"kind":"synthetic","colour":1}}"#),
+            ErrorCode::InvalidRequest
+        );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(code(deep.as_bytes()), ErrorCode::Malformed);
-        let nested_label = format!(r#"{{"labels":{{"a":"{}{}"}}}}"#, "[".repeat(100), "]".repeat(100));
-        assert!(decode::<CreateSession>(nested_label.as_bytes()).is_ok(), "brackets in strings are text");
+        let nested_label = format!(
+            r#"{{"labels":{{"a":"{}{}"}}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(
+            decode::<CreateSession>(nested_label.as_bytes()).is_ok(),
+            "brackets in strings are text"
+        );
         let big = vec![b' '; MAX_COMMAND_BYTES + 1];
         assert_eq!(code(&big), ErrorCode::TooLarge);
     }
@@ -183,7 +209,10 @@ mod tests {
     #[test]
     fn empty_payload_is_an_empty_command() {
         assert_eq!(decode::<Keepalive>(b"").unwrap(), Keepalive {});
-        assert_eq!(decode::<CreateSession>(b" ").unwrap(), CreateSession::default());
+        assert_eq!(
+            decode::<CreateSession>(b" ").unwrap(),
+            CreateSession::default()
+        );
     }
 
     #[test]

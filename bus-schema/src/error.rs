@@ -130,9 +130,10 @@ impl WireError {
                 }
                 None => Self::new(ErrorCode::InvalidRequest, text),
             },
-            Category::Syntax | Category::Eof | Category::Io => {
-                Self::new(ErrorCode::Malformed, format!("payload is not valid JSON: {text}"))
-            }
+            Category::Syntax | Category::Eof | Category::Io => Self::new(
+                ErrorCode::Malformed,
+                format!("payload is not valid JSON: {text}"),
+            ),
         }
     }
 }

@@ -15,8 +15,7 @@ pub const MAX_ID_LEN: usize = 64;
 fn check_token(kind: &str, s: &str) -> Result<(), WireError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())

@@ -78,13 +78,22 @@ impl SourceSpec {
                     ));
                 }
                 if width % 2 != 0 || height % 2 != 0 {
-                    return Err(WireError::new(InvalidRequest, "synthetic width and height must be even"));
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "synthetic width and height must be even",
+                    ));
                 }
                 if !(1..=120).contains(&fps) {
-                    return Err(WireError::new(InvalidRequest, "synthetic fps must be 1..=120"));
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "synthetic fps must be 1..=120",
+                    ));
                 }
                 if !(50..=50_000).contains(&bitrate_kbps) {
-                    return Err(WireError::new(InvalidRequest, "bitrate_kbps must be 50..=50000"));
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "bitrate_kbps must be 50..=50000",
+                    ));
                 }
                 Ok(())
             }
@@ -388,7 +397,11 @@ pub struct Candidate {
     pub candidate: String,
     #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "sdpMLineIndex",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sdp_mline_index: Option<u16>,
 }
 
@@ -396,8 +409,12 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PeerSignal {
-    Answer { sdp: String },
-    Candidate { candidate: Candidate },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: Candidate,
+    },
     /// The viewer leaves; everything it held is released.
     Leave,
 }
@@ -406,13 +423,21 @@ pub enum PeerSignal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToPeer {
-    Candidate { candidate: Candidate },
+    Candidate {
+        candidate: Candidate,
+    },
     /// The number of viewers changed.
-    Viewers { count: u32 },
+    Viewers {
+        count: u32,
+    },
     /// The session ended; the viewer should show why.
-    Ended { reason: EndReason },
+    Ended {
+        reason: EndReason,
+    },
     /// The worker dropped this peer (for example after an ICE failure).
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 /// `session.<id>.stats`: what the owner sees right now. No fields.

@@ -129,7 +129,9 @@ impl Registry {
     pub async fn get(&self, id: &SessionId) -> Result<Option<Versioned>, RegistryError> {
         let entry = self.kv.entry(id.as_str()).await.map_err(unavailable)?;
         match entry {
-            Some(e) if e.operation == kv::Operation::Put => Ok(Some(Self::parse(&e.key, &e.value, e.revision)?)),
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some(Self::parse(&e.key, &e.value, e.revision)?))
+            }
             _ => Ok(None),
         }
     }
@@ -154,7 +156,11 @@ impl Registry {
     }
 
     /// Replaces the entry if it is still at `revision`.
-    pub async fn update(&self, record: &SessionRecord, revision: u64) -> Result<u64, RegistryError> {
+    pub async fn update(
+        &self,
+        record: &SessionRecord,
+        revision: u64,
+    ) -> Result<u64, RegistryError> {
         self.kv
             .update(record.id.as_str(), encode(record), revision)
             .await

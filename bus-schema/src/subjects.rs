@@ -116,7 +116,9 @@ impl Subjects {
         if !ok {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
-                format!("subject prefix {prefix:?} must be dot-separated tokens of A-Z a-z 0-9 - _"),
+                format!(
+                    "subject prefix {prefix:?} must be dot-separated tokens of A-Z a-z 0-9 - _"
+                ),
             ));
         }
         Ok(Self {
@@ -195,7 +197,9 @@ impl Subjects {
         let rest = subject
             .strip_prefix(&self.base())
             .and_then(|r| r.strip_prefix('.'))
-            .ok_or_else(|| WireError::new(ErrorCode::InvalidRequest, "subject outside this prefix"))?;
+            .ok_or_else(|| {
+                WireError::new(ErrorCode::InvalidRequest, "subject outside this prefix")
+            })?;
         let tokens: Vec<&str> = rest.split('.').collect();
         let id = match tokens.as_slice() {
             ["session", id, _verb] => id,
@@ -247,7 +251,10 @@ impl Subjects {
 
     /// Viewer to worker signalling for one peer. Reply: [`Ack`].
     pub fn worker_peer(&self, w: &WorkerId, id: &SessionId, peer: &PeerId) -> Subject<PeerSignal> {
-        Subject::new(format!("{}.worker.{w}.session.{id}.peer.{peer}", self.base()))
+        Subject::new(format!(
+            "{}.worker.{w}.session.{id}.peer.{peer}",
+            self.base()
+        ))
     }
 
     /// Wildcard over every peer signal to one worker.
@@ -265,10 +272,17 @@ impl Subjects {
         let rest = subject
             .strip_prefix(&self.base())
             .and_then(|r| r.strip_prefix('.'))
-            .ok_or_else(|| WireError::new(ErrorCode::InvalidRequest, "subject outside this prefix"))?;
+            .ok_or_else(|| {
+                WireError::new(ErrorCode::InvalidRequest, "subject outside this prefix")
+            })?;
         match rest.split('.').collect::<Vec<_>>().as_slice() {
-            ["worker", _w, "session", id, "peer", peer] => Ok((SessionId::parse(*id)?, PeerId::parse(*peer)?)),
-            _ => Err(WireError::new(ErrorCode::InvalidRequest, format!("subject {subject:?} names no peer"))),
+            ["worker", _w, "session", id, "peer", peer] => {
+                Ok((SessionId::parse(*id)?, PeerId::parse(*peer)?))
+            }
+            _ => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("subject {subject:?} names no peer"),
+            )),
         }
     }
 
@@ -290,7 +304,11 @@ impl Subjects {
     // ---- events ----
 
     pub fn event_session(&self, id: &SessionId, kind: SessionEventKind) -> Subject<SessionEvent> {
-        Subject::new(format!("{}.event.session.{id}.{}", self.base(), kind.as_str()))
+        Subject::new(format!(
+            "{}.event.session.{id}.{}",
+            self.base(),
+            kind.as_str()
+        ))
     }
 
     /// All events of one session.
@@ -322,11 +340,23 @@ mod tests {
         let s = Subjects::new("acme.streams").unwrap();
         let id = SessionId::parse("s1").unwrap();
         let w = WorkerId::parse("w1").unwrap();
-        assert_eq!(s.session_create().as_str(), "acme.streams.v1.session.create");
-        assert_eq!(s.session_stop(&id).as_str(), "acme.streams.v1.session.s1.stop");
-        assert_eq!(s.heartbeat(&w).as_str(), "acme.streams.v1.worker.w1.heartbeat");
+        assert_eq!(
+            s.session_create().as_str(),
+            "acme.streams.v1.session.create"
+        );
+        assert_eq!(
+            s.session_stop(&id).as_str(),
+            "acme.streams.v1.session.s1.stop"
+        );
+        assert_eq!(
+            s.heartbeat(&w).as_str(),
+            "acme.streams.v1.worker.w1.heartbeat"
+        );
         assert_eq!(s.registry_bucket(), "acme_streams_sessions");
-        assert_eq!(s.session_verb_any(SessionVerb::Get), "acme.streams.v1.session.*.get");
+        assert_eq!(
+            s.session_verb_any(SessionVerb::Get),
+            "acme.streams.v1.session.*.get"
+        );
     }
 
     #[test]
@@ -335,7 +365,10 @@ mod tests {
         let id = SessionId::parse("abc").unwrap();
         let w = WorkerId::parse("w1").unwrap();
         assert_eq!(s.session_id_in(s.session_get(&id).as_str()).unwrap(), id);
-        assert_eq!(s.session_id_in(s.worker_stop(&w, &id).as_str()).unwrap(), id);
+        assert_eq!(
+            s.session_id_in(s.worker_stop(&w, &id).as_str()).unwrap(),
+            id
+        );
         assert!(s.session_id_in("other.v1.session.abc.get").is_err());
     }
 

@@ -125,9 +125,12 @@ impl Timestamp {
 impl TryFrom<String> for Timestamp {
     type Error = WireError;
     fn try_from(s: String) -> Result<Self, WireError> {
-        humantime::parse_rfc3339_weak(&s)
-            .map(Self)
-            .map_err(|e| WireError::new(ErrorCode::InvalidRequest, format!("bad timestamp {s:?}: {e}")))
+        humantime::parse_rfc3339_weak(&s).map(Self).map_err(|e| {
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("bad timestamp {s:?}: {e}"),
+            )
+        })
     }
 }
 
@@ -168,10 +171,22 @@ mod tests {
 
     #[test]
     fn parses_human_durations() {
-        assert_eq!(HumanDuration::parse("90s").unwrap().get(), Duration::from_secs(90));
-        assert_eq!(HumanDuration::parse("5m").unwrap().get(), Duration::from_secs(300));
-        assert_eq!(HumanDuration::parse("24h").unwrap().get(), Duration::from_secs(86400));
-        assert_eq!(HumanDuration::parse("1h 30m").unwrap().get(), Duration::from_secs(5400));
+        assert_eq!(
+            HumanDuration::parse("90s").unwrap().get(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            HumanDuration::parse("5m").unwrap().get(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            HumanDuration::parse("24h").unwrap().get(),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            HumanDuration::parse("1h 30m").unwrap().get(),
+            Duration::from_secs(5400)
+        );
     }
 
     #[test]

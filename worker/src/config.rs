@@ -11,7 +11,10 @@ pub enum StorageKind {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "worker", about = "Hosts live streaming sessions and fans them out to viewers")]
+#[command(
+    name = "worker",
+    about = "Hosts live streaming sessions and fans them out to viewers"
+)]
 pub struct Config {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -78,7 +81,10 @@ impl Config {
             None => WorkerId::generate(),
         };
         if self.capacity == 0 {
-            return Err(WireError::new(bus_schema::ErrorCode::InvalidRequest, "capacity must be at least 1"));
+            return Err(WireError::new(
+                bus_schema::ErrorCode::InvalidRequest,
+                "capacity must be at least 1",
+            ));
         }
         if *self.lease <= *self.heartbeat_interval {
             return Err(WireError::new(
@@ -99,7 +105,9 @@ impl Config {
             Some(r) => {
                 let (lo, hi) = r
                     .split_once('-')
-                    .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    })
                     .filter(|(a, b)| a <= b && *a > 0)
                     .ok_or_else(|| bad(format!("UDP_PORT_RANGE {r:?} is not min-max")))?;
                 Some((lo, hi))
@@ -109,11 +117,19 @@ impl Config {
             .ice_servers
             .iter()
             .filter(|u| !u.trim().is_empty())
-            .map(|u| parse_ice_server(u.trim()).ok_or_else(|| bad(format!("ICE server {u:?} is not stun:/turn:/turns:"))))
+            .map(|u| {
+                parse_ice_server(u.trim())
+                    .ok_or_else(|| bad(format!("ICE server {u:?} is not stun:/turn:/turns:")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(crate::rtc::RtcSettings {
             ice_servers,
-            nat_1to1_ips: self.public_ips.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            nat_1to1_ips: self
+                .public_ips
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
             udp_port: self.udp_port,
             udp_port_range,
         })
@@ -125,7 +141,9 @@ impl Config {
         SessionSpec {
             source: req.source.clone(),
             idle_ttl: req.idle_ttl.unwrap_or_else(|| dur(*self.default_idle_ttl)),
-            max_lifetime: req.max_lifetime.unwrap_or_else(|| dur(*self.default_max_lifetime)),
+            max_lifetime: req
+                .max_lifetime
+                .unwrap_or_else(|| dur(*self.default_max_lifetime)),
             on_worker_lost: req.on_worker_lost,
             labels: req.labels.clone(),
         }
@@ -174,7 +192,10 @@ mod tests {
     fn udp_port_range_is_checked() {
         let mut c = Config::for_tests("nats://x");
         c.udp_port_range = Some("40000-40100".into());
-        assert_eq!(c.rtc_settings().unwrap().udp_port_range, Some((40000, 40100)));
+        assert_eq!(
+            c.rtc_settings().unwrap().udp_port_range,
+            Some((40000, 40100))
+        );
         c.udp_port_range = Some("5-1".into());
         assert!(c.rtc_settings().is_err());
     }

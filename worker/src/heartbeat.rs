@@ -99,7 +99,10 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<(), WorkerError> {
                 }
                 Err(_) => {}
             }
-            c.cluster.lock().expect("cluster lock").prune(Instant::now());
+            c.cluster
+                .lock()
+                .expect("cluster lock")
+                .prune(Instant::now());
         }
     });
 
@@ -134,5 +137,8 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<(), WorkerError> {
 /// A last heartbeat with no sessions, so peers stop placing here at once.
 pub async fn publish_final(ctx: &Ctx) {
     let hb = snapshot(ctx, true);
-    let _ = ctx.bus.publish(&ctx.bus.subjects.heartbeat(&ctx.me), &hb).await;
+    let _ = ctx
+        .bus
+        .publish(&ctx.bus.subjects.heartbeat(&ctx.me), &hb)
+        .await;
 }

@@ -94,7 +94,8 @@ pub async fn run(
         config::StorageKind::File => Storage::File,
         config::StorageKind::Memory => Storage::Memory,
     };
-    let registry = Registry::open_with_retry(&js, &subjects, storage, Duration::from_secs(30)).await?;
+    let registry =
+        Registry::open_with_retry(&js, &subjects, storage, Duration::from_secs(30)).await?;
     let interval = *config.heartbeat_interval;
     let engine = rtc::Engine::new(&config.rtc_settings()?)
         .await
@@ -126,7 +127,10 @@ pub async fn run(
     let _ = service.stop().await;
     ctx.cancel.cancel();
     ctx.tracker.close();
-    if tokio::time::timeout(Duration::from_secs(3), ctx.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), ctx.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(worker_id = %me, "tasks still running at exit");
     }
     heartbeat::publish_final(&ctx).await;

@@ -35,7 +35,9 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
 use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
@@ -85,7 +87,8 @@ fn h264() -> RTCRtpCodecCapability {
         mime_type: MIME_TYPE_H264.to_owned(),
         clock_rate: 90_000,
         channels: 0,
-        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".to_owned(),
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+            .to_owned(),
         rtcp_feedback: vec![
             RTCPFeedback {
                 typ: "goog-remb".into(),
@@ -143,7 +146,9 @@ impl Engine {
         }
         if let Some(port) = settings.udp_port {
             let sock = tokio::net::UdpSocket::bind(("0.0.0.0", port)).await?;
-            se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(sock))));
+            se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
+                sock,
+            ))));
         } else if let Some((lo, hi)) = settings.udp_port_range {
             let range = EphemeralUDP::new(lo, hi).map_err(|e| RtcError::WebRtc(e.into()))?;
             se.set_udp_network(UDPNetwork::Ephemeral(range));
@@ -189,10 +194,22 @@ impl Engine {
         };
         let pc = Arc::new(self.api.new_peer_connection(config).await?);
         let cancel = CancellationToken::new();
-        let video = Arc::new(TrackLocalStaticSample::new(h264(), "video".into(), "stream".into()));
-        let audio = Arc::new(TrackLocalStaticSample::new(opus(), "audio".into(), "stream".into()));
-        let video_sender = pc.add_track(video.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
-        let audio_sender = pc.add_track(audio.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+        let video = Arc::new(TrackLocalStaticSample::new(
+            h264(),
+            "video".into(),
+            "stream".into(),
+        ));
+        let audio = Arc::new(TrackLocalStaticSample::new(
+            opus(),
+            "audio".into(),
+            "stream".into(),
+        ));
+        let video_sender = pc
+            .add_track(video.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
+        let audio_sender = pc
+            .add_track(audio.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
 
         // RTCP from the viewer: PLI/FIR ask the source for a keyframe (the
         // source coalesces concurrent asks into one IDR). Reading RTCP also
@@ -235,12 +252,18 @@ impl Engine {
                 let ev = if role != Role::Control {
                     ViewerEvent::BadInput(
                         peer.clone(),
-                        WireError::new(bus_schema::ErrorCode::Forbidden, "view-only viewers send no input"),
+                        WireError::new(
+                            bus_schema::ErrorCode::Forbidden,
+                            "view-only viewers send no input",
+                        ),
                     )
                 } else if msg.is_string {
                     ViewerEvent::BadInput(
                         peer.clone(),
-                        WireError::new(bus_schema::ErrorCode::InvalidRequest, "input messages are binary"),
+                        WireError::new(
+                            bus_schema::ErrorCode::InvalidRequest,
+                            "input messages are binary",
+                        ),
                     )
                 } else {
                     match bus_schema::input::decode_input(&msg.data) {
@@ -398,7 +421,10 @@ async fn write_media(
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
             }
             Err(RecvError::Lagged(n)) => {
-                debug!(skipped = n, "viewer behind the broadcast; skipping to the next keyframe");
+                debug!(
+                    skipped = n,
+                    "viewer behind the broadcast; skipping to the next keyframe"
+                );
                 need_key = true;
                 tap.request_keyframe();
             }

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bus_schema::{
-    Ack, EndReason, Ended, ErrorCode, InputEvent, JoinPeer, Joined, PeerId, PeerSignal, Role, SessionEvent,
-    SessionEventKind, SessionId, SessionInfo, SessionState, SessionStats, Timestamp, ToPeer, ViewerInfo, WireError,
+    Ack, EndReason, Ended, ErrorCode, InputEvent, JoinPeer, Joined, PeerId, PeerSignal, Role,
+    SessionEvent, SessionEventKind, SessionId, SessionInfo, SessionState, SessionStats, Timestamp,
+    ToPeer, ViewerInfo, WireError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -70,9 +71,17 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, WireError> {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+    ) -> Result<T, WireError> {
         let (tx, rx) = oneshot::channel();
-        let gone = || WireError::new(ErrorCode::NotFound, "session ended while the command was in flight");
+        let gone = || {
+            WireError::new(
+                ErrorCode::NotFound,
+                "session ended while the command was in flight",
+            )
+        };
         self.tx.send(make(tx)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
@@ -100,7 +109,12 @@ enum Outcome {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<Ctx>, state: Versioned, source: SourceHandle, viewer_count: Arc<AtomicU32>) -> Self {
+    pub fn new(
+        ctx: Arc<Ctx>,
+        state: Versioned,
+        source: SourceHandle,
+        viewer_count: Arc<AtomicU32>,
+    ) -> Self {
         let spec = &state.record.spec;
         let clock = SessionClock::new(Instant::now(), spec.idle_ttl.get(), spec.max_lifetime.get());
         let (viewer_tx, viewer_rx) = mpsc::channel(VIEWER_EVENT_QUEUE);
@@ -115,7 +129,9 @@ impl Session {
             viewer_tx,
             viewer_rx,
             input: match spec.source {
-                bus_schema::SourceSpec::Synthetic { width, height, .. } => InputState::new(width, height),
+                bus_schema::SourceSpec::Synthetic { width, height, .. } => {
+                    InputState::new(width, height)
+                }
             },
         }
     }
@@ -130,7 +146,11 @@ impl Session {
 
     /// Runs the session to its end. `live` learns when the first frame is
     /// out (or why there will be none).
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, live: oneshot::Sender<Result<SessionInfo, WireError>>) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        live: oneshot::Sender<Result<SessionInfo, WireError>>,
+    ) {
         let mut live = Some(live);
         let mut first_media = self.source.as_ref().map(|s| s.subscribe());
         let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
@@ -239,7 +259,13 @@ impl Session {
             }
         }
         if let Some(l) = live.take() {
-            let reason = self.state.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("fenced");
+            let reason = self
+                .state
+                .record
+                .ended
+                .as_ref()
+                .map(|e| e.reason.as_str())
+                .unwrap_or("fenced");
             let _ = l.send(Err(WireError::new(
                 ErrorCode::SourceFailed,
                 format!("session ended before its first frame: {reason}"),
@@ -290,7 +316,11 @@ impl Session {
             id: self.id().clone(),
             worker: self.ctx.me.clone(),
             epoch: self.epoch(),
-            frames_encoded: self.source.as_ref().map(|s| s.frames_encoded()).unwrap_or(0),
+            frames_encoded: self
+                .source
+                .as_ref()
+                .map(|s| s.frames_encoded())
+                .unwrap_or(0),
             viewers,
             keys_down,
             buttons_down,
@@ -300,16 +330,31 @@ impl Session {
     }
 
     fn ended_error(&self) -> WireError {
-        let reason = self.state.record.ended.as_ref().map(|e| e.reason.as_str()).unwrap_or("stopped");
-        WireError::new(ErrorCode::Ended, format!("session {} has ended: {reason}", self.id()))
+        let reason = self
+            .state
+            .record
+            .ended
+            .as_ref()
+            .map(|e| e.reason.as_str())
+            .unwrap_or("stopped");
+        WireError::new(
+            ErrorCode::Ended,
+            format!("session {} has ended: {reason}", self.id()),
+        )
     }
 
     async fn join(&mut self, join: JoinPeer) -> Result<Joined, WireError> {
         if self.viewers.contains_key(&join.peer) {
-            return Err(WireError::new(ErrorCode::Conflict, format!("peer {} is already attached", join.peer)));
+            return Err(WireError::new(
+                ErrorCode::Conflict,
+                format!("peer {} is already attached", join.peer),
+            ));
         }
         if self.viewers.len() as u32 >= self.ctx.config.max_viewers {
-            return Err(WireError::new(ErrorCode::NoCapacity, "this session has its maximum of viewers"));
+            return Err(WireError::new(
+                ErrorCode::NoCapacity,
+                "this session has its maximum of viewers",
+            ));
         }
         let Some(source) = self.source.as_ref() else {
             return Err(self.ended_error());
@@ -320,7 +365,13 @@ impl Session {
         let (viewer, offer) = self
             .ctx
             .engine
-            .viewer(join.peer.clone(), join.role, source.tap(), fps, self.viewer_tx.clone())
+            .viewer(
+                join.peer.clone(),
+                join.role,
+                source.tap(),
+                fps,
+                self.viewer_tx.clone(),
+            )
             .await
             .map_err(|e| {
                 warn!(session_id = %self.id(), error = %e, "peer connection failed");
@@ -331,7 +382,8 @@ impl Session {
         let count = self.viewers.len() as u32;
         self.viewer_count.store(count, Ordering::Relaxed);
         info!(session_id = %self.id(), peer_id = %join.peer, role = ?join.role, viewers = count, "viewer joined");
-        self.viewer_changed(SessionEventKind::ViewerJoined, &join.peer).await;
+        self.viewer_changed(SessionEventKind::ViewerJoined, &join.peer)
+            .await;
         Ok(Joined {
             session: self.id().clone(),
             peer: join.peer,
@@ -345,7 +397,12 @@ impl Session {
     }
 
     async fn signal(&mut self, peer: PeerId, signal: PeerSignal) -> Result<Ack, WireError> {
-        let not_here = || WireError::new(ErrorCode::NotFound, format!("peer {peer} is not attached to this session"));
+        let not_here = || {
+            WireError::new(
+                ErrorCode::NotFound,
+                format!("peer {peer} is not attached to this session"),
+            )
+        };
         match signal {
             PeerSignal::Leave => {
                 if !self.viewers.contains_key(&peer) {
@@ -362,7 +419,10 @@ impl Session {
             PeerSignal::Candidate { candidate } => {
                 let v = self.viewers.get(&peer).ok_or_else(not_here)?;
                 v.add_candidate(candidate).await.map_err(|e| {
-                    WireError::new(ErrorCode::InvalidRequest, format!("candidate rejected: {e}"))
+                    WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("candidate rejected: {e}"),
+                    )
                 })?;
             }
         }
@@ -392,7 +452,11 @@ impl Session {
                 self.to_peer(&peer, &ToPeer::Candidate { candidate }).await;
             }
             ViewerEvent::Input(peer, events) => {
-                if self.viewers.get(&peer).is_some_and(|v| v.role == Role::Control) {
+                if self
+                    .viewers
+                    .get(&peer)
+                    .is_some_and(|v| v.role == Role::Control)
+                {
                     self.apply_input(peer.as_str(), &events);
                 } else {
                     self.input.refused += 1;
@@ -407,14 +471,22 @@ impl Session {
                 debug!(session_id = %self.id(), peer_id = %peer, ?state, "peer state");
                 if matches!(state, S::Failed | S::Closed) && self.viewers.contains_key(&peer) {
                     self.remove_viewer(&peer, "connection failed").await;
-                    self.to_peer(&peer, &ToPeer::Closed { reason: format!("{state}") }).await;
+                    self.to_peer(
+                        &peer,
+                        &ToPeer::Closed {
+                            reason: format!("{state}"),
+                        },
+                    )
+                    .await;
                 }
             }
         }
     }
 
     async fn remove_viewer(&mut self, peer: &PeerId, why: &str) {
-        let Some(v) = self.viewers.remove(peer) else { return };
+        let Some(v) = self.viewers.remove(peer) else {
+            return;
+        };
         // Closing takes a moment; the session goes on meanwhile.
         self.ctx.tracker.spawn(v.close());
         self.clock.viewer_left(Instant::now());
@@ -426,7 +498,8 @@ impl Session {
             }
         }
         info!(session_id = %self.id(), peer_id = %peer, viewers = count, why, "viewer left");
-        self.viewer_changed(SessionEventKind::ViewerLeft, peer).await;
+        self.viewer_changed(SessionEventKind::ViewerLeft, peer)
+            .await;
     }
 
     async fn close_viewers(&mut self, reason: EndReason) {
@@ -474,7 +547,10 @@ impl Session {
         rec.updated_at = Timestamp::now();
         match self.ctx.registry.update(&rec, self.state.revision).await {
             Ok(revision) => {
-                self.state = Versioned { record: rec, revision };
+                self.state = Versioned {
+                    record: rec,
+                    revision,
+                };
                 info!(session_id = %self.id(), epoch = self.epoch(), "session live");
                 self.publish(SessionEventKind::Started, None, None).await;
                 Ok(())
@@ -485,7 +561,10 @@ impl Session {
             )),
             Err(e) => {
                 warn!(session_id = %self.id(), error = %e, "could not mark the session live");
-                Err(WireError::new(ErrorCode::Unavailable, "registry unavailable"))
+                Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "registry unavailable",
+                ))
             }
         }
     }
@@ -493,7 +572,12 @@ impl Session {
     /// Writes the end into the registry if the entry is still ours (same
     /// owner and epoch). Returns the written entry, or None when fenced or
     /// when the registry stayed unreachable for `attempts` tries.
-    async fn record_end(&mut self, reason: EndReason, detail: Option<String>, attempts: usize) -> Option<Versioned> {
+    async fn record_end(
+        &mut self,
+        reason: EndReason,
+        detail: Option<String>,
+        attempts: usize,
+    ) -> Option<Versioned> {
         let mut tries = 0usize;
         loop {
             let mut rec = self.state.record.clone();
@@ -507,9 +591,13 @@ impl Session {
             });
             match self.ctx.registry.update(&rec, self.state.revision).await {
                 Ok(revision) => {
-                    let v = Versioned { record: rec, revision };
+                    let v = Versioned {
+                        record: rec,
+                        revision,
+                    };
                     self.state = v.clone();
-                    self.publish(SessionEventKind::Ended, Some(reason), detail).await;
+                    self.publish(SessionEventKind::Ended, Some(reason), detail)
+                        .await;
                     return Some(v);
                 }
                 Err(RegistryError::Conflict) => match self.ctx.registry.get(self.id()).await {
@@ -543,7 +631,12 @@ impl Session {
         }
     }
 
-    async fn publish(&self, kind: SessionEventKind, reason: Option<EndReason>, detail: Option<String>) {
+    async fn publish(
+        &self,
+        kind: SessionEventKind,
+        reason: Option<EndReason>,
+        detail: Option<String>,
+    ) {
         let ev = SessionEvent {
             id: self.id().clone(),
             kind,
@@ -563,7 +656,9 @@ impl Session {
 }
 
 /// Waits for the first video frame. Errors when the source closes.
-async fn recv_first_video(rx: &mut Option<tokio::sync::broadcast::Receiver<Media>>) -> Result<(), String> {
+async fn recv_first_video(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<Media>>,
+) -> Result<(), String> {
     use tokio::sync::broadcast::error::RecvError;
     let Some(rx) = rx.as_mut() else {
         return std::future::pending().await;

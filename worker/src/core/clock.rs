@@ -134,6 +134,10 @@ mod tests {
         let (t0, mut c) = clock();
         c.viewer_left(t0 + S);
         assert_eq!(c.viewers(), 0);
-        assert_eq!(c.expired(t0 + 10 * S), Some(EndReason::IdleTimeout), "idle clock not reset by a spurious leave");
+        assert_eq!(
+            c.expired(t0 + 10 * S),
+            Some(EndReason::IdleTimeout),
+            "idle clock not reset by a spurious leave"
+        );
     }
 }

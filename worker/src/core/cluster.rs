@@ -50,7 +50,8 @@ impl Cluster {
     /// Forgets peers silent for longer than the stale bound.
     pub fn prune(&mut self, now: Instant) {
         let stale = self.stale_after;
-        self.peers.retain(|_, (_, seen)| now.duration_since(*seen) < stale);
+        self.peers
+            .retain(|_, (_, seen)| now.duration_since(*seen) < stale);
     }
 
     /// Live peers (not this worker) with their last heartbeat.
@@ -63,7 +64,13 @@ impl Cluster {
 
     /// Least loaded (by fraction of capacity used) worker with a free slot;
     /// this worker wins ties, so a lone worker never forwards.
-    pub fn place(&self, now: Instant, my_used: u32, my_capacity: u32, my_draining: bool) -> Placement {
+    pub fn place(
+        &self,
+        now: Instant,
+        my_used: u32,
+        my_capacity: u32,
+        my_draining: bool,
+    ) -> Placement {
         let load = |used: u32, cap: u32| used as f64 / cap.max(1) as f64;
         let mut best: Option<(f64, Placement)> = None;
         if !my_draining && my_used < my_capacity {
@@ -116,7 +123,11 @@ mod tests {
         let c = Cluster::new(w("me"), 3 * S);
         assert_eq!(c.place(t0, 0, 2, false), Placement::Local);
         assert_eq!(c.place(t0, 2, 2, false), Placement::NoCapacity);
-        assert_eq!(c.place(t0, 0, 2, true), Placement::NoCapacity, "draining takes nothing");
+        assert_eq!(
+            c.place(t0, 0, 2, true),
+            Placement::NoCapacity,
+            "draining takes nothing"
+        );
     }
 
     #[test]
@@ -153,6 +164,10 @@ mod tests {
         let mut older = hb("a", 4, 0, 4);
         older.sent_at = Timestamp::from_system(std::time::UNIX_EPOCH);
         c.observe(t0, older);
-        assert_eq!(c.place(t0, 4, 4, false), Placement::NoCapacity, "the newer, full heartbeat stands");
+        assert_eq!(
+            c.place(t0, 4, 4, false),
+            Placement::NoCapacity,
+            "the newer, full heartbeat stands"
+        );
     }
 }

@@ -75,7 +75,8 @@ impl<H: Clone> Directory<H> {
     }
 
     pub fn fill(&mut self, id: &SessionId, epoch: u64, handle: H) {
-        self.slots.insert(id.clone(), Slot::Running { epoch, handle });
+        self.slots
+            .insert(id.clone(), Slot::Running { epoch, handle });
     }
 
     /// Removes a running session, only if it is still the given epoch (a
@@ -147,7 +148,11 @@ mod tests {
         d.remove(&id("a"), 1);
         assert_eq!(d.get(&id("a")), Some((2, 7)));
         d.release(&id("a"));
-        assert_eq!(d.get(&id("a")), Some((2, 7)), "release leaves running sessions alone");
+        assert_eq!(
+            d.get(&id("a")),
+            Some((2, 7)),
+            "release leaves running sessions alone"
+        );
         d.remove(&id("a"), 2);
         assert_eq!(d.used(), 0);
     }
