@@ -5,7 +5,7 @@
 pub mod browser;
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -77,7 +77,14 @@ impl NatsServer {
         // (tests run in parallel): if the server exits, try another port.
         for attempt in 0..5 {
             let mut child = Command::new(which("nats-server"))
-                .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-sd",
+                ])
                 .arg(self.store.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -93,10 +100,17 @@ impl NatsServer {
                     self.child = Some(child);
                     return;
                 }
-                assert!(Instant::now() < deadline, "nats-server did not come up on {url}");
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not come up on {url}"
+                );
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            tracing::warn!(attempt, port = self.port, "nats-server exited at start; trying another port");
+            tracing::warn!(
+                attempt,
+                port = self.port,
+                "nats-server exited at start; trying another port"
+            );
             self.port = free_port();
         }
         panic!("nats-server would not start");

@@ -33,6 +33,8 @@ struct Counters {
 }
 
 struct TestViewer {
+    /// The `input` data channel, once the worker has opened it.
+    input: Arc<tokio::sync::Mutex<Option<Arc<webrtc::data_channel::RTCDataChannel>>>>,
     peer: PeerId,
     worker: bus_schema::WorkerId,
     pc: Arc<RTCPeerConnection>,
@@ -41,6 +43,10 @@ struct TestViewer {
 }
 
 async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
+    join_as(bus, id, Role::View).await
+}
+
+async fn join_as(bus: &Bus, id: &SessionId, role: Role) -> TestViewer {
     let peer = PeerId::generate();
     let mut inbox = bus
         .client
@@ -52,7 +58,7 @@ async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
             &bus.subjects.session_join(id),
             &JoinPeer {
                 peer: peer.clone(),
-                role: Role::View,
+                role,
             },
         )
         .await
@@ -111,6 +117,20 @@ async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
             });
         })
     }));
+    let input = Arc::new(tokio::sync::Mutex::new(None));
+    let slot = input.clone();
+    pc.on_data_channel(Box::new(move |dc| {
+        let slot = slot.clone();
+        Box::pin(async move {
+            let ready = slot.clone();
+            let d = dc.clone();
+            dc.on_open(Box::new(move || {
+                Box::pin(async move {
+                    *ready.lock().await = Some(d);
+                })
+            }));
+        })
+    }));
     let pc2 = pc.clone();
     let signals = tokio::spawn(async move {
         while let Some(m) = inbox.next().await {
@@ -143,6 +163,7 @@ async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
     .await
     .expect("answer accepted");
     TestViewer {
+        input,
         peer,
         worker,
         pc,
@@ -272,5 +293,147 @@ async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slo
                 .then_some(())
         },
     )
+    .await;
+}
+
+async fn input_channel(v: &TestViewer) -> Arc<webrtc::data_channel::RTCDataChannel> {
+    wait_for(
+        "the input data channel to open",
+        Duration::from_secs(20),
+        || async { v.input.lock().await.clone() },
+    )
+    .await
+}
+
+fn key(code: &str, down: bool) -> bytes::Bytes {
+    let evs = [bus_schema::InputEvent::Key {
+        code: code.into(),
+        down,
+    }];
+    bytes::Bytes::from(bus_schema::input::encode_input(&evs).unwrap())
+}
+
+async fn keys_down(c: &async_nats::Client, id: &str) -> Vec<String> {
+    let s = stats(c, id).await;
+    s["keys_down"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_from_controllers_and_the_backend_merges_and_bad_packets_are_refused() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _w = worker(worker::Config::for_tests(&nats.url()));
+    let client = nats.client().await;
+    let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
+    wait_for("a worker", Duration::from_secs(20), || async {
+        client
+            .request("streams.v1.session.list".to_string(), "".into())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let created = raw_request(
+        &client,
+        "streams.v1.session.create",
+        r#"{"id":"keys","source":{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":100}}"#,
+    )
+    .await;
+    assert_eq!(created["ok"], json!(true), "{created}");
+    let id = SessionId::parse("keys").unwrap();
+    let a = join_as(&bus, &id, Role::Control).await;
+    let b = join_as(&bus, &id, Role::Control).await;
+    let viewer = join_as(&bus, &id, Role::View).await;
+    let (da, db, dv) = (
+        input_channel(&a).await,
+        input_channel(&b).await,
+        input_channel(&viewer).await,
+    );
+
+    // Union: both hold KeyA; it stays down until the last one lets go.
+    da.send(&key("KeyA", true)).await.unwrap();
+    db.send(&key("KeyA", true)).await.unwrap();
+    wait_for("KeyA down", Duration::from_secs(10), || async {
+        (keys_down(&client, "keys").await == ["KeyA"]).then_some(())
+    })
+    .await;
+    let accepted = stats(&client, "keys").await["input_events"]
+        .as_u64()
+        .unwrap();
+    da.send(&key("KeyA", false)).await.unwrap();
+    wait_for(
+        "a's release to be processed",
+        Duration::from_secs(10),
+        || async {
+            let n = stats(&client, "keys").await["input_events"]
+                .as_u64()
+                .unwrap();
+            (n > accepted).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        keys_down(&client, "keys").await,
+        ["KeyA"],
+        "b still holds KeyA"
+    );
+    db.send(&key("KeyB", true)).await.unwrap();
+    wait_for("KeyB down too", Duration::from_secs(10), || async {
+        (keys_down(&client, "keys").await == ["KeyA", "KeyB"]).then_some(())
+    })
+    .await;
+
+    // The view-only viewer and malformed packets are refused and change nothing.
+    let refused0 = stats(&client, "keys").await["input_refused"]
+        .as_u64()
+        .unwrap();
+    dv.send(&key("KeyC", true)).await.unwrap();
+    da.send(&bytes::Bytes::from_static(&[0xEE, 1, 2]))
+        .await
+        .unwrap();
+    da.send(&bytes::Bytes::from_static(&[0x01, 0x01, 0x05, b'K']))
+        .await
+        .unwrap();
+    wait_for("three refusals", Duration::from_secs(10), || async {
+        let r = stats(&client, "keys").await["input_refused"]
+            .as_u64()
+            .unwrap();
+        (r >= refused0 + 3).then_some(())
+    })
+    .await;
+    assert_eq!(keys_down(&client, "keys").await, ["KeyA", "KeyB"]);
+
+    // The backend injects input over NATS like one more controller.
+    let r = raw_request(
+        &client,
+        "streams.v1.session.keys.input",
+        r#"{"events":[{"type":"key","code":"KeyZ","down":true},{"type":"mouse_abs","x":100,"y":200}]}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(keys_down(&client, "keys").await, ["KeyA", "KeyB", "KeyZ"]);
+    let r = raw_request(
+        &client,
+        "streams.v1.session.keys.input",
+        r#"{"events":[{"type":"key","code":"Key Z","down":true}]}"#,
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+
+    // b leaves: everything it held is released; nobody else's keys are.
+    bus.request(
+        &bus.subjects.worker_peer(&b.worker, &id, &b.peer),
+        &PeerSignal::Leave,
+    )
+    .await
+    .unwrap();
+    wait_for("b's keys released", Duration::from_secs(10), || async {
+        (keys_down(&client, "keys").await == ["KeyZ"]).then_some(())
+    })
     .await;
 }

@@ -50,6 +50,12 @@ impl InputState {
         self.absorb(&out)
     }
 
+    /// Releases what viewers silent for longer than `idle` still hold.
+    pub fn expire(&mut self, now: Instant, idle: std::time::Duration) -> Option<Overlay> {
+        let out = self.agg.expire(now, idle);
+        self.absorb(&out)
+    }
+
     /// Keys and mouse buttons held by anyone now.
     pub fn held(&self) -> (Vec<String>, Vec<u8>) {
         let snap = self.agg.snapshot();

@@ -27,6 +27,10 @@ use crate::Ctx;
 /// are dropped.
 const VIEWER_EVENT_QUEUE: usize = 1024;
 
+/// A viewer holding input that sends nothing (not even a ping; the page
+/// pings every 5 s) for this long is released.
+pub const INPUT_IDLE: Duration = Duration::from_secs(20);
+
 /// How long a new source may take to produce its first encoded frame.
 pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -156,6 +160,8 @@ impl Session {
         let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut input_sweep = tokio::time::interval(INPUT_IDLE / 4);
+        input_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
             let deadline = tokio::time::Instant::from_std(self.clock.deadline());
@@ -192,6 +198,15 @@ impl Session {
                     }
                 },
                 Some(ev) = self.viewer_rx.recv() => self.on_viewer_event(ev).await,
+                _ = input_sweep.tick() => {
+                    // A viewer holding keys that went silent (crashed tab,
+                    // dead data channel) releases them.
+                    if let Some(overlay) = self.input.expire(Instant::now(), INPUT_IDLE) {
+                        if let Some(src) = &self.source {
+                            src.set_overlay(overlay);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Some(reason) = self.clock.expired(Instant::now()) {
                         break Outcome::End(reason, None);
