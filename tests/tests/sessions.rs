@@ -427,3 +427,56 @@ async fn worker_shutdown_ends_sessions_and_leaves_no_live_entries() {
         assert_eq!(s["ended"]["reason"], "worker_shutdown");
     }
 }
+
+#[tokio::test]
+async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _a = worker(worker_cfg(&nats, "w-micro-a"));
+    let _b = worker(worker_cfg(&nats, "w-micro-b"));
+    let c = nats.client().await;
+    ready(&c).await;
+    // What `nats micro ls` and `nats micro info stream-worker` ask.
+    let mut inbox = c.subscribe("_INBOX.micro-test").await.unwrap();
+    c.publish_with_reply("$SRV.INFO.stream-worker", "_INBOX.micro-test", "".into())
+        .await
+        .unwrap();
+    let mut workers = Vec::new();
+    while workers.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next()).await.unwrap().unwrap();
+        let info: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(info["name"], "stream-worker");
+        let names: Vec<&str> = info["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        for needed in ["create", "list", "get", "keepalive", "stop", "join", "input", "stats", "adopt", "fence"] {
+            assert!(names.contains(&needed), "endpoint {needed} missing from {names:?}");
+        }
+        workers.push(info["metadata"]["worker_id"].as_str().unwrap().to_string());
+    }
+    workers.sort();
+    assert_eq!(workers, ["w-micro-a", "w-micro-b"]);
+    // `nats micro stats`: three lists are counted by the endpoint that served them.
+    for _ in 0..3 {
+        ok(&raw_request(&c, "streams.v1.session.list", "").await);
+    }
+    let mut inbox = c.subscribe("_INBOX.micro-stats").await.unwrap();
+    c.publish_with_reply("$SRV.STATS.stream-worker", "_INBOX.micro-stats", "".into())
+        .await
+        .unwrap();
+    let mut lists = 0;
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next()).await.unwrap().unwrap();
+        let st: Value = serde_json::from_slice(&m.payload).unwrap();
+        for e in st["endpoints"].as_array().unwrap() {
+            if e["name"] == "list" {
+                lists += e["num_requests"].as_u64().unwrap();
+            }
+        }
+    }
+    // `ready` sent at least one list too.
+    assert!(lists >= 4, "list requests counted: {lists}");
+}
