@@ -265,13 +265,20 @@ impl Drop for Service {
     }
 }
 
-/// Starts a worker in-process.
+/// Starts a worker in-process with the synthetic source.
 pub fn worker(config: worker::Config) -> Service {
+    worker_with(config, Arc::new(worker::source::SyntheticFactory))
+}
+
+/// Starts a worker in-process with the given sources.
+pub fn worker_with(
+    config: worker::Config,
+    factory: Arc<dyn worker::source::SourceFactory>,
+) -> Service {
     Service::spawn(move |shutdown| async move {
         let client = worker::connect(&config.nats_url, "worker")
             .await
             .expect("worker connects");
-        let factory = Arc::new(worker::source::SyntheticFactory);
         if let Err(e) = worker::run(config, client, factory, shutdown).await {
             panic!("worker failed: {e}");
         }
