@@ -5,7 +5,7 @@
 //! echoed back by the server, renew its lease ([`crate::core::Lease`]). When
 //! the lease runs out, every session stops streaming at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +16,6 @@ use tracing::{debug, info, warn};
 use crate::core::LeaseStatus;
 use crate::session::Cmd;
 use crate::{Ctx, WorkerError};
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
     let dir = ctx.dir.lock().expect("directory lock");
@@ -35,7 +33,7 @@ fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
     };
     Heartbeat {
         worker: ctx.me.clone(),
-        seq: SEQ.fetch_add(1, Ordering::Relaxed) + 1,
+        seq: ctx.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1,
         interval_ms: ctx.config.heartbeat_interval.as_millis() as u64,
         capacity: dir.capacity(),
         sessions,

@@ -59,6 +59,8 @@ pub struct Ctx {
     pub tracker: TaskTracker,
     /// How long a session that lost the lease keeps trying to record it.
     pub lease_lost_retry: Duration,
+    /// The last heartbeat's sequence number.
+    pub heartbeat_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -113,6 +115,7 @@ pub async fn run(
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         lease_lost_retry: Duration::from_secs(600),
+        heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
         config,
     });
     tracing::info!(worker_id = %me, capacity = ctx.config.capacity, prefix = subjects.prefix(), "worker starting");
