@@ -316,6 +316,10 @@ pub struct HeldSession {
     pub epoch: u64,
     #[serde(default)]
     pub viewers: u32,
+    /// The worker lost its lease and holds the session without streaming
+    /// until it can check the registry again.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// Published by every worker every heartbeat interval.

@@ -42,6 +42,7 @@ pub fn hb(worker: &str, capacity: u32, sessions: &[(&str, u64)]) -> Heartbeat {
                 id: sid(id),
                 epoch: *epoch,
                 viewers: 0,
+                suspended: false,
             })
             .collect(),
         draining: false,

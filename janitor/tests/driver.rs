@@ -146,6 +146,7 @@ fn held(sessions: &[(&str, u64)]) -> Arc<Mutex<Vec<HeldSession>>> {
                 id: sid(id),
                 epoch: *epoch,
                 viewers: 0,
+                suspended: false,
             })
             .collect(),
     ))
@@ -273,6 +274,7 @@ async fn reaps_a_dead_worker_fences_a_stale_copy_purges_and_stops_promptly() {
         id: sid("s-move"),
         epoch: 2,
         viewers: 0,
+        suspended: false,
     });
     let reply: Result<_, WireError> = Ok(info.info());
     client

@@ -132,6 +132,11 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// Starts the server again after [`Self::kill`], same port and store.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -192,31 +192,41 @@ async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing(
     let healed_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     proxy.heal();
     // Heartbeats w-island sent while cut off arrive now, in order. One sent
-    // before the heal lists no session: it stopped by itself after its lease.
+    // before the heal shows the session suspended: it stopped streaming by
+    // itself once its lease ran out.
     let deadline = Instant::now() + Duration::from_secs(15);
-    let stopped_while_cut = loop {
+    let suspended_while_cut = loop {
         assert!(
             Instant::now() < deadline,
-            "no heartbeat from the partition without the session"
+            "no heartbeat from the partition showing the session suspended"
         );
         let v = heartbeat_from(&mut hb, "w-island").await;
         let sent = v["sent_at"].as_str().unwrap().to_string();
-        if sent < healed_at && v["sessions"] == json!([]) {
+        let held = &v["sessions"];
+        if sent < healed_at && held[0]["id"] == "marooned" && held[0]["suspended"] == true {
             break sent;
         }
     };
-    eprintln!(
-        "w-island reported no session at {stopped_while_cut}, before the heal at {healed_at}"
-    );
-    // After healing, w-island never picks the session up again.
+    eprintln!("w-island reported the session suspended at {suspended_while_cut}, before the heal at {healed_at}");
+    // Healed, it reads the registry, sees the session given away, and drops
+    // it without ever streaming it again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = heartbeat_from(&mut hb, "w-island").await;
+        let held = v["sessions"].as_array().unwrap();
+        assert!(
+            held.iter().all(|s| s["suspended"] == true),
+            "the healed worker never resumes a session it lost: {v}"
+        );
+        if held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "w-island kept the lost session");
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         let v = heartbeat_from(&mut hb, "w-island").await;
-        assert_eq!(
-            v["sessions"],
-            json!([]),
-            "the healed worker does not resume a session it lost"
-        );
+        assert_eq!(v["sessions"], json!([]), "and never picks it up again");
     }
     let rec = registry_get(&c, "marooned").await.unwrap();
     assert_eq!(rec["owner"], "w-main");
@@ -286,4 +296,84 @@ async fn api_and_janitor_processes_exit_on_sigterm() {
             .expect("exits within 5 s");
         assert!(s.success(), "{s:?}");
     }
+}
+
+#[tokio::test]
+async fn a_nats_restart_loses_no_session_and_everything_reconnects() {
+    init_tracing();
+    let mut nats = NatsServer::start().await;
+    let mut jc = janitor::Config::for_tests(&nats.url(), "streams");
+    jc.dead_after = Duration::from_secs(1).into();
+    let _j = janitor(jc);
+    let mut cfg = worker::Config::for_tests(&nats.url());
+    cfg.worker_id = Some("w-steady".into());
+    cfg.registry_storage = worker::config::StorageKind::File;
+    let _w = worker(cfg);
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    heartbeat_from(&mut hb, "w-steady").await;
+    let body = format!(r#"{{"id":"steady","source":{SMALL}}}"#);
+    let info = raw_request(&c, "streams.v1.session.create", &body).await;
+    assert_eq!(ok(&info)["state"], "live");
+    drop(hb);
+
+    // The outage is part of the scenario: NATS stays down for three leases,
+    // so the worker must suspend, then resume.
+    nats.kill();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    nats.start_again().await;
+    // The registry was on disk; the worker reconnects, resubscribes, finds
+    // the session still its own and resumes it; the janitor ends nothing.
+    let c = nats.client().await;
+    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut ended = c
+        .subscribe("streams.v1.event.session.steady.ended")
+        .await
+        .unwrap();
+    // Heartbeats the worker published while cut off are delivered once it
+    // reconnects: they show the session suspended, then resumed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_suspended = false;
+    loop {
+        let v = heartbeat_from(&mut hb, "w-steady").await;
+        let held = &v["sessions"];
+        assert_eq!(held[0]["id"], "steady", "the worker keeps the session: {v}");
+        if held[0]["suspended"] == true {
+            saw_suspended = true;
+        } else if saw_suspended {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session did not suspend and resume: {v}");
+    }
+    eprintln!(
+        "streaming again {:?} after the NATS restart began",
+        t0.elapsed()
+    );
+    let kept = wait_for(
+        "the worker to answer again",
+        Duration::from_secs(10),
+        || async {
+            let r = c
+                .request("streams.v1.session.steady.keepalive".to_string(), "".into())
+                .await
+                .ok()?;
+            let v: Value = serde_json::from_slice(&r.payload).ok()?;
+            (v["ok"] == json!(true)).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(kept["result"]["epoch"], 1, "same owner, same epoch");
+    assert_eq!(kept["result"]["owner"], "w-steady");
+    // A few janitor scans later, still nobody ended it.
+    let rec = registry_get(&c, "steady").await.unwrap();
+    assert_eq!(rec["state"], "live");
+    for _ in 0..8 {
+        heartbeat_from(&mut hb, "w-steady").await;
+    }
+    assert!(
+        futures::FutureExt::now_or_never(ended.next()).is_none(),
+        "no end event"
+    );
+    assert_eq!(registry_get(&c, "steady").await.unwrap()["state"], "live");
 }

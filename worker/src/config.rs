@@ -41,6 +41,10 @@ pub struct Config {
     /// Maximum lifetime for sessions created without one.
     #[arg(long, env = "DEFAULT_MAX_LIFETIME", default_value = "24h")]
     pub default_max_lifetime: humantime::Duration,
+    /// How long a session stays suspended (no media sent) after the worker
+    /// lost NATS before it is stopped for good.
+    #[arg(long, env = "MAX_SUSPENSION", default_value = "5m")]
+    pub max_suspension: humantime::Duration,
     /// The most viewers one session takes.
     #[arg(long, env = "MAX_VIEWERS", default_value_t = 32)]
     pub max_viewers: u32,

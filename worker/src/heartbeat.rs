@@ -28,6 +28,7 @@ fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
                 id,
                 epoch,
                 viewers: h.viewers.load(Ordering::Relaxed),
+                suspended: h.paused.load(Ordering::Relaxed),
             })
             .collect()
     };

@@ -57,7 +57,7 @@ pub struct Ctx {
     pub lease: Mutex<Lease>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
-    /// How long a session that lost the lease keeps trying to record it.
+    /// How long a session stays suspended after the lease ran out.
     pub lease_lost_retry: Duration,
     /// The last heartbeat's sequence number.
     pub heartbeat_seq: std::sync::atomic::AtomicU64,
@@ -114,7 +114,7 @@ pub async fn run(
         lease: Mutex::new(Lease::new(now, *config.lease)),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
-        lease_lost_retry: Duration::from_secs(600),
+        lease_lost_retry: *config.max_suspension,
         heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
         config,
     });

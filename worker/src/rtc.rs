@@ -8,6 +8,7 @@
 //! own peer, so a slow viewer only lags itself: when it falls behind the
 //! broadcast's bound it skips to the next keyframe.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,6 +179,7 @@ impl Engine {
         role: Role,
         tap: SourceTap,
         fps: u32,
+        paused: Arc<AtomicBool>,
         events: mpsc::Sender<ViewerEvent>,
     ) -> Result<(Viewer, String), RtcError> {
         let config = RTCConfiguration {
@@ -323,7 +325,7 @@ impl Engine {
             .map(|d| d.sdp)
             .unwrap_or_default();
 
-        let writer = tokio::spawn(write_media(tap, video, audio, fps, cancel.clone()));
+        let writer = tokio::spawn(write_media(tap, video, audio, fps, paused, cancel.clone()));
         Ok((
             Viewer {
                 pc,
@@ -379,6 +381,7 @@ async fn write_media(
     video: Arc<TrackLocalStaticSample>,
     audio: Arc<TrackLocalStaticSample>,
     fps: u32,
+    paused: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
@@ -391,6 +394,11 @@ async fn write_media(
             m = rx.recv() => m,
             _ = cancel.cancelled() => return,
         };
+        if paused.load(Ordering::Relaxed) {
+            // The worker lost its lease: nothing leaves until it is back.
+            need_key = true;
+            continue;
+        }
         match m {
             Ok(Media::Video(v)) => {
                 if need_key && !v.keyframe {

@@ -465,15 +465,17 @@ async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo
     let (tx, rx) = mpsc::channel(64);
     let (live_tx, live_rx) = oneshot::channel();
     let viewers = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     ctx.dir.lock().expect("directory lock").fill(
         &id,
         epoch,
         SessionHandle {
             tx,
             viewers: viewers.clone(),
+            paused: paused.clone(),
         },
     );
-    let session = Session::new(ctx.clone(), claimed, source, viewers);
+    let session = Session::new(ctx.clone(), claimed, source, viewers, paused);
     let span = tracing::info_span!("session", session_id = %id, epoch, worker_id = %ctx.me);
     ctx.tracker.spawn(session.run(rx, live_tx).instrument(span));
     live_rx.await.unwrap_or_else(|_| {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bus_schema::registry::{RegistryError, Versioned};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bus_schema::{
     Ack, EndReason, Ended, ErrorCode, InputEvent, JoinPeer, Joined, PeerId, PeerSignal, Role,
@@ -30,6 +30,9 @@ const VIEWER_EVENT_QUEUE: usize = 1024;
 /// A viewer holding input that sends nothing (not even a ping; the page
 /// pings every 5 s) for this long is released.
 pub const INPUT_IDLE: Duration = Duration::from_secs(20);
+
+/// How often a suspended session checks whether it may resume.
+const RESUME_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a new source may take to produce its first encoded frame.
 pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -72,6 +75,8 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<Cmd>,
     /// Viewers attached now (read by the heartbeat).
     pub viewers: Arc<AtomicU32>,
+    /// Streaming is paused: the worker lost its lease (read by the heartbeat).
+    pub paused: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
@@ -98,9 +103,18 @@ pub struct Session {
     source: Option<SourceHandle>,
     viewers: HashMap<PeerId, Viewer>,
     viewer_count: Arc<AtomicU32>,
+    paused: Arc<AtomicBool>,
+    suspended_since: Option<Instant>,
     viewer_tx: mpsc::Sender<ViewerEvent>,
     viewer_rx: mpsc::Receiver<ViewerEvent>,
     input: InputState,
+}
+
+enum Resume {
+    Stay,
+    Resumed,
+    GivenAway,
+    TooLong,
 }
 
 enum Outcome {
@@ -108,7 +122,7 @@ enum Outcome {
     End(EndReason, Option<String>),
     /// Stop streaming; the registry is someone else's now.
     Fenced,
-    /// Stop streaming now; record `worker_lost` once NATS is back.
+    /// Suspended for too long: stop, and record `worker_lost` if possible.
     LeaseLost,
 }
 
@@ -118,6 +132,7 @@ impl Session {
         state: Versioned,
         source: SourceHandle,
         viewer_count: Arc<AtomicU32>,
+        paused: Arc<AtomicBool>,
     ) -> Self {
         let spec = &state.record.spec;
         let clock = SessionClock::new(Instant::now(), spec.idle_ttl.get(), spec.max_lifetime.get());
@@ -130,6 +145,8 @@ impl Session {
             source: Some(source),
             viewers: HashMap::new(),
             viewer_count,
+            paused,
+            suspended_since: None,
             viewer_tx,
             viewer_rx,
             input: match spec.source {
@@ -160,6 +177,7 @@ impl Session {
         let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut resume_check = tokio::time::interval(RESUME_CHECK);
         let mut input_sweep = tokio::time::interval(INPUT_IDLE / 4);
         input_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -180,7 +198,7 @@ impl Session {
                     }
                     Some(Cmd::Fence(r)) => { done.push(r); break Outcome::Fenced; }
                     Some(Cmd::Shutdown(r)) => { done.push(r); break Outcome::End(EndReason::WorkerShutdown, None); }
-                    Some(Cmd::LeaseLost) => break Outcome::LeaseLost,
+                    Some(Cmd::LeaseLost) => self.suspend(),
                     Some(Cmd::Join { join, reply }) => {
                         let r = self.join(join).await;
                         let _ = reply.send(r);
@@ -198,6 +216,14 @@ impl Session {
                     }
                 },
                 Some(ev) = self.viewer_rx.recv() => self.on_viewer_event(ev).await,
+                _ = resume_check.tick(), if self.suspended_since.is_some() => {
+                    match self.try_resume().await {
+                        Resume::Stay => {}
+                        Resume::Resumed => {}
+                        Resume::GivenAway => break Outcome::Fenced,
+                        Resume::TooLong => break Outcome::LeaseLost,
+                    }
+                }
                 _ = input_sweep.tick() => {
                     // A viewer holding keys that went silent (crashed tab,
                     // dead data channel) releases them.
@@ -257,19 +283,11 @@ impl Session {
                 info!(session_id = %self.id(), epoch = self.epoch(), "session fenced; stopped without touching the registry");
             }
             Outcome::LeaseLost => {
-                warn!(session_id = %self.id(), epoch = self.epoch(), "lease lost; stopped streaming");
-                // Release the caller first, then wait for NATS to come back.
-                for r in done.drain(..) {
-                    let _ = r.send(());
-                }
-                let retry_for = self.ctx.lease_lost_retry;
-                let cancel = self.ctx.cancel.clone();
-                tokio::select! {
-                    v = self.record_end(EndReason::WorkerLost, Some("worker lease expired".into()), usize::MAX) => {
-                        if let Some(v) = v { self.state = v; }
-                    }
-                    _ = tokio::time::sleep(retry_for) => {}
-                    _ = cancel.cancelled() => {}
+                warn!(session_id = %self.id(), epoch = self.epoch(), "suspended too long without NATS; session stopped");
+                let detail =
+                    Some("worker cut off from NATS for longer than its maximum suspension".into());
+                if let Some(v) = self.record_end(EndReason::WorkerLost, detail, 5).await {
+                    self.state = v;
                 }
             }
         }
@@ -312,6 +330,56 @@ impl Session {
                     let _ = reply.send(Err(self.ended_error()));
                 }
                 Cmd::LeaseLost => {}
+            }
+        }
+    }
+
+    /// The lease ran out: stop sending media (the source and the viewers'
+    /// connections stay up) until the registry can be checked again.
+    fn suspend(&mut self) {
+        if self.suspended_since.is_none() {
+            warn!(session_id = %self.id(), epoch = self.epoch(), "lease lost: streaming suspended");
+            self.suspended_since = Some(Instant::now());
+            self.paused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Once the lease is back, resume if the registry still gives this
+    /// session to this worker under the same epoch; otherwise it was given
+    /// away and must not resume.
+    async fn try_resume(&mut self) -> Resume {
+        let Some(since) = self.suspended_since else {
+            return Resume::Resumed;
+        };
+        let now = Instant::now();
+        if now.duration_since(since) >= self.ctx.lease_lost_retry {
+            return Resume::TooLong;
+        }
+        if !self.ctx.lease.lock().expect("lease lock").is_held(now) {
+            return Resume::Stay;
+        }
+        match self.ctx.registry.get(self.id()).await {
+            Ok(Some(v))
+                if v.record.owner == self.ctx.me
+                    && v.record.epoch == self.epoch()
+                    && v.record.state != SessionState::Ended =>
+            {
+                self.state = v;
+                self.suspended_since = None;
+                self.paused.store(false, Ordering::Relaxed);
+                if let Some(src) = &self.source {
+                    src.request_keyframe();
+                }
+                info!(session_id = %self.id(), epoch = self.epoch(), suspended_for = ?now.duration_since(since), "lease back and the registry still gives us the session: resumed");
+                Resume::Resumed
+            }
+            Ok(_) => {
+                info!(session_id = %self.id(), epoch = self.epoch(), "the registry gave the session away while we were cut off: not resuming");
+                Resume::GivenAway
+            }
+            Err(e) => {
+                debug!(session_id = %self.id(), error = %e, "registry not readable yet; still suspended");
+                Resume::Stay
             }
         }
     }
@@ -385,6 +453,7 @@ impl Session {
                 join.role,
                 source.tap(),
                 fps,
+                self.paused.clone(),
                 self.viewer_tx.clone(),
             )
             .await

@@ -110,6 +110,7 @@ mod tests {
                     id: SessionId::parse(format!("s{i}")).unwrap(),
                     epoch: 1,
                     viewers: 0,
+                    suspended: false,
                 })
                 .collect(),
             draining: false,
