@@ -40,8 +40,8 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// When set, REST calls that create, list or stop sessions need
-    /// `Authorization: Bearer <key>`.
+    /// When set, every REST call under /api/sessions (not the viewer
+    /// WebSocket, which takes a join token) needs `Authorization: Bearer <key>`.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Secret that signs join tokens (HMAC-SHA256). Every api instance and

@@ -89,6 +89,24 @@ async fn serve(
             return;
         }
     };
+    // Session events reach the page even when the owner cannot send them
+    // (it died: the janitor ends or moves the session).
+    let mut events = match s
+        .bus
+        .client
+        .subscribe(subjects.event_session_all(&id))
+        .await
+    {
+        Ok(sub) => sub,
+        Err(_) => {
+            let _ = tx
+                .send(Message::Text(
+                    error_json(&WireError::new(ErrorCode::Unavailable, "bus unavailable")).into(),
+                ))
+                .await;
+            return;
+        }
+    };
     let joined = s
         .bus
         .request(
@@ -163,6 +181,25 @@ async fn serve(
                     let _ = tx.send(Message::Close(None)).await;
                     return;
                 }
+            }
+            m = events.next() => {
+                let Some(m) = m else { break };
+                let Ok(ev) = bus_schema::decode_record::<bus_schema::SessionEvent>(&m.payload) else { continue };
+                let out = match ev.kind {
+                    bus_schema::SessionEventKind::Ended => ToPeer::Ended {
+                        reason: ev.reason.unwrap_or(bus_schema::EndReason::Stopped),
+                    },
+                    // The session runs elsewhere now: the page reconnects and
+                    // joins the new owner.
+                    bus_schema::SessionEventKind::Moved if ev.worker != worker => ToPeer::Closed {
+                        reason: format!("session moved to worker {}", ev.worker),
+                    },
+                    _ => continue,
+                };
+                let text = serde_json::to_string(&out).expect("serializes");
+                let _ = tx.send(Message::Text(text.into())).await;
+                let _ = tx.send(Message::Close(None)).await;
+                return;
             }
             m = inbox.next() => {
                 let Some(m) = m else { break };

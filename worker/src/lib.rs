@@ -136,8 +136,17 @@ pub async fn run(
     {
         tracing::warn!(worker_id = %me, "tasks still running at exit");
     }
-    heartbeat::publish_final(&ctx).await;
-    let _ = client.flush().await;
+    // With NATS unreachable these would wait forever; the exit must not.
+    let last_words = async {
+        heartbeat::publish_final(&ctx).await;
+        let _ = client.flush().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(1), last_words)
+        .await
+        .is_err()
+    {
+        tracing::warn!(worker_id = %me, "final heartbeat not delivered: NATS unreachable");
+    }
     tracing::info!(worker_id = %me, "worker stopped");
     Ok(())
 }

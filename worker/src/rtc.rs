@@ -330,6 +330,8 @@ impl Engine {
             Viewer {
                 pc,
                 role,
+                joined_at: std::time::Instant::now(),
+                connected: false,
                 cancel,
                 writer,
             },
@@ -341,6 +343,9 @@ impl Engine {
 pub struct Viewer {
     pc: Arc<RTCPeerConnection>,
     pub role: Role,
+    /// When the viewer joined, and whether its connection ever came up.
+    pub joined_at: std::time::Instant,
+    pub connected: bool,
     cancel: CancellationToken,
     writer: tokio::task::JoinHandle<()>,
 }

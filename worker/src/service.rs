@@ -455,7 +455,24 @@ async fn start_session(ctx: &Arc<Ctx>, claimed: Versioned) -> Result<SessionInfo
                 at: Timestamp::now(),
                 detail: Some(e.to_string()),
             });
-            let _ = ctx.registry.update(&rec, claimed.revision).await;
+            if ctx.registry.update(&rec, claimed.revision).await.is_ok() {
+                let ev = bus_schema::SessionEvent {
+                    id: id.clone(),
+                    kind: bus_schema::SessionEventKind::Ended,
+                    worker: ctx.me.clone(),
+                    epoch,
+                    at: Timestamp::now(),
+                    reason: Some(bus_schema::EndReason::SourceFailed),
+                    detail: Some(e.to_string()),
+                    peer: None,
+                    viewers: None,
+                };
+                let subject = ctx
+                    .bus
+                    .subjects
+                    .event_session(&id, bus_schema::SessionEventKind::Ended);
+                let _ = ctx.bus.publish(&subject, &ev).await;
+            }
             return Err(WireError::new(
                 ErrorCode::SourceFailed,
                 format!("source failed to start: {e}"),

@@ -31,6 +31,9 @@ const VIEWER_EVENT_QUEUE: usize = 1024;
 /// pings every 5 s) for this long is released.
 pub const INPUT_IDLE: Duration = Duration::from_secs(20);
 
+/// A viewer whose peer connection is not up this long after joining is dropped.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
+
 /// How often a suspended session checks whether it may resume.
 const RESUME_CHECK: Duration = Duration::from_millis(100);
 
@@ -178,7 +181,7 @@ impl Session {
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
         let mut resume_check = tokio::time::interval(RESUME_CHECK);
-        let mut input_sweep = tokio::time::interval(INPUT_IDLE / 4);
+        let mut input_sweep = tokio::time::interval(Duration::from_secs(5));
         input_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
@@ -225,6 +228,19 @@ impl Session {
                     }
                 }
                 _ = input_sweep.tick() => {
+                    // A viewer whose connection never came up (it never
+                    // answered, or its api died mid-join) is dropped, so it
+                    // cannot hold the idle clock forever.
+                    let stale: Vec<PeerId> = self
+                        .viewers
+                        .iter()
+                        .filter(|(_, v)| !v.connected && v.joined_at.elapsed() >= CONNECT_DEADLINE)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in stale {
+                        self.remove_viewer(&p, "never connected").await;
+                        self.to_peer(&p, &ToPeer::Closed { reason: "connection never established".into() }).await;
+                    }
                     // A viewer holding keys that went silent (crashed tab,
                     // dead data channel) releases them.
                     if let Some(overlay) = self.input.expire(Instant::now(), INPUT_IDLE) {
@@ -553,6 +569,11 @@ impl Session {
             ViewerEvent::State(peer, state) => {
                 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
                 debug!(session_id = %self.id(), peer_id = %peer, ?state, "peer state");
+                if state == S::Connected {
+                    if let Some(v) = self.viewers.get_mut(&peer) {
+                        v.connected = true;
+                    }
+                }
                 if matches!(state, S::Failed | S::Closed) && self.viewers.contains_key(&peer) {
                     self.remove_viewer(&peer, "connection failed").await;
                     self.to_peer(
