@@ -33,14 +33,23 @@ fn compose_services_use_real_binaries_flags_and_variables() {
             continue;
         }
         built += 1;
-        let bin = svc.command.first().unwrap_or_else(|| panic!("service {name} names its binary in command"));
-        let help = Command::new(bin_path(bin)).arg("--help").output().expect("binary runs");
+        let bin = svc
+            .command
+            .first()
+            .unwrap_or_else(|| panic!("service {name} names its binary in command"));
+        let help = Command::new(bin_path(bin))
+            .arg("--help")
+            .output()
+            .expect("binary runs");
         assert!(help.status.success(), "{bin} --help failed");
         let help = String::from_utf8_lossy(&help.stdout);
         for arg in &svc.command[1..] {
             if let Some(flag) = arg.strip_prefix("--") {
                 let flag = flag.split('=').next().unwrap();
-                assert!(help.contains(&format!("--{flag}")), "service {name}: {bin} has no flag --{flag}");
+                assert!(
+                    help.contains(&format!("--{flag}")),
+                    "service {name}: {bin} has no flag --{flag}"
+                );
             }
         }
         for key in svc.environment.keys() {
@@ -53,9 +62,22 @@ fn compose_services_use_real_binaries_flags_and_variables() {
             );
         }
     }
-    assert_eq!(built, 4, "api, two workers and the janitor are built from the repository");
+    assert_eq!(
+        built, 4,
+        "api, two workers and the janitor are built from the repository"
+    );
     for needed in ["nats", "api", "janitor"] {
-        assert!(compose.services.contains_key(needed), "service {needed} missing");
+        assert!(
+            compose.services.contains_key(needed),
+            "service {needed} missing"
+        );
     }
-    assert!(compose.services.keys().filter(|k| k.starts_with("worker")).count() >= 2);
+    assert!(
+        compose
+            .services
+            .keys()
+            .filter(|k| k.starts_with("worker"))
+            .count()
+            >= 2
+    );
 }

@@ -344,7 +344,10 @@ async fn a_nats_restart_loses_no_session_and_everything_reconnects() {
         } else if saw_suspended {
             break;
         }
-        assert!(Instant::now() < deadline, "the session did not suspend and resume: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "the session did not suspend and resume: {v}"
+        );
     }
     eprintln!(
         "streaming again {:?} after the NATS restart began",

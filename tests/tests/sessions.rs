@@ -443,7 +443,10 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
         .unwrap();
     let mut workers = Vec::new();
     while workers.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+            .await
+            .unwrap()
+            .unwrap();
         let info: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(info["name"], "stream-worker");
         let names: Vec<&str> = info["endpoints"]
@@ -452,8 +455,22 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect();
-        for needed in ["create", "list", "get", "keepalive", "stop", "join", "input", "stats", "adopt", "fence"] {
-            assert!(names.contains(&needed), "endpoint {needed} missing from {names:?}");
+        for needed in [
+            "create",
+            "list",
+            "get",
+            "keepalive",
+            "stop",
+            "join",
+            "input",
+            "stats",
+            "adopt",
+            "fence",
+        ] {
+            assert!(
+                names.contains(&needed),
+                "endpoint {needed} missing from {names:?}"
+            );
         }
         workers.push(info["metadata"]["worker_id"].as_str().unwrap().to_string());
     }
@@ -469,7 +486,10 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
         .unwrap();
     let mut lists = 0;
     for _ in 0..2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+            .await
+            .unwrap()
+            .unwrap();
         let st: Value = serde_json::from_slice(&m.payload).unwrap();
         for e in st["endpoints"].as_array().unwrap() {
             if e["name"] == "list" {
