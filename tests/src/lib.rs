@@ -431,3 +431,17 @@ pub async fn registry_get(client: &async_nats::Client, id: &str) -> Option<serde
         .expect("registry readable")
         .map(|v| serde_json::to_value(v.record).expect("record to JSON"))
 }
+
+/// Subscribes and flushes, so the server knows the subscription before the
+/// caller triggers what it waits for.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    subject: impl ToString,
+) -> async_nats::Subscriber {
+    let sub = client
+        .subscribe(subject.to_string())
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    sub
+}

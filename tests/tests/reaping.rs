@@ -44,16 +44,10 @@ async fn kill_9_of_a_worker_ends_its_sessions_with_worker_lost() {
     let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
     let mut w = Proc::spawn("worker", &worker_env(&nats.url(), "w-doomed"));
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     heartbeat_from(&mut hb, "w-doomed").await;
-    let mut ended = c
-        .subscribe("streams.v1.event.session.doomed-1.ended")
-        .await
-        .unwrap();
-    let mut lost = c
-        .subscribe("streams.v1.event.worker.w-doomed.lost")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.doomed-1.ended").await;
+    let mut lost = subscribe(&c, "streams.v1.event.worker.w-doomed.lost").await;
     let body = format!(r#"{{"id":"doomed-1","source":{SMALL}}}"#);
     let info = raw_request(&c, "streams.v1.session.create", &body).await;
     assert_eq!(ok(&info)["owner"], "w-doomed");
@@ -90,7 +84,7 @@ async fn kill_9_moves_a_restartable_session_to_another_worker() {
     let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
     let w1 = Proc::spawn("worker", &worker_env(&nats.url(), "w-first"));
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     heartbeat_from(&mut hb, "w-first").await;
     let body = format!(r#"{{"id":"phoenix","on_worker_lost":"restart","source":{SMALL}}}"#);
     assert_eq!(
@@ -102,10 +96,7 @@ async fn kill_9_moves_a_restartable_session_to_another_worker() {
     cfg.worker_id = Some("w-second".into());
     let _w2 = worker(cfg);
     heartbeat_from(&mut hb, "w-second").await;
-    let mut moved = c
-        .subscribe("streams.v1.event.session.phoenix.*")
-        .await
-        .unwrap();
+    let mut moved = subscribe(&c, "streams.v1.event.session.phoenix.*").await;
 
     w1.signal("KILL");
     let killed = Instant::now();
@@ -162,7 +153,7 @@ async fn a_partitioned_worker_stops_by_itself_and_does_not_resume_after_healing(
     cfg.worker_id = Some("w-island".into());
     let _island = worker(cfg);
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     heartbeat_from(&mut hb, "w-island").await;
     let body = format!(r#"{{"id":"marooned","on_worker_lost":"restart","source":{SMALL}}}"#);
     assert_eq!(
@@ -239,14 +230,11 @@ async fn sigterm_ends_a_worker_process_cleanly_within_seconds() {
     let nats = NatsServer::start().await;
     let mut w = Proc::spawn("worker", &worker_env(&nats.url(), "w-term"));
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     heartbeat_from(&mut hb, "w-term").await;
     let body = format!(r#"{{"id":"term-1","source":{SMALL}}}"#);
     ok(&raw_request(&c, "streams.v1.session.create", &body).await);
-    let mut ended = c
-        .subscribe("streams.v1.event.session.term-1.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.term-1.ended").await;
     w.signal("TERM");
     let t0 = Instant::now();
     let status = w
@@ -310,7 +298,7 @@ async fn a_nats_restart_loses_no_session_and_everything_reconnects() {
     cfg.registry_storage = worker::config::StorageKind::File;
     let _w = worker(cfg);
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     heartbeat_from(&mut hb, "w-steady").await;
     let body = format!(r#"{{"id":"steady","source":{SMALL}}}"#);
     let info = raw_request(&c, "streams.v1.session.create", &body).await;
@@ -326,11 +314,8 @@ async fn a_nats_restart_loses_no_session_and_everything_reconnects() {
     // The registry was on disk; the worker reconnects, resubscribes, finds
     // the session still its own and resumes it; the janitor ends nothing.
     let c = nats.client().await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
-    let mut ended = c
-        .subscribe("streams.v1.event.session.steady.ended")
-        .await
-        .unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
+    let mut ended = subscribe(&c, "streams.v1.event.session.steady.ended").await;
     // Heartbeats the worker published while cut off are delivered once it
     // reconnects: they show the session suspended, then resumed.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -379,4 +364,57 @@ async fn a_nats_restart_loses_no_session_and_everything_reconnects() {
         "no end event"
     );
     assert_eq!(registry_get(&c, "steady").await.unwrap()["state"], "live");
+}
+
+#[tokio::test]
+async fn a_frozen_worker_is_replaced_and_on_waking_never_streams_the_session_again() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _j = janitor(janitor::Config::for_tests(&nats.url(), "streams"));
+    let frozen = Proc::spawn("worker", &worker_env(&nats.url(), "w-frozen"));
+    let c = nats.client().await;
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
+    heartbeat_from(&mut hb, "w-frozen").await;
+    let body = format!(r#"{{"id":"icicle","on_worker_lost":"restart","source":{SMALL}}}"#);
+    assert_eq!(
+        ok(&raw_request(&c, "streams.v1.session.create", &body).await)["owner"],
+        "w-frozen"
+    );
+    let mut cfg = worker::Config::for_tests(&nats.url());
+    cfg.worker_id = Some("w-awake".into());
+    let _awake = worker(cfg);
+    heartbeat_from(&mut hb, "w-awake").await;
+
+    frozen.signal("STOP");
+    let stopped = Instant::now();
+    wait_for(
+        "the session to move to w-awake",
+        Duration::from_secs(15),
+        || async {
+            let rec = registry_get(&c, "icicle").await?;
+            (rec["owner"] == "w-awake" && rec["state"] == "live").then_some(())
+        },
+    )
+    .await;
+    eprintln!("moved {:?} after SIGSTOP", stopped.elapsed());
+    frozen.signal("CONT");
+    // Every heartbeat the woken worker sends shows the session suspended
+    // (its lease ran out while it slept) until it learns it was given away
+    // and drops it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = heartbeat_from(&mut hb, "w-frozen").await;
+        let held = v["sessions"].as_array().unwrap();
+        assert!(
+            held.iter().all(|s| s["suspended"] == true),
+            "after waking it never streams the session: {v}"
+        );
+        if held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "w-frozen kept the session");
+    }
+    let rec = registry_get(&c, "icicle").await.unwrap();
+    assert_eq!(rec["owner"], "w-awake");
+    assert_eq!(rec["epoch"], 2);
 }

@@ -65,14 +65,8 @@ async fn raw_json_create_get_list_keepalive_stop() {
     let w = worker(worker_cfg(&nats, "w-raw"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut started = c
-        .subscribe("streams.v1.event.session.helix-1.started")
-        .await
-        .unwrap();
-    let mut ended = c
-        .subscribe("streams.v1.event.session.helix-1.ended")
-        .await
-        .unwrap();
+    let mut started = subscribe(&c, "streams.v1.event.session.helix-1.started").await;
+    let mut ended = subscribe(&c, "streams.v1.event.session.helix-1.ended").await;
 
     let t0 = Instant::now();
     let created = raw_request(
@@ -148,7 +142,7 @@ async fn create_is_idempotent_even_when_two_workers_race() {
     let b = worker(worker_cfg(&nats, "w-b"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut hb = c.subscribe("streams.v1.worker.*.heartbeat").await.unwrap();
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
 
     // The same create sent straight to both workers at once: both try to
     // claim the id in the registry; one wins, the other returns its record.
@@ -203,10 +197,7 @@ async fn idle_ttl_ends_a_headless_session_and_keepalive_defers_it() {
     ready(&c).await;
 
     // Unattended: ends on its idle TTL.
-    let mut ended = c
-        .subscribe("streams.v1.event.session.idle-1.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.idle-1.ended").await;
     ok(&raw_request(
         &c,
         "streams.v1.session.create",
@@ -221,10 +212,7 @@ async fn idle_ttl_ends_a_headless_session_and_keepalive_defers_it() {
     assert_eq!(ok(&got)["ended"]["reason"], "idle_timeout");
 
     // Kept alive for three TTLs, it survives; then it idles out.
-    let mut ended = c
-        .subscribe("streams.v1.event.session.idle-2.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.idle-2.ended").await;
     ok(&raw_request(
         &c,
         "streams.v1.session.create",
@@ -251,10 +239,7 @@ async fn max_lifetime_ends_a_session_despite_keepalives() {
     let _w = worker(worker_cfg(&nats, "w-life"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut ended = c
-        .subscribe("streams.v1.event.session.life-1.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.life-1.ended").await;
     ok(&raw_request(
         &c,
         "streams.v1.session.create",
@@ -400,10 +385,7 @@ async fn worker_shutdown_ends_sessions_and_leaves_no_live_entries() {
     let w = worker(worker_cfg(&nats, "w-bye"));
     let c = nats.client().await;
     ready(&c).await;
-    let mut ended = c
-        .subscribe("streams.v1.event.session.*.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.*.ended").await;
     for id in ["bye-1", "bye-2"] {
         ok(&raw_request(&c, "streams.v1.session.create", &create_body(id, "")).await);
     }
@@ -437,7 +419,7 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
     let c = nats.client().await;
     ready(&c).await;
     // What `nats micro ls` and `nats micro info stream-worker` ask.
-    let mut inbox = c.subscribe("_INBOX.micro-test").await.unwrap();
+    let mut inbox = subscribe(&c, "_INBOX.micro-test").await;
     c.publish_with_reply("$SRV.INFO.stream-worker", "_INBOX.micro-test", "".into())
         .await
         .unwrap();
@@ -480,7 +462,7 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
     for _ in 0..3 {
         ok(&raw_request(&c, "streams.v1.session.list", "").await);
     }
-    let mut inbox = c.subscribe("_INBOX.micro-stats").await.unwrap();
+    let mut inbox = subscribe(&c, "_INBOX.micro-stats").await;
     c.publish_with_reply("$SRV.STATS.stream-worker", "_INBOX.micro-stats", "".into())
         .await
         .unwrap();

@@ -94,10 +94,7 @@ async fn a_source_failing_mid_stream_ends_its_session_with_the_reason() {
     let _w = worker_with(cfg(&nats), Arc::new(Flaky));
     let c = nats.client().await;
     ready(&c).await;
-    let mut ended = c
-        .subscribe("streams.v1.event.session.flaky.ended")
-        .await
-        .unwrap();
+    let mut ended = subscribe(&c, "streams.v1.event.session.flaky.ended").await;
     let r = raw_request(&c, "streams.v1.session.create", r#"{"id":"flaky"}"#).await;
     assert_eq!(r["result"]["state"], "live", "{r}");
     let m = tokio::time::timeout(Duration::from_secs(10), ended.next())

@@ -18,6 +18,7 @@ use crate::session::Cmd;
 use crate::{Ctx, WorkerError};
 
 fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
+    let lease_held = ctx.lease_gate.held(Instant::now());
     let dir = ctx.dir.lock().expect("directory lock");
     let sessions = if draining_override {
         Vec::new()
@@ -28,7 +29,7 @@ fn snapshot(ctx: &Ctx, draining_override: bool) -> Heartbeat {
                 id,
                 epoch,
                 viewers: h.viewers.load(Ordering::Relaxed),
-                suspended: h.paused.load(Ordering::Relaxed),
+                suspended: h.paused.load(Ordering::Relaxed) || !lease_held,
             })
             .collect()
     };
@@ -68,6 +69,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<(), WorkerError> {
             };
             let now = Instant::now();
             if hb.worker == c.me {
+                c.lease_gate.extend_to(now + *c.config.lease);
                 if c.lease.lock().expect("lease lock").renew(now) {
                     info!(worker_id = %c.me, "NATS reachable again; lease renewed");
                 }

@@ -55,6 +55,8 @@ pub struct Ctx {
     pub dir: Mutex<Directory<SessionHandle>>,
     pub cluster: Mutex<Cluster>,
     pub lease: Mutex<Lease>,
+    /// The lease's deadline for media writers.
+    pub lease_gate: Arc<crate::core::LeaseGate>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     /// How long a session stays suspended after the lease ran out.
@@ -112,6 +114,7 @@ pub async fn run(
         dir: Mutex::new(Directory::new(config.capacity)),
         cluster: Mutex::new(Cluster::new(me.clone(), interval * 3)),
         lease: Mutex::new(Lease::new(now, *config.lease)),
+        lease_gate: Arc::new(crate::core::LeaseGate::new(now, now + *config.lease)),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         lease_lost_retry: *config.max_suspension,

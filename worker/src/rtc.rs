@@ -69,6 +69,21 @@ pub struct RtcSettings {
     pub udp_port_range: Option<(u16, u16)>,
 }
 
+/// Whether media may leave: the session is not suspended and the worker's
+/// lease has not run out (checked per frame, so a worker waking from a
+/// freeze sends nothing before its lease watch has even run).
+#[derive(Clone)]
+pub struct SendGate {
+    pub paused: Arc<AtomicBool>,
+    pub lease: Arc<crate::core::LeaseGate>,
+}
+
+impl SendGate {
+    pub fn open(&self, now: std::time::Instant) -> bool {
+        !self.paused.load(Ordering::Relaxed) && self.lease.held(now)
+    }
+}
+
 /// What a viewer's callbacks tell its session.
 #[derive(Debug)]
 pub enum ViewerEvent {
@@ -179,7 +194,7 @@ impl Engine {
         role: Role,
         tap: SourceTap,
         fps: u32,
-        paused: Arc<AtomicBool>,
+        gate: SendGate,
         events: mpsc::Sender<ViewerEvent>,
     ) -> Result<(Viewer, String), RtcError> {
         let config = RTCConfiguration {
@@ -325,7 +340,7 @@ impl Engine {
             .map(|d| d.sdp)
             .unwrap_or_default();
 
-        let writer = tokio::spawn(write_media(tap, video, audio, fps, paused, cancel.clone()));
+        let writer = tokio::spawn(write_media(tap, video, audio, fps, gate, cancel.clone()));
         Ok((
             Viewer {
                 pc,
@@ -386,7 +401,7 @@ async fn write_media(
     video: Arc<TrackLocalStaticSample>,
     audio: Arc<TrackLocalStaticSample>,
     fps: u32,
-    paused: Arc<AtomicBool>,
+    gate: SendGate,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
@@ -399,7 +414,7 @@ async fn write_media(
             m = rx.recv() => m,
             _ = cancel.cancelled() => return,
         };
-        if paused.load(Ordering::Relaxed) {
+        if !gate.open(std::time::Instant::now()) {
             // The worker lost its lease: nothing leaves until it is back.
             need_key = true;
             continue;

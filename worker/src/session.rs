@@ -469,7 +469,10 @@ impl Session {
                 join.role,
                 source.tap(),
                 fps,
-                self.paused.clone(),
+                crate::rtc::SendGate {
+                    paused: self.paused.clone(),
+                    lease: self.ctx.lease_gate.clone(),
+                },
                 self.viewer_tx.clone(),
             )
             .await

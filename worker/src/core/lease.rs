@@ -90,3 +90,53 @@ mod tests {
         assert_eq!(l.check(t0 + 6 * S), LeaseStatus::Held);
     }
 }
+
+/// The lease's deadline, readable without a lock by every media writer, so
+/// that a worker waking from a freeze sends nothing past its lease even
+/// before the lease watch has run.
+#[derive(Debug)]
+pub struct LeaseGate {
+    base: Instant,
+    /// Milliseconds after `base` until which media may be sent.
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseGate {
+    pub fn new(base: Instant, first_deadline: Instant) -> Self {
+        let g = Self {
+            base,
+            until_ms: std::sync::atomic::AtomicU64::new(0),
+        };
+        g.extend_to(first_deadline);
+        g
+    }
+
+    /// Moves the deadline forward (never back).
+    pub fn extend_to(&self, deadline: Instant) {
+        let ms = deadline.saturating_duration_since(self.base).as_millis() as u64;
+        self.until_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn held(&self, now: Instant) -> bool {
+        let now_ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        now_ms < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_closes_at_the_deadline_and_only_moves_forward() {
+        let t0 = Instant::now();
+        let g = LeaseGate::new(t0, t0 + Duration::from_secs(2));
+        assert!(g.held(t0 + Duration::from_millis(1999)));
+        assert!(!g.held(t0 + Duration::from_secs(2)));
+        g.extend_to(t0 + Duration::from_secs(1));
+        assert!(!g.held(t0 + Duration::from_secs(2)), "never moves back");
+        g.extend_to(t0 + Duration::from_secs(5));
+        assert!(g.held(t0 + Duration::from_secs(4)));
+    }
+}

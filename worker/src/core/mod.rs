@@ -10,4 +10,4 @@ pub mod lease;
 pub use clock::SessionClock;
 pub use cluster::{Cluster, Placement};
 pub use directory::{Directory, Refusal};
-pub use lease::{Lease, LeaseStatus};
+pub use lease::{Lease, LeaseGate, LeaseStatus};
