@@ -32,7 +32,12 @@ pub use error::ApiError;
 )]
 pub struct Config {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject.
     #[arg(long, env = "SUBJECT_PREFIX", default_value = bus_schema::subjects::DEFAULT_PREFIX)]
@@ -272,13 +277,7 @@ pub async fn run(
         .await
 }
 
-/// Connects to NATS: retry the first connection, reconnect forever.
-pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name("api")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .max_reconnects(None)
-        .connect(url)
-        .await
+/// Connects to NATS (credentials in the URL are honoured, never logged).
+pub async fn connect(url: &str) -> Result<async_nats::Client, String> {
+    bus_schema::connect::connect(url, "api").await
 }

@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = api::Config::parse();
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let client = api::connect(&config.nats_url).await?;
+    let client = api::connect(&config.nats_url)
+        .await
+        .map_err(anyhow::Error::msg)?;
     println!("api listening on http://{}", listener.local_addr()?);
     api::run(config, client, listener, shutdown_signal()).await?;
     Ok(())

@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod codec;
+pub mod connect;
 pub mod error;
 pub mod ids;
 pub mod input;

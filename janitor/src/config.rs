@@ -14,7 +14,12 @@ use crate::reconcile::{Timing, DEFAULT_MAX_LIFETIME_GRACE};
 )]
 pub struct Config {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject (and of the registry bucket's name).
     #[arg(long, env = "SUBJECT_PREFIX", default_value = bus_schema::subjects::DEFAULT_PREFIX)]

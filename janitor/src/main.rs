@@ -1,9 +1,7 @@
 //! The `janitor` binary: configuration, tracing, NATS, then [`janitor::run`].
 
-use std::time::Duration;
-
 use clap::Parser;
-use tracing::{info, warn};
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut shutdown = Box::pin(shutdown_signal());
     let client = tokio::select! {
-        client = connect(&config.nats_url) => client,
+        client = connect(&config.nats_url) => client?,
         () = &mut shutdown => {
             info!("shutdown before NATS was reached");
             return Ok(());
@@ -28,29 +26,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to NATS, retrying with backoff until it answers.
-async fn connect(url: &str) -> async_nats::Client {
-    let mut failures: u32 = 0;
-    loop {
-        match async_nats::ConnectOptions::new()
-            .name("janitor")
-            .connect(url)
-            .await
-        {
-            Ok(client) => {
-                info!(url, "connected to NATS");
-                return client;
-            }
-            Err(e) => {
-                if failures == 0 {
-                    warn!(url, error = %e, "cannot reach NATS; retrying");
-                }
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis(250).saturating_mul(1 << failures.min(5));
-                tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
-            }
-        }
-    }
+/// Connects to NATS (credentials in the URL are honoured, never logged),
+/// retrying until it answers.
+async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    bus_schema::connect::connect(url, "janitor")
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

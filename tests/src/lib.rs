@@ -308,7 +308,7 @@ pub async fn api(config: api::Config) -> (Service, String) {
 /// Starts the janitor in-process.
 pub fn janitor(config: janitor::Config) -> Service {
     Service::spawn(move |shutdown| async move {
-        let client = async_nats::connect(&config.nats_url)
+        let client = bus_schema::connect::connect(&config.nats_url, "janitor")
             .await
             .expect("janitor connects");
         if let Err(e) = janitor::run(config, client, shutdown).await {

@@ -9,9 +9,9 @@
 //! The services are started here with their credentials given through
 //! `ConnectOptions::with_user_and_password`, not through NATS_URL: async-nats
 //! 0.51 drops the `user:pass@` part of a URL (nats-io/nats.rs#1623), and the
-//! services' own connect functions pass the URL as it is. The ignored test at
-//! the end runs the services the way the binaries connect; it passes once
-//! they hand URL credentials to async-nats.
+//! services' shared connect (`bus_schema::connect`) takes them out of the
+//! URL and hands them to async-nats; the last test runs the services the
+//! way the binaries connect, with credentials only in NATS_URL.
 //!
 //! A permissions violation is invisible to the publisher's call (the server
 //! drops the message and sends `-ERR 'Permissions Violation ...'`, which
@@ -838,9 +838,6 @@ async fn the_janitor_reaps_under_the_config() {
 
 /// The services as the binaries connect: credentials only in NATS_URL.
 #[tokio::test]
-#[ignore = "needs a product change: async-nats 0.51 ignores user:pass in a URL \
-            (nats-io/nats.rs#1623), so worker::connect, api::connect and the janitor's \
-            connect must pass them with ConnectOptions::user_and_password"]
 async fn services_connect_with_the_credentials_in_nats_url() {
     init_tracing();
     let nats = AuthNats::start().await;
@@ -861,9 +858,7 @@ async fn services_connect_with_the_credentials_in_nats_url() {
     .await;
     assert_eq!(created["owner"], "w-perm-url");
     // As the janitor binary connects.
-    ConnectOptions::new()
-        .name("janitor")
-        .connect(nats.url_as("janitor"))
+    bus_schema::connect::connect(&nats.url_as("janitor"), "janitor")
         .await
         .expect("the janitor's URL credentials are accepted");
 }

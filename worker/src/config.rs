@@ -17,7 +17,12 @@ pub enum StorageKind {
 )]
 pub struct Config {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject (and of the registry bucket's name).
     #[arg(long, env = "SUBJECT_PREFIX", default_value = bus_schema::subjects::DEFAULT_PREFIX)]
@@ -50,7 +55,12 @@ pub struct Config {
     pub max_viewers: u32,
     /// STUN/TURN servers handed to both sides, comma separated. TURN
     /// credentials go in the URL's user part: `turn:user:pass@host:3478`.
-    #[arg(long, env = "ICE_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ICE_SERVERS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub ice_servers: Vec<String>,
     /// Public IPs to advertise for this host (NAT 1:1), comma separated.
     #[arg(long, env = "PUBLIC_IPS", value_delimiter = ',')]

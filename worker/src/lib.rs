@@ -71,17 +71,11 @@ impl Ctx {
     }
 }
 
-/// Connects to NATS with the options every service uses: retry the first
-/// connection, reconnect forever.
+/// Connects to NATS (credentials in the URL are honoured, never logged).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, WorkerError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .max_reconnects(None)
-        .connect(url)
+    bus_schema::connect::connect(url, name)
         .await
-        .map_err(|e| WorkerError::Nats(e.to_string()))
+        .map_err(WorkerError::Nats)
 }
 
 /// Runs a worker until `shutdown` resolves, then ends its sessions with
