@@ -237,8 +237,9 @@ async fn list(ctx: &Ctx, req: &Request) -> Result<SessionList, WireError> {
     })
 }
 
-/// Hands a request to another worker; it answers the caller directly.
-async fn forward(ctx: &Ctx, req: &Request, subject: String) -> Answer<SessionInfo> {
+/// Hands a request to another worker with the caller's reply subject; that
+/// worker answers the caller directly.
+async fn forward<T>(ctx: &Ctx, req: &Request, subject: String, payload: bytes::Bytes) -> Answer<T> {
     let Some(reply) = req.message.reply.clone() else {
         return Answer::Reply(Err(WireError::new(
             ErrorCode::InvalidRequest,
@@ -248,13 +249,13 @@ async fn forward(ctx: &Ctx, req: &Request, subject: String) -> Answer<SessionInf
     match ctx
         .bus
         .client
-        .publish_with_reply(subject, reply, req.message.payload.clone())
+        .publish_with_reply(subject, reply, payload)
         .await
     {
         Ok(()) => Answer::Forwarded,
         Err(_) => Answer::Reply(Err(WireError::new(
             ErrorCode::Unavailable,
-            "could not reach the owner",
+            "could not reach the worker that owns or was chosen for the session",
         ))),
     }
 }
@@ -284,7 +285,8 @@ async fn create(ctx: &Arc<Ctx>, req: &Request, placeable: bool) -> Answer<Sessio
                 // Pin the id so the target creates exactly this session.
                 let mut pinned = cmd.clone();
                 pinned.id = Some(id.clone());
-                return forward_create(ctx, req, &w, &pinned).await;
+                let subject = ctx.bus.subjects.worker_create(&w).to_string();
+                return forward(ctx, req, subject, bus_schema::encode(&pinned)).await;
             }
             Placement::NoCapacity => {
                 return Answer::Reply(Err(WireError::new(
@@ -295,33 +297,6 @@ async fn create(ctx: &Arc<Ctx>, req: &Request, placeable: bool) -> Answer<Sessio
         }
     }
     Answer::Reply(create_here(ctx, id, &cmd).await)
-}
-
-async fn forward_create(
-    ctx: &Ctx,
-    req: &Request,
-    to: &WorkerId,
-    cmd: &CreateSession,
-) -> Answer<SessionInfo> {
-    let Some(reply) = req.message.reply.clone() else {
-        return Answer::Reply(Err(WireError::new(
-            ErrorCode::InvalidRequest,
-            "command without a reply subject",
-        )));
-    };
-    let subject = ctx.bus.subjects.worker_create(to).to_string();
-    match ctx
-        .bus
-        .client
-        .publish_with_reply(subject, reply, bus_schema::encode(cmd))
-        .await
-    {
-        Ok(()) => Answer::Forwarded,
-        Err(_) => Answer::Reply(Err(WireError::new(
-            ErrorCode::Unavailable,
-            "could not reach the chosen worker",
-        ))),
-    }
 }
 
 /// Creates the session on this worker: reserve a slot, claim the id in the
@@ -560,7 +535,7 @@ async fn command(
             SessionVerb::Stop => s.worker_stop(&v.record.owner, &id).to_string(),
             _ => s.worker_keepalive(&v.record.owner, &id).to_string(),
         };
-        return forward(ctx, req, subject).await;
+        return forward(ctx, req, subject, req.message.payload.clone()).await;
     }
     Answer::Reply(Err(WireError::new(
         ErrorCode::Conflict,
@@ -643,27 +618,35 @@ async fn owner_of(ctx: &Ctx, id: &SessionId) -> Result<Owner, WireError> {
     }
 }
 
-async fn join(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema::Joined> {
-    let run = async {
-        let id = session_id(ctx, req)?;
-        let cmd: bus_schema::JoinPeer = decode(&req.message.payload)?;
-        Ok::<_, WireError>((id, cmd))
-    };
-    let (id, cmd) = match run.await {
+/// A command only the session's owner can carry out: run it here, or
+/// forward it to the owner (public subjects only), or say why not.
+async fn to_owner<C, T, F, Fut>(
+    ctx: &Arc<Ctx>,
+    req: &Request,
+    public: bool,
+    direct: impl Fn(&bus_schema::Subjects, &WorkerId, &SessionId) -> String,
+    check: impl FnOnce(&C) -> Result<(), WireError>,
+    ask: F,
+) -> Answer<T>
+where
+    C: serde::de::DeserializeOwned,
+    F: FnOnce(SessionHandle, C) -> Fut,
+    Fut: std::future::Future<Output = Result<T, WireError>>,
+{
+    let parsed = session_id(ctx, req).and_then(|id| {
+        let cmd: C = decode(&req.message.payload)?;
+        check(&cmd)?;
+        Ok((id, cmd))
+    });
+    let (id, cmd) = match parsed {
         Ok(x) => x,
         Err(e) => return Answer::Reply(Err(e)),
     };
     match owner_of(ctx, &id).await {
-        Ok(Owner::Here(h)) => Answer::Reply(
-            h.ask(|reply| Cmd::Join { join: cmd, reply })
-                .await
-                .and_then(|r| r),
-        ),
+        Ok(Owner::Here(h)) => Answer::Reply(ask(h, cmd).await),
         Ok(Owner::There(w)) if public => {
-            match forward_raw(ctx, req, ctx.bus.subjects.worker_join(&w, &id).to_string()).await {
-                Ok(()) => Answer::Forwarded,
-                Err(e) => Answer::Reply(Err(e)),
-            }
+            let subject = direct(&ctx.bus.subjects, &w, &id);
+            forward(ctx, req, subject, req.message.payload.clone()).await
         }
         Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
             ErrorCode::NotFound,
@@ -673,38 +656,34 @@ async fn join(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema:
     }
 }
 
+async fn join(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema::Joined> {
+    to_owner(
+        ctx,
+        req,
+        public,
+        |s, w, id| s.worker_join(w, id).to_string(),
+        |_: &bus_schema::JoinPeer| Ok(()),
+        |h, join| async move { h.ask(|reply| Cmd::Join { join, reply }).await? },
+    )
+    .await
+}
+
 async fn inject(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<Ack> {
-    let run = async {
-        let id = session_id(ctx, req)?;
-        let cmd: bus_schema::InjectInput = decode(&req.message.payload)?;
-        cmd.validate()?;
-        Ok::<_, WireError>((id, cmd))
-    };
-    let (id, cmd) = match run.await {
-        Ok(x) => x,
-        Err(e) => return Answer::Reply(Err(e)),
-    };
-    match owner_of(ctx, &id).await {
-        Ok(Owner::Here(h)) => Answer::Reply(
+    to_owner(
+        ctx,
+        req,
+        public,
+        |s, w, id| s.worker_input(w, id).to_string(),
+        |cmd: &bus_schema::InjectInput| cmd.validate(),
+        |h, cmd| async move {
             h.ask(|reply| Cmd::Inject {
                 events: cmd.events,
                 reply,
             })
-            .await
-            .and_then(|r| r),
-        ),
-        Ok(Owner::There(w)) if public => {
-            match forward_raw(ctx, req, ctx.bus.subjects.worker_input(&w, &id).to_string()).await {
-                Ok(()) => Answer::Forwarded,
-                Err(e) => Answer::Reply(Err(e)),
-            }
-        }
-        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
-            ErrorCode::NotFound,
-            "session not on this worker",
-        ))),
-        Err(e) => Answer::Reply(Err(e)),
-    }
+            .await?
+        },
+    )
+    .await
 }
 
 async fn peer_signal(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
@@ -721,40 +700,14 @@ async fn peer_signal(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
     .await?
 }
 
-/// Hands a request to another worker with the caller's reply subject.
-async fn forward_raw(ctx: &Ctx, req: &Request, subject: String) -> Result<(), WireError> {
-    let reply = req.message.reply.clone().ok_or_else(|| {
-        WireError::new(ErrorCode::InvalidRequest, "command without a reply subject")
-    })?;
-    ctx.bus
-        .client
-        .publish_with_reply(subject, reply, req.message.payload.clone())
-        .await
-        .map_err(|_| WireError::new(ErrorCode::Unavailable, "could not reach the owner"))
-}
-
 async fn stats(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<bus_schema::SessionStats> {
-    let run = async {
-        let id = session_id(ctx, req)?;
-        decode::<bus_schema::GetStats>(&req.message.payload)?;
-        Ok::<_, WireError>(id)
-    };
-    let id = match run.await {
-        Ok(x) => x,
-        Err(e) => return Answer::Reply(Err(e)),
-    };
-    match owner_of(ctx, &id).await {
-        Ok(Owner::Here(h)) => Answer::Reply(h.ask(Cmd::Stats).await),
-        Ok(Owner::There(w)) if public => {
-            match forward_raw(ctx, req, ctx.bus.subjects.worker_stats(&w, &id).to_string()).await {
-                Ok(()) => Answer::Forwarded,
-                Err(e) => Answer::Reply(Err(e)),
-            }
-        }
-        Ok(Owner::There(_)) => Answer::Reply(Err(WireError::new(
-            ErrorCode::NotFound,
-            "session not on this worker",
-        ))),
-        Err(e) => Answer::Reply(Err(e)),
-    }
+    to_owner(
+        ctx,
+        req,
+        public,
+        |s, w, id| s.worker_stats(w, id).to_string(),
+        |_: &bus_schema::GetStats| Ok(()),
+        |h, _| async move { h.ask(Cmd::Stats).await },
+    )
+    .await
 }
