@@ -177,6 +177,9 @@ impl Session {
     ) {
         let mut live = Some(live);
         let mut first_media = self.source.as_ref().map(|s| s.subscribe());
+        // A source may have encoded its first frame before we subscribed
+        // (the synthetic one does, inside `start`): then it is live now.
+        let mut encoded_already = self.source.as_ref().is_some_and(|s| s.frames_encoded() > 0);
         let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
@@ -258,7 +261,7 @@ impl Session {
                     let detail = match exit { SourceExit::Failed(why) => why, SourceExit::Stopped => "source stopped".into() };
                     break Outcome::End(EndReason::SourceFailed, Some(detail));
                 }
-                m = recv_first_video(&mut first_media), if first_media.is_some() => {
+                m = recv_first_video(&mut first_media, std::mem::take(&mut encoded_already)), if first_media.is_some() => {
                     first_media = None;
                     match m {
                         Ok(()) => match self.mark_live().await {
@@ -766,8 +769,12 @@ impl Session {
 /// Waits for the first video frame. Errors when the source closes.
 async fn recv_first_video(
     rx: &mut Option<tokio::sync::broadcast::Receiver<Media>>,
+    encoded_already: bool,
 ) -> Result<(), String> {
     use tokio::sync::broadcast::error::RecvError;
+    if encoded_already {
+        return Ok(());
+    }
     let Some(rx) = rx.as_mut() else {
         return std::future::pending().await;
     };
