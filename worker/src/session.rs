@@ -184,7 +184,10 @@ impl Session {
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
         let mut resume_check = tokio::time::interval(RESUME_CHECK);
-        let mut input_sweep = tokio::time::interval(Duration::from_secs(5));
+        // First sweep after one period: an immediate tick would race the
+        // first-frame branch in the first iteration.
+        let sweep = Duration::from_secs(5);
+        let mut input_sweep = tokio::time::interval_at(tokio::time::Instant::now() + sweep, sweep);
         input_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
