@@ -172,17 +172,14 @@ async fn join_as(bus: &Bus, id: &SessionId, role: Role) -> TestViewer {
     }
 }
 
-async fn stats(c: &async_nats::Client, id: &str) -> Value {
-    let r = raw_request(c, &format!("streams.v1.session.{id}.stats"), "{}").await;
-    assert_eq!(r["ok"], json!(true), "{r}");
-    r["result"].clone()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slows_nobody() {
+/// A nats-server, a worker, and one live session `id` with `source`.
+async fn session(
+    id: &str,
+    source: &str,
+) -> (NatsServer, Service, async_nats::Client, Bus, SessionId) {
     init_tracing();
     let nats = NatsServer::start().await;
-    let _w = worker(worker::Config::for_tests(&nats.url()));
+    let w = worker(worker::Config::for_tests(&nats.url()));
     let client = nats.client().await;
     let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
     wait_for("a worker", Duration::from_secs(20), || async {
@@ -193,14 +190,25 @@ async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slo
             .map(|_| ())
     })
     .await;
-    let created = raw_request(
-        &client,
-        "streams.v1.session.create",
-        r#"{"id":"fan","source":{"kind":"synthetic","width":320,"height":240,"fps":15,"bitrate_kbps":300}}"#,
+    let body = format!(r#"{{"id":"{id}","source":{source}}}"#);
+    let created = raw_request(&client, "streams.v1.session.create", &body).await;
+    assert_eq!(created["ok"], json!(true), "{created}");
+    (nats, w, client, bus, SessionId::parse(id).unwrap())
+}
+
+async fn stats(c: &async_nats::Client, id: &str) -> Value {
+    let r = raw_request(c, &format!("streams.v1.session.{id}.stats"), "{}").await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+    r["result"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slows_nobody() {
+    let (_nats, _w, client, bus, id) = session(
+        "fan",
+        r#"{"kind":"synthetic","width":320,"height":240,"fps":15,"bitrate_kbps":300}"#,
     )
     .await;
-    assert_eq!(created["ok"], json!(true), "{created}");
-    let id = SessionId::parse("fan").unwrap();
 
     const N: usize = 20;
     let mut viewers = Vec::new();
@@ -325,27 +333,11 @@ async fn keys_down(c: &async_nats::Client, id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_from_controllers_and_the_backend_merges_and_bad_packets_are_refused() {
-    init_tracing();
-    let nats = NatsServer::start().await;
-    let _w = worker(worker::Config::for_tests(&nats.url()));
-    let client = nats.client().await;
-    let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
-    wait_for("a worker", Duration::from_secs(20), || async {
-        client
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    let created = raw_request(
-        &client,
-        "streams.v1.session.create",
-        r#"{"id":"keys","source":{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":100}}"#,
+    let (_nats, _w, client, bus, id) = session(
+        "keys",
+        r#"{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":100}"#,
     )
     .await;
-    assert_eq!(created["ok"], json!(true), "{created}");
-    let id = SessionId::parse("keys").unwrap();
     let a = join_as(&bus, &id, Role::Control).await;
     let b = join_as(&bus, &id, Role::Control).await;
     let viewer = join_as(&bus, &id, Role::View).await;
