@@ -154,18 +154,27 @@ async fn list(
     ))
 }
 
+/// An authorized command for one session, answered with the owner's reply.
+async fn session_command<M: bus_schema::Command>(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    subject: impl Fn(&Subjects, &SessionId) -> bus_schema::Subject<M>,
+    cmd: M,
+) -> Result<Json<M::Reply>, ApiError> {
+    authorize(s, headers)?;
+    let id = parse_id(id)?;
+    Ok(Json(
+        s.bus.request(&subject(&s.bus.subjects, &id), &cmd).await?,
+    ))
+}
+
 async fn get_one(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s, &headers)?;
-    let id = parse_id(&id)?;
-    Ok(Json(
-        s.bus
-            .request(&s.bus.subjects.session_get(&id), &GetSession {})
-            .await?,
-    ))
+    session_command(&s, &headers, &id, Subjects::session_get, GetSession {}).await
 }
 
 async fn stop(
@@ -173,14 +182,8 @@ async fn stop(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s, &headers)?;
-    let id = parse_id(&id)?;
     let cmd = StopSession { detail: None };
-    Ok(Json(
-        s.bus
-            .request(&s.bus.subjects.session_stop(&id), &cmd)
-            .await?,
-    ))
+    session_command(&s, &headers, &id, Subjects::session_stop, cmd).await
 }
 
 async fn keepalive(
@@ -188,13 +191,7 @@ async fn keepalive(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s, &headers)?;
-    let id = parse_id(&id)?;
-    Ok(Json(
-        s.bus
-            .request(&s.bus.subjects.session_keepalive(&id), &Keepalive {})
-            .await?,
-    ))
+    session_command(&s, &headers, &id, Subjects::session_keepalive, Keepalive {}).await
 }
 
 async fn viewer_page() -> impl IntoResponse {
