@@ -2,9 +2,10 @@
 # Installs what the system and its tests need from Debian's packages:
 # nats-server (the bus), cmake + pkg-config (the opus crate builds libopus), ffmpeg
 # (ffprobe checks the H.264 the source encodes), chromium + chromium-driver
-# (end-to-end browser tests). Idempotent: installs only what is missing.
+# (end-to-end browser tests), janus (the relay the bench compares against).
+# Idempotent: installs only what is missing.
 set -euo pipefail
-pkgs=(nats-server cmake pkg-config ffmpeg chromium chromium-driver)
+pkgs=(nats-server cmake pkg-config ffmpeg chromium chromium-driver janus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
