@@ -5,6 +5,7 @@
 //! the registry. Restart it and nothing is lost.
 
 pub mod error;
+pub mod metrics;
 pub mod token;
 pub mod ws;
 
@@ -74,6 +75,7 @@ pub struct AppState {
     pub bus: Bus,
     pub api_key: Option<String>,
     pub signer: token::Signer,
+    pub metrics: metrics::Metrics,
 }
 
 /// The viewer page: plain HTML and JavaScript, no build step.
@@ -83,6 +85,7 @@ const VIEWER_HTML: &str = include_str!("../static/viewer.html");
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route("/api/sessions", post(create).get(list))
         .route("/api/sessions/{id}", get(get_one).delete(stop))
         .route("/api/sessions/{id}/keepalive", post(keepalive))
@@ -194,6 +197,22 @@ async fn keepalive(
     session_command(&s, &headers, &id, Subjects::session_keepalive, Keepalive {}).await
 }
 
+/// Prometheus text: tokio tasks, open viewer WebSockets, file descriptors,
+/// resident memory. Needs the API key when one is configured.
+async fn metrics_text(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    ))
+}
+
 async fn viewer_page() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -267,6 +286,7 @@ pub async fn run(
         bus,
         api_key: config.api_key.clone(),
         signer: token::Signer::new(secret),
+        metrics: metrics::Metrics::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     axum::serve(listener, app(state))

@@ -24,8 +24,9 @@ use crate::{ApiError, AppState};
 /// The largest signalling message a browser may send (an SDP answer with
 /// many candidates fits easily).
 pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
-/// Signalling messages per second a browser may send before being refused.
-const MAX_SIGNALS_PER_SEC: u32 = 50;
+/// Signalling messages per second a browser may send before being refused
+/// with `rate_limited`.
+pub const MAX_SIGNALS_PER_SEC: u32 = 50;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -70,6 +71,8 @@ async fn serve(
     peer: PeerId,
     role: bus_schema::Role,
 ) {
+    // Counted for `/metrics` while this function runs, whichever way it ends.
+    let _open = s.metrics.socket_opened();
     let (mut tx, mut rx) = socket.split();
     let subjects = &s.bus.subjects;
     // Subscribe before joining so no candidate from the worker is missed.
@@ -160,7 +163,10 @@ async fn serve(
                 }
                 in_window += 1;
                 if in_window > MAX_SIGNALS_PER_SEC {
-                    let e = WireError::new(ErrorCode::TooLarge, "too many signalling messages; slow down");
+                    let e = WireError::new(
+                        ErrorCode::RateLimited,
+                        format!("more than {MAX_SIGNALS_PER_SEC} signalling messages a second; slow down"),
+                    );
                     let _ = tx.send(Message::Text(error_json(&e).into())).await;
                     continue;
                 }

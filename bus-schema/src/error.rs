@@ -37,6 +37,8 @@ pub enum ErrorCode {
     Forbidden,
     /// A bug or an unexpected failure; details are in the server's log only.
     Internal,
+    /// The sender is over a rate limit (signalling messages, input); slow down.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -56,11 +58,12 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Malformed,
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
@@ -75,6 +78,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::Internal,
+        ErrorCode::RateLimited,
     ];
 
     fn from_prefix(msg: &str) -> Option<ErrorCode> {
