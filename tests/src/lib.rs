@@ -3,6 +3,7 @@
 //! service from NATS, and deadline-bounded waits.
 
 pub mod browser;
+pub mod srtp_floor;
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;

@@ -1,0 +1,607 @@
+//! Profile of the worker's fan-out hot path (issue 5).
+//!
+//! ```sh
+//! cargo run --release -p system-tests --bin profile -- [--viewers 20] [--secs 15] [--kbps 4000] [--no-perf]
+//! ```
+//!
+//! One process, two tokio runtimes with named threads: the worker
+//! (`worker::run`, in-process) on `wkr-rt` threads, the webrtc-rs viewers on
+//! `viewer-rt` threads; the synthetic source encodes on its own threads.
+//! So the kernel's per-thread CPU times (`/proc/self/task/*/stat`) and the
+//! sampled stacks (their thread name is the first frame) split the worker
+//! from the viewers without guessing.
+//!
+//! Steps: one 1280x720@30 session at `--kbps`; CPU per thread group over
+//! `--secs` with no viewer; `--viewers` viewers join over NATS (as in
+//! `tests/tests/fanout.rs`) and all receive video; CPU again over `--secs`,
+//! while `perf record` samples this process. Writes to `target/bench/`:
+//! `profile.svg` (flame graph), `profile.folded` (collapsed stacks),
+//! `profile.txt` (CPU table and the top functions, self and inclusive,
+//! per side). Needs `perf` (Debian `linux-perf`) and `inferno`
+//! (`cargo install inferno`) on PATH for the stacks; `--no-perf` measures
+//! CPU only.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bus_schema::{
+    Bus, CreateSession, JoinPeer, PeerId, PeerSignal, Role, SessionId, Subjects, ToPeer,
+};
+use futures::StreamExt;
+use system_tests::srtp_floor::{measure, profile_name, SrtpFloor, PROFILES};
+use system_tests::{wait_for, NatsServer};
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::srtp::protection_profile::ProtectionProfile;
+
+const WORKER_THREADS: &str = "wkr-rt";
+const VIEWER_THREADS: &str = "viewer-rt";
+
+struct Args {
+    viewers: usize,
+    secs: u64,
+    kbps: u32,
+    perf: bool,
+    srtp_only: bool,
+    out: PathBuf,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        viewers: 20,
+        secs: 15,
+        kbps: 4000,
+        perf: true,
+        srtp_only: false,
+        out: PathBuf::from("target/bench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--viewers" => a.viewers = value()?.parse()?,
+            "--secs" => a.secs = value()?.parse()?,
+            "--kbps" => a.kbps = value()?.parse()?,
+            "--out" => a.out = value()?.into(),
+            "--no-perf" => a.perf = false,
+            "--srtp-only" => a.srtp_only = true,
+            _ => anyhow::bail!(
+                "usage: profile [--viewers N] [--secs S] [--kbps K] [--out DIR] [--no-perf] [--srtp-only]"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+/// CPU seconds (utime + stime) of this process's threads, by thread name.
+fn thread_cpu() -> HashMap<String, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut by_name = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ...: comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // Fields after comm start at 3 (state); utime is 14, stime 15.
+        let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
+            continue;
+        };
+        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
+        *by_name.entry(group(comm).to_owned()).or_insert(0.0) += secs;
+    }
+    by_name
+}
+
+/// Which side a thread belongs to, from its name.
+fn group(comm: &str) -> &str {
+    if comm.starts_with(WORKER_THREADS) {
+        "worker runtime (fan-out, signalling, NATS)"
+    } else if comm.starts_with(VIEWER_THREADS) {
+        "viewer clients (webrtc-rs, bench side)"
+    } else if comm.starts_with("synthetic")
+        || comm.starts_with("video")
+        || comm.starts_with("audio")
+    {
+        "source threads (encoders)"
+    } else {
+        "other threads"
+    }
+}
+
+/// Cores used per group over a window.
+struct Window {
+    secs: f64,
+    cores: Vec<(String, f64)>,
+}
+
+async fn window(d: Duration) -> Window {
+    let a = thread_cpu();
+    let t = Instant::now();
+    tokio::time::sleep(d).await;
+    let b = thread_cpu();
+    let secs = t.elapsed().as_secs_f64();
+    let mut cores: Vec<(String, f64)> = b
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - a.get(k).copied().unwrap_or(0.0)) / secs))
+        .collect();
+    cores.sort_by(|x, y| x.0.cmp(&y.0));
+    Window { secs, cores }
+}
+
+impl Window {
+    fn get(&self, g: &str) -> f64 {
+        self.cores
+            .iter()
+            .find(|(k, _)| k.as_str() == g)
+            .map(|(_, v)| *v)
+            .unwrap_or(0.0)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    video_packets: AtomicU64,
+    video_bytes: AtomicU64,
+    audio_packets: AtomicU64,
+}
+
+struct Viewer {
+    pc: Arc<RTCPeerConnection>,
+    counters: Arc<Counters>,
+    signals: tokio::task::JoinHandle<()>,
+}
+
+/// A webrtc-rs viewer joined over NATS, its receive path only counting.
+async fn join(bus: &Bus, id: &SessionId) -> anyhow::Result<Viewer> {
+    let peer = PeerId::generate();
+    let mut inbox = bus
+        .client
+        .subscribe(bus.subjects.peer_out(&peer).to_string())
+        .await?;
+    let joined = bus
+        .request(
+            &bus.subjects.session_join(id),
+            &JoinPeer {
+                peer: peer.clone(),
+                role: Role::View,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("join refused: {}", e.message))?;
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build();
+    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    pc.on_track(Box::new(move |track, _, _| {
+        let c = c.clone();
+        Box::pin(async move {
+            let video = track
+                .codec()
+                .capability
+                .mime_type
+                .to_lowercase()
+                .contains("h264");
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = track.read_rtp().await {
+                    if video {
+                        c.video_packets.fetch_add(1, Ordering::Relaxed);
+                        c.video_bytes
+                            .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                    } else {
+                        c.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        })
+    }));
+    let pc2 = pc.clone();
+    let signals = tokio::spawn(async move {
+        while let Some(m) = inbox.next().await {
+            if let Ok(ToPeer::Candidate { candidate }) =
+                bus_schema::decode_record::<ToPeer>(&m.payload)
+            {
+                let _ = pc2
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid,
+                        sdp_mline_index: candidate.sdp_mline_index,
+                        username_fragment: None,
+                    })
+                    .await;
+            }
+        }
+    });
+    pc.set_remote_description(RTCSessionDescription::offer(joined.offer)?)
+        .await?;
+    let answer = pc.create_answer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer).await?;
+    let _ = gathered.recv().await;
+    let sdp = pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp;
+    bus.request(
+        &bus.subjects.worker_peer(&joined.worker, id, &peer),
+        &PeerSignal::Answer { sdp },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("answer refused: {}", e.message))?;
+    Ok(Viewer {
+        pc,
+        counters,
+        signals,
+    })
+}
+
+/// `perf record` of this process, stopped with SIGINT.
+struct Perf {
+    child: std::process::Child,
+    data: PathBuf,
+}
+
+fn start_perf(out: &Path) -> anyhow::Result<Perf> {
+    let data = out.join("profile.perf.data");
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+        ])
+        .arg(&data)
+        .args(["-p", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("perf (Debian linux-perf) on PATH")?;
+    Ok(Perf { child, data })
+}
+
+fn stop_perf(p: Perf) -> anyhow::Result<PathBuf> {
+    let pid = p.child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status()?;
+    let out = p.child.wait_with_output()?;
+    anyhow::ensure!(
+        p.data.exists(),
+        "perf wrote nothing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(p.data)
+}
+
+/// perf script → folded stacks → flame graph; returns the folded text.
+fn fold_and_draw(data: &Path, out: &Path) -> anyhow::Result<String> {
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .context("perf script")?;
+    let mut collapse = Command::new("inferno-collapse-perf")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("inferno-collapse-perf on PATH (cargo install inferno)")?;
+    {
+        use std::io::Write;
+        let mut stdin = collapse.stdin.take().context("stdin")?;
+        let script = script.stdout;
+        std::thread::spawn(move || stdin.write_all(&script));
+    }
+    let folded = collapse.wait_with_output()?.stdout;
+    std::fs::write(out.join("profile.folded"), &folded)?;
+    let svg = Command::new("inferno-flamegraph")
+        .args([
+            "--title",
+            "worker fan-out: 1 session, N viewers (wkr-rt = worker, viewer-rt = clients)",
+        ])
+        .arg(out.join("profile.folded"))
+        .output()
+        .context("inferno-flamegraph on PATH")?;
+    std::fs::write(out.join("profile.svg"), svg.stdout)?;
+    Ok(String::from_utf8_lossy(&folded).into_owned())
+}
+
+/// A frame name without its hash suffix and generic noise.
+fn clean(frame: &str) -> String {
+    let f = frame.trim();
+    let f = match f.rfind("::h") {
+        Some(i) if f[i + 3..].len() == 16 && f[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => {
+            &f[..i]
+        }
+        _ => f,
+    };
+    f.to_owned()
+}
+
+/// Top functions by self and inclusive samples, per side.
+fn top(folded: &str, n: usize) -> String {
+    // side -> (total, self counts, inclusive counts)
+    type Counts = HashMap<String, u64>;
+    let mut sides: HashMap<&str, (u64, Counts, Counts)> = HashMap::new();
+    for line in folded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let mut frames = stack.split(';');
+        let Some(thread) = frames.next() else {
+            continue;
+        };
+        let side = group(thread);
+        let frames: Vec<String> = frames.map(clean).collect();
+        let e = sides.entry(side).or_default();
+        e.0 += count;
+        if let Some(leaf) = frames.last() {
+            *e.1.entry(leaf.clone()).or_default() += count;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in frames {
+            if seen.insert(f.clone()) {
+                *e.2.entry(f).or_default() += count;
+            }
+        }
+    }
+    let all: u64 = sides.values().map(|s| s.0).sum();
+    let mut out = String::new();
+    let mut names: Vec<&&str> = sides.keys().collect();
+    names.sort();
+    for side in names {
+        let (total, selfs, incl) = &sides[*side];
+        let _ = writeln!(
+            out,
+            "\n## {side}: {total} samples ({:.1}% of all)",
+            100.0 * *total as f64 / all.max(1) as f64
+        );
+        for (title, map) in [("self", selfs), ("inclusive", incl)] {
+            let mut v: Vec<(&String, &u64)> = map.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let _ = writeln!(out, "\n### top {n} by {title} time (% of this side)\n");
+            for (f, c) in v.into_iter().take(n) {
+                let name: String = f.chars().take(140).collect();
+                let _ = writeln!(
+                    out,
+                    "{:6.2}%  {name}",
+                    100.0 * *c as f64 / *total.max(&1) as f64
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The SRTP floor as a table, and the floor's cores per viewer for this stream.
+fn srtp_table(floor: &SrtpFloor, kbps: u32) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "SRTP floor, one thread, webrtc::srtp 0.17 (RustCrypto; AES-NI in /proc/cpuinfo: {}):\n",
+        if floor.aes_ni { "yes" } else { "no" }
+    );
+    let _ = writeln!(t, "| profile | packet | packets/s | Mbit/s out |");
+    let _ = writeln!(t, "|---|---|---|---|");
+    for c in &floor.cases {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.0} |",
+            profile_name(c.profile),
+            c.kind.name(),
+            c.packets_per_sec,
+            c.mbit_per_sec
+        );
+    }
+    let _ = writeln!(t);
+    for p in PROFILES {
+        if let Some(cores) = floor.cores_per_viewer(p, kbps as f64) {
+            let _ = writeln!(
+                t,
+                "floor per viewer at {kbps} kbit/s video + Opus 50 packets/s, {}: {cores:.5} cores",
+                profile_name(p)
+            );
+        }
+    }
+    t
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    std::fs::create_dir_all(&a.out)?;
+    // First, on a quiet process: the floor.
+    let floor = measure(Duration::from_secs(1));
+    let table = srtp_table(&floor, a.kbps);
+    if a.srtp_only {
+        println!("{table}");
+        return Ok(());
+    }
+    let worker_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(WORKER_THREADS)
+        .enable_all()
+        .build()?;
+    let viewer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(VIEWER_THREADS)
+        .enable_all()
+        .build()?;
+    viewer_rt.block_on(run(a, worker_rt.handle().clone(), floor, table))
+}
+
+async fn run(
+    a: Args,
+    worker_rt: tokio::runtime::Handle,
+    floor: SrtpFloor,
+    table: String,
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await;
+    let config = worker::Config::for_tests(&nats.url());
+    let worker = {
+        let _in_worker_rt = worker_rt.enter();
+        system_tests::worker(config)
+    };
+    let client = nats.client().await;
+    let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(15));
+    wait_for("a worker", Duration::from_secs(20), || async {
+        bus.request(&bus.subjects.session_list(), &Default::default())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let id = SessionId::parse("prof").context("id")?;
+    let create: CreateSession = serde_json::from_value(serde_json::json!({
+        "id": "prof",
+        "source": {"kind": "synthetic", "width": 1280, "height": 720, "fps": 30, "bitrate_kbps": a.kbps},
+    }))?;
+    bus.request(&bus.subjects.session_create(), &create)
+        .await
+        .map_err(|e| anyhow::anyhow!("create refused: {}", e.message))?;
+
+    let window_len = Duration::from_secs(a.secs);
+    eprintln!("profile: N=0 window ({} s)", a.secs);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = window(window_len).await;
+
+    eprintln!("profile: joining {} viewers", a.viewers);
+    let mut viewers = Vec::new();
+    for _ in 0..a.viewers {
+        viewers.push(join(&bus, &id).await?);
+    }
+    wait_for(
+        "every viewer to receive video",
+        Duration::from_secs(60),
+        || async {
+            viewers
+                .iter()
+                .all(|v| v.counters.video_packets.load(Ordering::Relaxed) > 100)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: Vec<u64> = viewers
+        .iter()
+        .map(|v| v.counters.video_bytes.load(Ordering::Relaxed))
+        .collect();
+    let perf = if a.perf {
+        match start_perf(&a.out) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("profile: no perf ({e:#}); CPU table only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    eprintln!("profile: N={} window ({} s)", a.viewers, a.secs);
+    let loaded = window(window_len).await;
+    let perf_data = perf.map(stop_perf).transpose();
+    let kbps_min = viewers
+        .iter()
+        .zip(&before)
+        .map(|(v, b)| {
+            (v.counters.video_bytes.load(Ordering::Relaxed) - b) as f64 * 8.0 / loaded.secs / 1000.0
+        })
+        .fold(f64::INFINITY, f64::min);
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "# Fan-out profile: 1280x720@30 {} kbit/s, N = {} webrtc-rs viewers, {} s windows\n",
+        a.kbps, a.viewers, a.secs
+    );
+    let _ = writeln!(
+        report,
+        "slowest viewer: {kbps_min:.0} kbit/s of video payload\n"
+    );
+    let _ = writeln!(
+        report,
+        "| thread group | N=0 cores | N={} cores | per viewer |",
+        a.viewers
+    );
+    let _ = writeln!(report, "|---|---|---|---|");
+    let mut groups: Vec<&String> = loaded.cores.iter().map(|(k, _)| k).collect();
+    groups.sort();
+    for g in groups {
+        let (i, l) = (idle.get(g), loaded.get(g));
+        let _ = writeln!(
+            report,
+            "| {g} | {i:.3} | {l:.3} | {:.4} |",
+            (l - i) / a.viewers.max(1) as f64
+        );
+    }
+    let per_viewer = (loaded.get(group(WORKER_THREADS)) - idle.get(group(WORKER_THREADS)))
+        / a.viewers.max(1) as f64;
+    let _ = writeln!(report, "\n{table}");
+    // The bench's webrtc-rs viewers negotiate AEAD_AES_128_GCM.
+    if let Some(f) = floor.cores_per_viewer(ProtectionProfile::AeadAes128Gcm, a.kbps as f64) {
+        let _ = writeln!(
+            report,
+            "worker runtime per viewer: {per_viewer:.5} cores = {:.1} x the AEAD_AES_128_GCM floor",
+            per_viewer / f
+        );
+    }
+    match perf_data {
+        Ok(Some(data)) => match fold_and_draw(&data, &a.out) {
+            Ok(folded) => {
+                let _ = writeln!(
+                    report,
+                    "\nStacks: perf record -e cpu-clock -F 499 --call-graph dwarf over the N={} window; flame graph {}",
+                    a.viewers,
+                    a.out.join("profile.svg").display()
+                );
+                report.push_str(&top(&folded, 25));
+            }
+            Err(e) => {
+                let _ = writeln!(report, "\n(no stacks: {e:#})");
+            }
+        },
+        Ok(None) => {}
+        Err(e) => {
+            let _ = writeln!(report, "\n(perf failed: {e:#})");
+        }
+    }
+    std::fs::write(a.out.join("profile.txt"), &report)?;
+    println!("{report}");
+
+    for v in viewers {
+        v.signals.abort();
+        let _ = v.pc.close().await;
+    }
+    worker.stop(Duration::from_secs(5)).await;
+    Ok(())
+}
