@@ -34,7 +34,39 @@ pub enum SourceSpec {
         #[serde(default = "default_bitrate")]
         bitrate_kbps: u32,
     },
+    /// Plain RTP pushed to the worker's UDP ports, the way Janus's streaming
+    /// plugin takes it (ffmpeg, GStreamer or OBS as the sender): H.264
+    /// constrained baseline (profile-level-id 42e01f, what browsers are
+    /// offered) on `video_port`, Opus at 48 kHz on `audio_port`. Keyframe
+    /// requests cannot reach the sender: viewers start at its next IDR, so
+    /// senders should use a short GOP (e.g. ffmpeg `-g 30`).
+    Rtp {
+        video_port: u16,
+        #[serde(default)]
+        audio_port: Option<u16>,
+        /// The local address to bind (an IP literal).
+        #[serde(default = "default_rtp_bind")]
+        bind: String,
+        #[serde(default = "default_video_pt")]
+        video_payload_type: u8,
+        #[serde(default = "default_audio_pt")]
+        audio_payload_type: u8,
+    },
 }
+
+fn default_rtp_bind() -> String {
+    "127.0.0.1".into()
+}
+fn default_video_pt() -> u8 {
+    96
+}
+fn default_audio_pt() -> u8 {
+    111
+}
+
+/// The nominal frame rate of an RTP source (the sender's own rate is not
+/// announced on the wire).
+pub const RTP_NOMINAL_FPS: u32 = 30;
 
 fn default_width() -> u32 {
     1280
@@ -97,6 +129,57 @@ impl SourceSpec {
                 }
                 Ok(())
             }
+            SourceSpec::Rtp {
+                video_port,
+                audio_port,
+                ref bind,
+                video_payload_type,
+                audio_payload_type,
+            } => {
+                if video_port == 0 || audio_port == Some(0) {
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "rtp video_port and audio_port must be 1..=65535",
+                    ));
+                }
+                if audio_port == Some(video_port) {
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "rtp video_port and audio_port must differ",
+                    ));
+                }
+                if bind.parse::<std::net::IpAddr>().is_err() {
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "rtp bind must be an IP address such as 127.0.0.1 or 0.0.0.0",
+                    ));
+                }
+                let dynamic = 96..=127;
+                if !dynamic.contains(&video_payload_type) || !dynamic.contains(&audio_payload_type)
+                {
+                    return Err(WireError::new(
+                        InvalidRequest,
+                        "rtp video_payload_type and audio_payload_type must be 96..=127",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The frame rate viewers' tracks are paced at.
+    pub fn nominal_fps(&self) -> u32 {
+        match *self {
+            SourceSpec::Synthetic { fps, .. } => fps,
+            SourceSpec::Rtp { .. } => RTP_NOMINAL_FPS,
+        }
+    }
+
+    /// The picture size when the spec fixes it (an RTP sender picks its own).
+    pub fn picture_size(&self) -> Option<(u32, u32)> {
+        match *self {
+            SourceSpec::Synthetic { width, height, .. } => Some((width, height)),
+            SourceSpec::Rtp { .. } => None,
         }
     }
 }
@@ -526,4 +609,73 @@ pub struct WorkerLost {
     pub last_seen: Timestamp,
     pub sessions: Vec<SessionId>,
     pub at: Timestamp,
+}
+
+#[cfg(test)]
+mod source_spec_tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn rtp(json: &str) -> SourceSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn rtp_defaults_fill_in() {
+        let s = rtp(r#"{"kind":"rtp","video_port":5004,"audio_port":5006}"#);
+        assert_eq!(
+            s,
+            SourceSpec::Rtp {
+                video_port: 5004,
+                audio_port: Some(5006),
+                bind: "127.0.0.1".into(),
+                video_payload_type: 96,
+                audio_payload_type: 111,
+            }
+        );
+        s.validate().unwrap();
+        assert_eq!(s.nominal_fps(), RTP_NOMINAL_FPS);
+        assert_eq!(s.picture_size(), None);
+        rtp(r#"{"kind":"rtp","video_port":5004}"#)
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn rtp_out_of_range_values_are_refused_with_a_clear_message() {
+        for (json, words) in [
+            (r#"{"kind":"rtp","video_port":0}"#, "1..=65535"),
+            (
+                r#"{"kind":"rtp","video_port":5004,"audio_port":0}"#,
+                "1..=65535",
+            ),
+            (
+                r#"{"kind":"rtp","video_port":5004,"audio_port":5004}"#,
+                "differ",
+            ),
+            (
+                r#"{"kind":"rtp","video_port":5004,"bind":"localhost"}"#,
+                "IP address",
+            ),
+            (
+                r#"{"kind":"rtp","video_port":5004,"video_payload_type":95}"#,
+                "96..=127",
+            ),
+            (
+                r#"{"kind":"rtp","video_port":5004,"audio_payload_type":128}"#,
+                "96..=127",
+            ),
+        ] {
+            let e = rtp(json).validate().unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{json}");
+            assert!(e.message.contains(words), "{json}: {}", e.message);
+        }
+        // A port beyond u16 or an unknown field does not even parse.
+        assert!(
+            serde_json::from_str::<SourceSpec>(r#"{"kind":"rtp","video_port":70000}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<SourceSpec>(r#"{"kind":"rtp","video_port":1,"x":1}"#).is_err()
+        );
+    }
 }

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = worker::Config::parse();
     let client = worker::connect(&config.nats_url, "worker").await?;
-    let factory = Arc::new(worker::source::SyntheticFactory);
+    let factory = Arc::new(worker::source::BuiltinFactory);
     worker::run(config, client, factory, worker::shutdown_signal()).await?;
     Ok(())
 }

@@ -152,10 +152,9 @@ impl Session {
             suspended_since: None,
             viewer_tx,
             viewer_rx,
-            input: match spec.source {
-                bus_schema::SourceSpec::Synthetic { width, height, .. } => {
-                    InputState::new(width, height)
-                }
+            input: {
+                let (width, height) = spec.source.picture_size().unwrap_or((1280, 720));
+                InputState::new(width, height)
             },
         }
     }
@@ -179,7 +178,7 @@ impl Session {
         let mut first_media = self.source.as_ref().map(|s| s.subscribe());
         // A source may have encoded its first frame before we subscribed
         // (the synthetic one does, inside `start`): then it is live now.
-        let mut encoded_already = self.source.as_ref().is_some_and(|s| s.frames_encoded() > 0);
+        let mut encoded_already = self.source.as_ref().is_some_and(|s| s.is_live());
         let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
@@ -464,9 +463,7 @@ impl Session {
         let Some(source) = self.source.as_ref() else {
             return Err(self.ended_error());
         };
-        let fps = match self.state.record.spec.source {
-            bus_schema::SourceSpec::Synthetic { fps, .. } => fps,
-        };
+        let fps = self.state.record.spec.source.nominal_fps();
         let (viewer, offer) = self
             .ctx
             .engine

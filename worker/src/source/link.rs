@@ -134,6 +134,8 @@ pub struct SourceHandle {
     /// Each thread holds a clone; the channel closes when all have ended.
     alive_tx: Option<mpsc::Sender<()>>,
     alive_rx: mpsc::Receiver<()>,
+    /// Live before its first frame (see [`Self::set_live_on_start`]).
+    live_on_start: bool,
 }
 
 impl SourceHandle {
@@ -153,6 +155,7 @@ impl SourceHandle {
             threads: Vec::new(),
             alive_tx: Some(alive_tx),
             alive_rx,
+            live_on_start: false,
         }
     }
 
@@ -217,6 +220,18 @@ impl SourceHandle {
 
     pub fn frames_encoded(&self) -> u64 {
         self.link.control.frames_encoded.load(Ordering::Relaxed)
+    }
+
+    /// The source is up as soon as it started, before any frame: a push
+    /// source (RTP) whose sockets are bound, whose media may begin later.
+    pub fn set_live_on_start(&mut self) {
+        self.live_on_start = true;
+    }
+
+    /// Whether a session may go live now: the source produced a frame, or
+    /// is [live on start](Self::set_live_on_start).
+    pub fn is_live(&self) -> bool {
+        self.live_on_start || self.frames_encoded() > 0
     }
 
     /// Resolves when the source ends on its own (normally a failure); pending

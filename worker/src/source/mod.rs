@@ -22,6 +22,7 @@
 mod annexb;
 mod link;
 mod picture;
+pub mod rtp;
 mod synthetic;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 pub use link::{SourceHandle, SourceLink, SourceTap};
 pub use picture::{draw_frame, I420};
+pub use rtp::RtpFactory;
 pub use synthetic::SyntheticFactory;
 
 /// The RTP clock of H.264 video.
@@ -130,6 +132,10 @@ pub enum SourceError {
     /// The operating system would not start a source thread.
     #[error("could not start a source thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// A socket the source listens on could not be bound (port in use,
+    /// address not local).
+    #[error("cannot listen: {0}")]
+    Bind(String),
 }
 
 /// How a source ended.
@@ -142,12 +148,29 @@ pub enum SourceExit {
 }
 
 /// Starts sources from specs. Object-safe so real sources (Moonlight host,
-/// RTP feed, desktop capture) plug in later.
+/// desktop capture) plug in later; [`BuiltinFactory`] starts every kind
+/// this crate has.
 pub trait SourceFactory: Send + Sync + 'static {
     /// Starts a source. May block for a few milliseconds while encoders
     /// initialise (the synthetic source encodes its first frame here, so
-    /// configuration errors surface as [`SourceError::Encoder`]).
+    /// configuration errors surface as [`SourceError::Encoder`]). A push
+    /// source (RTP) returns once its sockets are bound, marked
+    /// [`live on start`](SourceHandle::set_live_on_start).
     fn start(&self, spec: &bus_schema::SourceSpec) -> Result<SourceHandle, SourceError>;
+}
+
+/// Every kind of source this worker can run: each spec goes to its factory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuiltinFactory;
+
+impl SourceFactory for BuiltinFactory {
+    fn start(&self, spec: &bus_schema::SourceSpec) -> Result<SourceHandle, SourceError> {
+        use bus_schema::SourceSpec;
+        match spec {
+            SourceSpec::Synthetic { .. } => SyntheticFactory.start(spec),
+            SourceSpec::Rtp { .. } => RtpFactory.start(spec),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +183,7 @@ mod tests {
         send_sync::<SourceHandle>();
         send_sync::<Media>();
         let _: Arc<dyn SourceFactory> = Arc::new(SyntheticFactory);
+        let _: Arc<dyn SourceFactory> = Arc::new(BuiltinFactory);
     }
 
     #[test]

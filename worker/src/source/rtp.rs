@@ -1,0 +1,234 @@
+//! The RTP source: H.264 and Opus pushed as plain RTP to UDP ports, the way
+//! Janus's streaming plugin takes media (ffmpeg, GStreamer or OBS send it).
+//!
+//! ```text
+//! ffmpeg -re -i in.mp4 \
+//!   -map 0:v -c:v libx264 -profile:v baseline -tune zerolatency -g 30 -bf 0 \
+//!     -f rtp rtp://127.0.0.1:5004 \
+//!   -map 0:a -c:a libopus -f rtp rtp://127.0.0.1:5006
+//! ```
+//!
+//! Behaviour (also in docs/protocol.md):
+//! - `start` binds the sockets and returns: the session is live once its
+//!   ports are bound ([`SourceHandle::set_live_on_start`]); media may
+//!   start later. A port in use fails the create with `source_failed`.
+//! - Viewers start at the sender's next IDR: keyframe requests cannot reach
+//!   an RTP sender (they are counted), so senders should use a short GOP
+//!   (ffmpeg `-g 30`). Browsers are offered H.264 constrained baseline
+//!   (profile-level-id 42e01f) only: the sender must encode that profile.
+//! - Loss drops the broken frame and every frame up to the next IDR
+//!   ([`h264`]); a sender that stops and restarts (new SSRC or a sequence
+//!   jump) is taken up again at its next IDR.
+//! - Silence is not an error: the session keeps running and viewers see the
+//!   last picture until media comes back (or the session's idle TTL or
+//!   maximum lifetime ends it).
+//!
+//! One OS thread per socket, like every source's threads: a blocking
+//! `recv_from` with a short timeout is the cheapest receive there is (no
+//! waker, no task switch) and keeps packet work off the runtime that
+//! drives the viewers. The timeout bounds how long a stop takes.
+
+mod h264;
+mod opus;
+mod packet;
+mod sps;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bus_schema::{SourceSpec, RTP_NOMINAL_FPS};
+use bytes::Bytes;
+use std::sync::Arc;
+
+pub use h264::{AccessUnit, H264Assembler, VideoCounters};
+pub use opus::{AudioCounters, OpusTrack};
+
+use super::{
+    EncodedAudio, EncodedVideo, Media, SourceError, SourceFactory, SourceHandle, SourceLink,
+    VIDEO_CLOCK_HZ,
+};
+
+/// How long a receive blocks before the thread checks for a stop.
+const POLL: Duration = Duration::from_millis(50);
+/// Socket receive buffer asked for (the kernel caps it at
+/// `net.core.rmem_max`): an IDR of a 1080p stream arrives as one burst.
+const RECV_BUFFER: usize = 4 << 20;
+/// Broadcast depth: about two seconds at 60 fps plus 50 audio packets/s.
+const MEDIA_CAPACITY: usize = 256;
+/// How often the counters are logged while media flows.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// Starts [`SourceSpec::Rtp`] sources.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RtpFactory;
+
+impl SourceFactory for RtpFactory {
+    fn start(&self, spec: &SourceSpec) -> Result<SourceHandle, SourceError> {
+        spec.validate()
+            .map_err(|e| SourceError::InvalidSpec(e.message))?;
+        let SourceSpec::Rtp {
+            video_port,
+            audio_port,
+            ref bind,
+            video_payload_type,
+            audio_payload_type,
+        } = *spec
+        else {
+            return Err(SourceError::Unsupported(format!("{spec:?}")));
+        };
+        let ip: IpAddr = bind
+            .parse()
+            .map_err(|_| SourceError::InvalidSpec(format!("rtp bind {bind:?} is not an IP")))?;
+        // Both sockets are bound before any thread starts, so a port in use
+        // fails the start and leaves nothing behind.
+        let video = bind_udp(SocketAddr::new(ip, video_port), "video")?;
+        let audio = audio_port
+            .map(|port| bind_udp(SocketAddr::new(ip, port), "audio"))
+            .transpose()?;
+
+        let mut handle = SourceHandle::new(MEDIA_CAPACITY);
+        handle.set_live_on_start();
+        let restart_step = u64::from(VIDEO_CLOCK_HZ / RTP_NOMINAL_FPS);
+        let assembler = H264Assembler::new(video_payload_type, restart_step);
+        handle.spawn_thread("rtp-video", move |link| {
+            video_loop(&link, &video, assembler)
+        })?;
+        if let Some(audio) = audio {
+            let track = OpusTrack::new(audio_payload_type);
+            handle.spawn_thread("rtp-audio", move |link| audio_loop(&link, &audio, track))?;
+        }
+        tracing::info!(%ip, video_port, ?audio_port, "rtp source listening");
+        Ok(handle)
+    }
+}
+
+fn bind_udp(addr: SocketAddr, what: &str) -> Result<UdpSocket, SourceError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let fail = |e: std::io::Error| SourceError::Bind(format!("rtp {what} port {addr}: {e}"));
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    // Best effort: a smaller buffer only means more loss in bursts.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.bind(&addr.into()).map_err(fail)?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(POLL)).map_err(fail)?;
+    Ok(socket)
+}
+
+/// Receives one datagram into `buf`. `Ok(None)` on a timeout.
+fn recv(socket: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, String> {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    match socket.recv_from(buf) {
+        Ok((n, _)) => Ok(Some(n)),
+        Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => Ok(None),
+        // An ICMP error from an earlier send cannot happen (we never send),
+        // but some platforms report one on the next receive: not fatal.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(None),
+        Err(e) => Err(format!("rtp receive failed: {e}")),
+    }
+}
+
+/// Checks for a stop (and counts keyframe requests) every [`POLL`], not
+/// per packet: the stop flag sits behind a mutex.
+struct Housekeeping {
+    next_check: Instant,
+    next_report: Instant,
+    /// Only the video thread takes keyframe requests.
+    takes_keyframe_requests: bool,
+    keyframe_requests: u64,
+}
+
+impl Housekeeping {
+    fn new(now: Instant, takes_keyframe_requests: bool) -> Self {
+        Housekeeping {
+            next_check: now,
+            next_report: now + REPORT_EVERY,
+            takes_keyframe_requests,
+            keyframe_requests: 0,
+        }
+    }
+
+    /// `true` when the source should stop.
+    fn due(&mut self, link: &SourceLink, now: Instant, timed_out: bool) -> bool {
+        if !timed_out && now < self.next_check {
+            return false;
+        }
+        self.next_check = now + POLL;
+        if self.takes_keyframe_requests && link.take_keyframe_request() {
+            self.keyframe_requests += 1;
+        }
+        link.stop_requested()
+    }
+
+    fn report(&mut self, now: Instant) -> bool {
+        if now < self.next_report {
+            return false;
+        }
+        self.next_report = now + REPORT_EVERY;
+        true
+    }
+}
+
+fn video_loop(
+    link: &SourceLink,
+    socket: &UdpSocket,
+    mut assembler: H264Assembler,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 65_536];
+    let mut house = Housekeeping::new(Instant::now(), true);
+    let mut seq = 0u64;
+    loop {
+        let got = recv(socket, &mut buf)?;
+        let now = Instant::now();
+        if let Some(n) = got {
+            assembler.push(now, &buf[..n], |au| {
+                link.count_frame();
+                link.publish(Media::Video(Arc::new(EncodedVideo {
+                    seq,
+                    pts_90k: au.pts_90k,
+                    keyframe: au.keyframe,
+                    annexb: au.annexb,
+                    width: au.width,
+                    height: au.height,
+                    captured_at: au.first_arrival,
+                })));
+                seq += 1;
+            });
+        }
+        if house.due(link, now, got.is_none()) {
+            break;
+        }
+        if house.report(now) {
+            let c = assembler.counters();
+            tracing::debug!(counters = ?c, keyframe_requests = house.keyframe_requests, "rtp video");
+        }
+    }
+    tracing::info!(counters = ?assembler.counters(), keyframe_requests = house.keyframe_requests, "rtp video source stopped");
+    Ok(())
+}
+
+fn audio_loop(link: &SourceLink, socket: &UdpSocket, mut track: OpusTrack) -> Result<(), String> {
+    let mut buf = vec![0u8; 65_536];
+    let mut house = Housekeeping::new(Instant::now(), false);
+    let mut seq = 0u64;
+    loop {
+        let got = recv(socket, &mut buf)?;
+        let now = Instant::now();
+        if let Some(n) = got {
+            if let Some(p) = track.push(&buf[..n]) {
+                link.publish(Media::Audio(Arc::new(EncodedAudio {
+                    seq,
+                    pts_48k: p.pts_48k,
+                    opus: Bytes::copy_from_slice(&buf[p.range]),
+                    captured_at: now,
+                })));
+                seq += 1;
+            }
+        }
+        if house.due(link, now, got.is_none()) {
+            break;
+        }
+    }
+    tracing::info!(counters = ?track.counters(), "rtp audio source stopped");
+    Ok(())
+}
