@@ -36,14 +36,19 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::codecs::h264::H264Payloader;
+use webrtc::rtp::header::Header as RtpHeader;
+use webrtc::rtp::packet::Packet as RtpPacket;
+use webrtc::rtp::packetizer::Payloader;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
 use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
-use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-use crate::source::{Media, SourceTap};
+use crate::source::{EncodedVideo, Media, SourceTap};
 
 /// How long one sample write may take before the viewer is treated as
 /// stalled and skips to the next keyframe.
@@ -96,6 +101,75 @@ pub enum ViewerEvent {
 pub struct Engine {
     api: API,
     ice_servers: Vec<IceServer>,
+    video_payloads: Arc<PayloadCache>,
+}
+
+/// RTP payload bytes per video packet: webrtc-rs's outbound RTP MTU
+/// (1200, what `TrackLocalStaticSample` uses) minus the 12-byte header.
+const VIDEO_PAYLOAD_MTU: usize = 1200 - 12;
+
+/// How many recent frames [`PayloadCache`] keeps (across the worker's
+/// sessions): enough for every viewer of every session to find the frame
+/// it is writing; a writer that misses packetizes for itself.
+const PAYLOAD_CACHE_FRAMES: usize = 32;
+
+/// Video frames packetized once for all viewers. Each viewer's writer asks
+/// for the RTP payloads (FU-A / STAP-A, RFC 6184) of the frame it is about
+/// to send; the first asker packetizes, the others share the result. The
+/// profile (docs/profile.md) showed per-viewer packetizing at ~10% of the
+/// worker's fan-out CPU. Frames are told apart by identity (the cache holds
+/// the frame, so its address cannot be reused while cached).
+#[derive(Default)]
+pub struct PayloadCache {
+    recent: std::sync::Mutex<std::collections::VecDeque<Packetized>>,
+}
+
+/// A frame and its RTP payloads.
+type Packetized = (Arc<EncodedVideo>, Arc<Vec<Bytes>>);
+
+impl PayloadCache {
+    pub fn payloads(&self, frame: &Arc<EncodedVideo>) -> Arc<Vec<Bytes>> {
+        if let Some(hit) = self.lock().iter().find(|(f, _)| Arc::ptr_eq(f, frame)) {
+            return hit.1.clone();
+        }
+        // Packetize outside the lock; two writers racing on one frame both
+        // packetize (same output) and the second insert is skipped.
+        let payloads = Arc::new(packetize_h264(&frame.annexb));
+        let mut recent = self.lock();
+        if let Some(hit) = recent.iter().find(|(f, _)| Arc::ptr_eq(f, frame)) {
+            return hit.1.clone();
+        }
+        if recent.len() == PAYLOAD_CACHE_FRAMES {
+            recent.pop_front();
+        }
+        recent.push_back((frame.clone(), payloads.clone()));
+        payloads
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Packetized>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An Annex B access unit as RTP payloads. A fresh payloader per frame: an
+/// IDR access unit carries its SPS and PPS, which it sends as a STAP-A.
+fn packetize_h264(annexb: &Bytes) -> Vec<Bytes> {
+    match H264Payloader::default().payload(VIDEO_PAYLOAD_MTU, annexb) {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "h264 packetize");
+            Vec::new()
+        }
+    }
+}
+
+/// A random 32-bit start for a viewer's RTP sequence number and timestamp
+/// (RFC 3550 §5.1), from the std hasher's random keys.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32
 }
 
 fn h264() -> RTCRtpCodecCapability {
@@ -186,6 +260,7 @@ impl Engine {
         Ok(Self {
             api,
             ice_servers: settings.ice_servers.clone(),
+            video_payloads: Arc::default(),
         })
     }
 
@@ -218,7 +293,7 @@ impl Engine {
         };
         let pc = Arc::new(self.api.new_peer_connection(config).await?);
         let cancel = CancellationToken::new();
-        let video = Arc::new(TrackLocalStaticSample::new(
+        let video = Arc::new(TrackLocalStaticRTP::new(
             h264(),
             "video".into(),
             "stream".into(),
@@ -347,7 +422,15 @@ impl Engine {
             .map(|d| d.sdp)
             .unwrap_or_default();
 
-        let writer = tokio::spawn(write_media(tap, video, audio, fps, gate, cancel.clone()));
+        let writer = tokio::spawn(write_media(
+            tap,
+            video,
+            audio,
+            self.video_payloads.clone(),
+            fps,
+            gate,
+            cancel.clone(),
+        ));
         Ok((
             Viewer {
                 pc,
@@ -405,15 +488,21 @@ impl Viewer {
 /// bound) or a stalled write, skips to the next keyframe and asks for one.
 async fn write_media(
     tap: SourceTap,
-    video: Arc<TrackLocalStaticSample>,
+    video: Arc<TrackLocalStaticRTP>,
     audio: Arc<TrackLocalStaticSample>,
+    payloads: Arc<PayloadCache>,
     fps: u32,
     gate: SendGate,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
     let mut rx = tap.subscribe();
-    let frame = Duration::from_secs(1) / fps.max(1);
+    // This viewer's video RTP numbering (the track sets SSRC and payload
+    // type): one frame duration of the 90 kHz clock per frame, as the
+    // sample writer did.
+    let frame_ticks = 90_000 / fps.max(1);
+    let mut seq = random_u32() as u16;
+    let mut timestamp = random_u32();
     let mut need_key = true;
     tap.request_keyframe();
     loop {
@@ -432,12 +521,28 @@ async fn write_media(
                     continue;
                 }
                 need_key = false;
-                let sample = Sample {
-                    data: v.annexb.clone(),
-                    duration: frame,
-                    ..Default::default()
+                let payloads = payloads.payloads(&v);
+                let last = payloads.len().saturating_sub(1);
+                let ts = timestamp;
+                timestamp = timestamp.wrapping_add(frame_ticks);
+                let write = async {
+                    for (i, payload) in payloads.iter().enumerate() {
+                        let pkt = RtpPacket {
+                            header: RtpHeader {
+                                version: 2,
+                                marker: i == last,
+                                sequence_number: seq,
+                                timestamp: ts,
+                                ..Default::default()
+                            },
+                            payload: payload.clone(),
+                        };
+                        seq = seq.wrapping_add(1);
+                        video.write_rtp(&pkt).await?;
+                    }
+                    Ok::<(), webrtc::Error>(())
                 };
-                match tokio::time::timeout(WRITE_TIMEOUT, video.write_sample(&sample)).await {
+                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => debug!(error = %e, "video write"),
                     Err(_) => {
@@ -465,5 +570,62 @@ async fn write_media(
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn frame(annexb: Vec<u8>) -> Arc<EncodedVideo> {
+        Arc::new(EncodedVideo {
+            seq: 0,
+            pts_90k: 0,
+            keyframe: true,
+            annexb: Bytes::from(annexb),
+            width: 16,
+            height: 16,
+            captured_at: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn payload_cache_packetizes_a_frame_once_as_the_payloader_does() {
+        // SPS, PPS, then an IDR slice bigger than one packet.
+        let mut au = vec![
+            0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80,
+        ];
+        au.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        au.extend((0..3000u32).map(|i| (i % 251) as u8 | 1));
+        let cache = PayloadCache::default();
+        let f = frame(au);
+        let a = cache.payloads(&f);
+        let b = cache.payloads(&f);
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second viewer shares the first's packets"
+        );
+        let expected = H264Payloader::default()
+            .payload(VIDEO_PAYLOAD_MTU, &f.annexb)
+            .unwrap();
+        assert_eq!(*a, expected);
+        assert_eq!(a[0][0] & 0x1f, 24, "SPS and PPS go first as a STAP-A");
+        assert!(
+            a.len() >= 4 && a[1..].iter().all(|p| p[0] & 0x1f == 28),
+            "then FU-A"
+        );
+        assert!(a.iter().all(|p| p.len() <= VIDEO_PAYLOAD_MTU));
+
+        // Another frame with the same bytes is another frame.
+        let g = frame(f.annexb.to_vec());
+        assert!(!Arc::ptr_eq(&cache.payloads(&g), &a));
+        // Old frames leave the cache; asking again packetizes again.
+        for _ in 0..PAYLOAD_CACHE_FRAMES {
+            cache.payloads(&frame(vec![0, 0, 0, 1, 0x41, 1, 2, 3]));
+        }
+        let again = cache.payloads(&f);
+        assert!(!Arc::ptr_eq(&again, &a));
+        assert_eq!(*again, expected);
     }
 }
