@@ -1,6 +1,8 @@
 //! Benchmarks of the running system against a real `nats-server`:
 //! create latency, create/stop throughput, janitor detection after
-//! `kill -9`, source CPU per session, and viewer fan-out cost.
+//! `kill -9`, source CPU per session, viewer fan-out cost, and (section 6)
+//! our worker side by side with Janus's streaming plugin fed the same RTP
+//! stream (`compare.rs`).
 //!
 //! ```text
 //! cargo build --release -p system-tests --bin bench -p worker --bin worker
@@ -9,8 +11,13 @@
 //!
 //! Prints a table and writes it to `target/bench/report.md` and
 //! `target/bench/report.json`. Worker processes are the `worker` binary next
-//! to this executable (so the release one under `--release`); their stderr
-//! goes to `target/bench/logs/`.
+//! to this executable (so the release one under `--release`); their stderr,
+//! and Janus's log, go to `target/bench/logs/`.
+
+mod compare;
+mod janus;
+mod load;
+mod producer;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -54,6 +61,9 @@ struct Plan {
     reap_reps: usize,
     cpu_window: Duration,
     warmup: Duration,
+    /// Section 6: viewer counts per relay, and the measuring window.
+    relay_viewers: Vec<usize>,
+    relay_window: Duration,
 }
 
 impl Plan {
@@ -70,6 +80,8 @@ impl Plan {
                 reap_reps: 2,
                 cpu_window: Duration::from_secs(3),
                 warmup: Duration::from_millis(1500),
+                relay_viewers: vec![1, 5],
+                relay_window: Duration::from_secs(3),
             }
         } else {
             Self {
@@ -83,6 +95,8 @@ impl Plan {
                 reap_reps: 5,
                 cpu_window: Duration::from_secs(10),
                 warmup: Duration::from_secs(2),
+                relay_viewers: vec![1, 10, 50, 100],
+                relay_window: Duration::from_secs(8),
             }
         }
     }
@@ -129,6 +143,8 @@ struct Row {
 struct Report {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// Extra markdown sections (title, body) printed after the table.
+    tables: Vec<(String, String)>,
 }
 
 impl Report {
@@ -148,6 +164,10 @@ impl Report {
         self.notes.push(note);
     }
 
+    fn table(&mut self, title: &str, markdown: String) {
+        self.tables.push((title.into(), markdown));
+    }
+
     fn markdown(&self, machine: &Machine, command: &str) -> String {
         let mut s = String::new();
         s.push_str(&format!("Command: `{command}`\n\n"));
@@ -163,6 +183,9 @@ impl Report {
                 r.result.replace('|', "/"),
                 r.method.replace('|', "/")
             ));
+        }
+        for (title, body) in &self.tables {
+            s.push_str(&format!("\n### {title}\n\n{body}"));
         }
         if !self.notes.is_empty() {
             s.push_str("\nNotes from the run:\n\n");
@@ -186,6 +209,7 @@ impl Report {
                 "data": r.data,
             })).collect::<Vec<_>>(),
             "notes": self.notes,
+            "tables": self.tables.iter().map(|(t, md)| json!({"title": t, "markdown": md})).collect::<Vec<_>>(),
         })
     }
 }
@@ -532,7 +556,10 @@ async fn bench_create_latency(env: &Env, plan: &Plan, report: &mut Report) -> an
         ),
     ];
     for (tag, label, source, n) in cases {
-        let SourceSpec::Synthetic { fps, .. } = source;
+        let fps = match source {
+            SourceSpec::Synthetic { fps, .. } => fps,
+            _ => unreachable!("section 1 creates synthetic sessions"),
+        };
         let half_frame = Duration::from_secs_f64(0.5 / f64::from(fps));
         let mut replies = Vec::new();
         let mut started = Vec::new();
@@ -1410,9 +1437,15 @@ fn out_dir() -> anyhow::Result<PathBuf> {
     Ok(target.join("bench"))
 }
 
-/// Warnings and errors the worker processes logged, besides OpenH264's
-/// note about frame skipping (printed by the C library at every encoder start).
+/// Warnings and errors the worker processes and Janus logged, besides
+/// OpenH264's note about frame skipping (printed by the C library at every
+/// encoder start) and Janus's notes about what its config disables.
 fn scan_logs(dir: &Path) -> Vec<String> {
+    let expected = [
+        "[OpenH264]",
+        "has been disabled, skipping",
+        "Session timeouts have been disabled",
+    ];
     let mut notes = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return notes;
@@ -1423,7 +1456,9 @@ fn scan_logs(dir: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| !l.contains("[OpenH264]") && (l.contains("WARN") || l.contains("ERROR")))
+            .filter(|l| {
+                !expected.iter().any(|e| l.contains(e)) && (l.contains("WARN") || l.contains("ERR"))
+            })
             .collect();
         if let Some(first) = lines.first() {
             notes.push(format!(
@@ -1455,7 +1490,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5] [--hold SECS]");
+    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS]");
     std::process::exit(2)
 }
 
@@ -1518,12 +1553,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut report = Report::default();
-    let sections: [(u32, &str); 5] = [
+    let sections: [(u32, &str); 6] = [
         (1, "create latency"),
         (2, "throughput"),
         (3, "janitor"),
         (4, "source CPU"),
         (5, "fan-out"),
+        (6, "relays side by side"),
     ];
     for (n, name) in sections {
         if !plan.runs(n) {
@@ -1535,7 +1571,8 @@ async fn main() -> anyhow::Result<()> {
             2 => bench_throughput(&plan, &mut report).await,
             3 => bench_janitor(&env, &plan, &mut report).await,
             4 => bench_source_cpu(&env, &plan, &mut report).await,
-            _ => bench_fanout(&env, &plan, &mut report).await,
+            5 => bench_fanout(&env, &plan, &mut report).await,
+            _ => compare::bench_relays(&env, &plan, &mut report).await,
         };
         if let Err(e) = r {
             report.note(format!("section {n} ({name}) failed: {e:#}"));

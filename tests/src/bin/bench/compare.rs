@@ -1,0 +1,816 @@
+//! Section 6: our worker side by side with Janus's streaming plugin, fed the
+//! same RTP stream, on the same machine, in the same run.
+//!
+//! Per stream (720p30 ~4 Mbit/s, 1080p60 ~12 Mbit/s): a fresh nats-server,
+//! a fresh release worker process with one `rtp` session, a fresh Janus with
+//! one RTP mountpoint, and one producer thread sending every packet to both
+//! (see `producer.rs`). Both relays ingest all the time; the viewers of one
+//! step watch one relay. For each N the two relays take turns (the order
+//! alternates from step to step so drift of a noisy machine falls on both):
+//! N viewers join, every one waits for a keyframe, a warm-up, then one
+//! window measures the relay process's CPU (utime+stime from /proc) and
+//! RSS, what every viewer received and the delay of every frame; then the
+//! viewers leave. A relay's steps stop at the first that fails.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus_schema::{
+    JoinPeer, OnWorkerLost, PeerId, PeerSignal, Role, SessionId, SourceSpec, Subjects, ToPeer,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use system_tests::NatsServer;
+use webrtc::api::API;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+
+use super::janus::{self, Janus};
+use super::load::{self, Leave, LoadViewer, RECORDING};
+use super::producer::{Clip, Destination, Producer, Sent, StreamSpec};
+use super::{
+    bus_of, create, heartbeat, host_ticks, loadavg, ms, proc_rss_kib, proc_ticks, stop, Bus, Dist,
+    Env, Plan, Report,
+};
+
+/// A stream whose loop starts with an IDR and has one every second.
+pub fn streams(quick: bool) -> Vec<StreamSpec> {
+    vec![
+        StreamSpec {
+            label: "720p30 4 Mbit/s",
+            width: 1280,
+            height: 720,
+            fps: 30,
+            bitrate_kbps: 4000,
+            frames: 60,
+            gop: 30,
+        },
+        StreamSpec {
+            label: "1080p60 12 Mbit/s",
+            width: 1920,
+            height: 1080,
+            fps: 60,
+            bitrate_kbps: 12_000,
+            frames: if quick { 60 } else { 120 },
+            gop: 60,
+        },
+    ]
+}
+
+/// When a step counts as failed delivery.
+const MIN_DELIVERED: f64 = 0.95;
+const MAX_P99: Duration = Duration::from_millis(200);
+/// Longest wait for every viewer of a step to get a keyframe.
+const KEY_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ours,
+    Janus,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Ours => "ours",
+            Side::Janus => "Janus",
+        }
+    }
+    /// Index of the relay in the producer's destinations.
+    fn dest(self) -> usize {
+        match self {
+            Side::Ours => 0,
+            Side::Janus => 1,
+        }
+    }
+}
+
+/// One measured step.
+#[derive(Debug, Clone)]
+struct Step {
+    side: Side,
+    n: usize,
+    relay_cores: f64,
+    cores_per_viewer: f64,
+    rss_kib: u64,
+    rss_mib_per_viewer: f64,
+    /// Fraction of the frames sent in the window that the slowest viewer saw.
+    min_delivered: f64,
+    mean_delivered: f64,
+    loss: f64,
+    /// Median over viewers of video kbit/s received.
+    kbps: f64,
+    delay: Option<Dist>,
+    bench_cores: f64,
+    host_cores: f64,
+    /// UDP datagrams the host dropped for full receive buffers (any socket).
+    host_udp_drops: u64,
+    no_key: usize,
+    failed: Option<String>,
+}
+
+impl Step {
+    fn json(&self) -> Value {
+        json!({
+            "relay": self.side.name(), "n": self.n, "relay_cores": self.relay_cores,
+            "cores_per_viewer": self.cores_per_viewer, "rss_kib": self.rss_kib,
+            "rss_mib_per_viewer": self.rss_mib_per_viewer,
+            "min_delivered": self.min_delivered, "mean_delivered": self.mean_delivered,
+            "loss": self.loss, "median_viewer_kbps": self.kbps,
+            "delay": self.delay.map(|d| d.json()), "bench_cores": self.bench_cores,
+            "host_busy_cores": self.host_cores, "viewers_without_keyframe": self.no_key,
+            "host_udp_rcvbuf_drops": self.host_udp_drops,
+            "failed": self.failed,
+        })
+    }
+}
+
+/// Everything of one relay for one stream.
+struct RelayRun {
+    side: Side,
+    pid: u32,
+    base_cores: f64,
+    base_rss: u64,
+    steps: Vec<Step>,
+    /// Join request to the first keyframe packet, and to the first packet.
+    joins: Vec<Duration>,
+    first_packets: Vec<Duration>,
+    join_errors: Vec<String>,
+}
+
+impl RelayRun {
+    fn failed(&self) -> bool {
+        self.steps.iter().any(|s| s.failed.is_some())
+    }
+    /// The last step that delivered.
+    fn best(&self) -> Option<&Step> {
+        self.steps.iter().rev().find(|s| s.failed.is_none())
+    }
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The host's UDP datagrams dropped for a full receive buffer, so far.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU of several processes, the bench and the host over one window.
+async fn cpu_windows(pids: &[u32], window: Duration, clk_tck: u64) -> (Vec<f64>, f64, f64) {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let p0: Vec<u64> = ids.iter().map(|p| proc_ticks(p)).collect();
+    let (b0, (h0, t0), at) = (proc_ticks("self"), host_ticks(), Instant::now());
+    tokio::time::sleep(window).await;
+    let p1: Vec<u64> = ids.iter().map(|p| proc_ticks(p)).collect();
+    let (b1, (h1, t1)) = (proc_ticks("self"), host_ticks());
+    let secs = at.elapsed().as_secs_f64();
+    let cores = |d: u64| d as f64 / clk_tck as f64 / secs;
+    let host = if t1 > t0 {
+        (h1 - h0) as f64 / (t1 - t0) as f64 * nproc
+    } else {
+        0.0
+    };
+    (
+        p0.iter().zip(&p1).map(|(a, b)| cores(b - a)).collect(),
+        cores(b1 - b0),
+        host,
+    )
+}
+
+/// A viewer of our worker, joined over NATS like the api does for a page.
+async fn join_ours(bus: &Bus, id: &SessionId, api: &API) -> anyhow::Result<LoadViewer> {
+    let peer = PeerId::generate();
+    let mut inbox = bus
+        .client
+        .subscribe(bus.subjects.peer_out(&peer).to_string())
+        .await?;
+    let t0 = Instant::now();
+    let joined = bus
+        .request(
+            &bus.subjects.session_join(id),
+            &JoinPeer {
+                peer: peer.clone(),
+                role: Role::View,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("join refused: {} {}", e.code.as_str(), e.message))?;
+    let (pc, rx) = load::peer(api, t0).await?;
+    let pc2 = pc.clone();
+    let signals = tokio::spawn(async move {
+        while let Some(m) = inbox.next().await {
+            if let Ok(ToPeer::Candidate { candidate }) =
+                bus_schema::decode_record::<ToPeer>(&m.payload)
+            {
+                let _ = pc2
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid,
+                        sdp_mline_index: candidate.sdp_mline_index,
+                        username_fragment: None,
+                    })
+                    .await;
+            }
+        }
+    });
+    let sdp = load::answer(&pc, joined.offer).await?;
+    bus.request(
+        &bus.subjects.worker_peer(&joined.worker, id, &peer),
+        &PeerSignal::Answer { sdp },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("answer refused: {} {}", e.code.as_str(), e.message))?;
+    Ok(LoadViewer {
+        pc,
+        rx,
+        leave: Leave::Ours {
+            peer,
+            worker: joined.worker,
+            signals,
+        },
+    })
+}
+
+struct Relays<'a> {
+    bus: &'a Bus,
+    session: &'a SessionId,
+    janus: &'a Janus,
+    api: &'a API,
+}
+
+impl Relays<'_> {
+    async fn join(&self, side: Side) -> anyhow::Result<LoadViewer> {
+        match side {
+            Side::Ours => join_ours(self.bus, self.session, self.api).await,
+            Side::Janus => self.janus.watch(self.api).await,
+        }
+    }
+
+    async fn leave_all(&self, viewers: Vec<LoadViewer>) {
+        let leaves = viewers.into_iter().map(|v| async move {
+            match &v.leave {
+                Leave::Ours {
+                    peer,
+                    worker,
+                    signals,
+                } => {
+                    let _ = self
+                        .bus
+                        .request(
+                            &self.bus.subjects.worker_peer(worker, self.session, peer),
+                            &PeerSignal::Leave,
+                        )
+                        .await;
+                    signals.abort();
+                }
+                Leave::Janus { session } => self.janus.leave(*session).await,
+            }
+            let _ = v.pc.close().await;
+        });
+        futures::future::join_all(leaves).await;
+    }
+}
+
+/// One step: `n` viewers on `side`, measured, then gone.
+async fn step(
+    relays: &Relays<'_>,
+    run: &mut RelayRun,
+    n: usize,
+    sent: &Sent,
+    plan: &Plan,
+    clk_tck: u64,
+) -> Step {
+    let side = run.side;
+    let mut viewers = Vec::with_capacity(n);
+    let mut join_error = None;
+    for _ in 0..n {
+        match relays.join(side).await {
+            Ok(v) => viewers.push(v),
+            Err(e) => {
+                join_error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + KEY_DEADLINE;
+    while Instant::now() < deadline && !viewers.iter().all(|v| v.rx.first_key.get().is_some()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.joins
+        .extend(viewers.iter().filter_map(|v| v.rx.first_key.get().copied()));
+    run.first_packets.extend(
+        viewers
+            .iter()
+            .filter_map(|v| v.rx.first_packet.get().copied()),
+    );
+    let no_key = n - viewers
+        .iter()
+        .filter(|v| v.rx.first_key.get().is_some())
+        .count();
+    tokio::time::sleep(plan.warmup).await;
+
+    for v in &viewers {
+        v.rx.arrivals.lock().expect("arrivals").clear();
+    }
+    let snap = |v: &LoadViewer| {
+        (
+            v.rx.frames.load(Ordering::Relaxed),
+            v.rx.packets.load(Ordering::Relaxed),
+            v.rx.lost.load(Ordering::Relaxed),
+            v.rx.bytes.load(Ordering::Relaxed),
+        )
+    };
+    let f0 = sent.frames.load(Ordering::Relaxed);
+    let s0: Vec<_> = viewers.iter().map(snap).collect();
+    let drops0 = udp_rcvbuf_errors();
+    RECORDING.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let (cores, bench_cores, host_cores) =
+        cpu_windows(&[run.pid], plan.relay_window, clk_tck).await;
+    RECORDING.store(false, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let f1 = sent.frames.load(Ordering::Relaxed);
+    let s1: Vec<_> = viewers.iter().map(snap).collect();
+    let host_udp_drops = udp_rcvbuf_errors() - drops0;
+    let rss = proc_rss_kib(&run.pid.to_string());
+    // Give the last frames of the window time to arrive before reading
+    // the arrivals (they were recorded until RECORDING went off).
+    let frames_sent = (f1 - f0).max(1) as f64;
+    let mut delivered: Vec<f64> = s0
+        .iter()
+        .zip(&s1)
+        .map(|(a, b)| (b.0 - a.0) as f64 / frames_sent)
+        .collect();
+    // Viewers that never joined count as receiving nothing.
+    delivered.extend(std::iter::repeat_n(0.0, n - viewers.len()));
+    let (pk, lost): (u64, u64) = s0
+        .iter()
+        .zip(&s1)
+        .fold((0, 0), |(p, l), (a, b)| (p + b.1 - a.1, l + b.2 - a.2));
+    let mut kbps: Vec<f64> = s0
+        .iter()
+        .zip(&s1)
+        .map(|(a, b)| (b.3 - a.3) as f64 * 8.0 / 1e3 / secs)
+        .collect();
+    kbps.sort_by(f64::total_cmp);
+    let mut delays = Vec::new();
+    let mut unmatched = 0usize;
+    for v in &viewers {
+        for (id, at) in v.rx.arrivals.lock().expect("arrivals").drain(..) {
+            match sent.sent_at(side.dest(), id) {
+                Some(s) => delays.push(at.saturating_duration_since(s)),
+                None => unmatched += 1,
+            }
+        }
+    }
+    let delay = Dist::of(&delays);
+    let min_delivered = delivered.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean_delivered = delivered.iter().sum::<f64>() / delivered.len().max(1) as f64;
+    let mut failed = Vec::new();
+    if let Some(e) = join_error {
+        failed.push(format!("join failed after {} viewers: {e}", viewers.len()));
+    }
+    if no_key > 0 {
+        failed.push(format!(
+            "{no_key} viewers without a keyframe after {KEY_DEADLINE:?}"
+        ));
+    }
+    if min_delivered < MIN_DELIVERED {
+        failed.push(format!(
+            "slowest viewer got {:.1}% of the frames",
+            min_delivered * 100.0
+        ));
+    }
+    if delay.is_some_and(|d| d.p99 > MAX_P99) {
+        failed.push(format!(
+            "p99 delay {} > {}",
+            ms(delay.expect("some").p99),
+            ms(MAX_P99)
+        ));
+    }
+    if unmatched > 0 {
+        eprintln!("      {unmatched} arrivals had no send record");
+    }
+    let s = Step {
+        side,
+        n,
+        relay_cores: cores[0],
+        cores_per_viewer: (cores[0] - run.base_cores) / n as f64,
+        rss_kib: rss,
+        rss_mib_per_viewer: (rss as f64 - run.base_rss as f64) / 1024.0 / n as f64,
+        min_delivered,
+        mean_delivered,
+        loss: lost as f64 / (pk + lost).max(1) as f64,
+        kbps: kbps.get(kbps.len() / 2).copied().unwrap_or(0.0),
+        delay,
+        bench_cores,
+        host_cores,
+        host_udp_drops,
+        no_key,
+        failed: (!failed.is_empty()).then(|| failed.join("; ")),
+    };
+    eprintln!(
+        "    {} N={n}: {:.3} cores ({:.4}/viewer), RSS {:.1} MiB, slowest {:.1}% frames, loss {:.2}% (host UDP buffer drops {host_udp_drops}), delay {}, bench {:.2} cores, host {:.2}{}",
+        side.name(),
+        s.relay_cores,
+        s.cores_per_viewer,
+        rss as f64 / 1024.0,
+        min_delivered * 100.0,
+        s.loss * 100.0,
+        delay.map_or("-".into(), |d| format!("p50 {} p99 {}", ms(d.p50), ms(d.p99))),
+        bench_cores,
+        host_cores,
+        s.failed.as_ref().map_or(String::new(), |f| format!(" FAILED: {f}"))
+    );
+    relays.leave_all(viewers).await;
+    tokio::time::sleep(plan.warmup).await;
+    s
+}
+
+/// What section 6 found for one stream, for the tables.
+struct StreamResult {
+    spec: StreamSpec,
+    clip_bps: f64,
+    runs: Vec<RelayRun>,
+    producer_late: u64,
+    bench_base: f64,
+    ours_failed: Option<String>,
+}
+
+pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("[6] relays side by side: ours and Janus, same RTP stream");
+    janus::available()?;
+    let floor_window = if plan.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
+    let floor =
+        tokio::task::spawn_blocking(move || system_tests::srtp_floor::measure(floor_window))
+            .await?;
+    let api = load::api()?;
+    let mut results = Vec::new();
+    for spec in streams(plan.quick) {
+        match relay_stream(env, plan, &api, spec).await {
+            Ok(r) => results.push(r),
+            Err(e) => report.note(format!("6 {}: {e:#}", spec.label)),
+        }
+    }
+    write_tables(report, plan, &results, &floor);
+    Ok(())
+}
+
+async fn relay_stream(
+    env: &Env,
+    plan: &Plan,
+    api: &API,
+    spec: StreamSpec,
+) -> anyhow::Result<StreamResult> {
+    eprintln!("  stream {}", spec.label);
+    let clip = Arc::new(tokio::task::spawn_blocking(move || Clip::encode(spec)).await??);
+    eprintln!(
+        "    clip: {} frames encoded in {:.1} s, {:.2} Mbit/s video, {:.0} packets/s",
+        spec.frames,
+        clip.encode_time.as_secs_f64(),
+        clip.video_bps / 1e6,
+        clip.packets_per_s
+    );
+    let tag = format!("{}p{}", spec.height, spec.fps);
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let mut hb = client
+        .subscribe(Subjects::default().heartbeat_any())
+        .await?;
+    let wid = format!("w-relay-{tag}");
+    let worker = env.spawn_worker(&nats.url(), &wid, &[]);
+    heartbeat(&mut hb, &wid, Duration::from_secs(20), |_| true).await?;
+    drop(hb);
+    let bus = bus_of(&client, Duration::from_secs(15));
+    let janus = Janus::start(&env.out_dir.join("logs").join(format!("janus-{tag}.log"))).await?;
+
+    let (vport, aport) = (free_udp_port()?, free_udp_port()?);
+    let ours = Destination {
+        video: ([127, 0, 0, 1], vport).into(),
+        audio: ([127, 0, 0, 1], aport).into(),
+    };
+    let session = SessionId::parse(format!("relay-{tag}")).expect("id");
+    // The producer starts first: until the session binds its ports, the
+    // kernel drops what is sent to them. The create reply comes with the
+    // first access unit.
+    let producer = Producer::start(clip.clone(), vec![ours, janus.input])?;
+    let source = SourceSpec::Rtp {
+        video_port: vport,
+        audio_port: Some(aport),
+        bind: "127.0.0.1".into(),
+        video_payload_type: super::producer::VIDEO_PT,
+        audio_payload_type: super::producer::AUDIO_PT,
+    };
+    // Without our session (a worker without the `rtp` source), Janus
+    // alone is measured and the failure noted.
+    let ours_failed = create(&bus, Some(&session), source, OnWorkerLost::End)
+        .await
+        .err()
+        .map(|e| format!("our rtp session: {} {}", e.code.as_str(), e.message));
+
+    tokio::time::sleep(plan.warmup * 2).await;
+    let pids = [worker.child.id(), janus.pid()];
+    let (base, bench_base, host) = cpu_windows(&pids, plan.relay_window, env.clk_tck).await;
+    let mut runs: Vec<RelayRun> = [Side::Ours, Side::Janus]
+        .into_iter()
+        .zip(pids)
+        .zip(base)
+        .filter(|((side, _), _)| *side == Side::Janus || ours_failed.is_none())
+        .map(|((side, pid), cores)| RelayRun {
+            side,
+            pid,
+            base_cores: cores,
+            base_rss: proc_rss_kib(&pid.to_string()),
+            steps: Vec::new(),
+            joins: Vec::new(),
+            first_packets: Vec::new(),
+            join_errors: Vec::new(),
+        })
+        .collect();
+    for r in &runs {
+        eprintln!(
+            "    {} N=0: {:.3} cores, RSS {:.1} MiB",
+            r.side.name(),
+            r.base_cores,
+            r.base_rss as f64 / 1024.0
+        );
+    }
+    eprintln!("    bench (producer, idle client) {bench_base:.3} cores, host busy {host:.2}");
+    let relays = Relays {
+        bus: &bus,
+        session: &session,
+        janus: &janus,
+        api,
+    };
+    for (k, &n) in plan.relay_viewers.iter().enumerate() {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        if k % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            if runs[i].failed() {
+                continue;
+            }
+            let s = step(&relays, &mut runs[i], n, &producer.sent, plan, env.clk_tck).await;
+            if let Some(f) = &s.failed {
+                runs[i].join_errors.push(format!("N={n}: {f}"));
+            }
+            runs[i].steps.push(s);
+        }
+        if runs.iter().all(RelayRun::failed) {
+            break;
+        }
+    }
+    let late = producer.sent.late.load(Ordering::Relaxed);
+    drop(producer);
+    let _ = stop(&bus, &session).await;
+    eprintln!("    load average {}", loadavg());
+    Ok(StreamResult {
+        spec,
+        clip_bps: clip.video_bps,
+        runs,
+        producer_late: late,
+        bench_base,
+        ours_failed,
+    })
+}
+
+fn write_tables(
+    report: &mut Report,
+    plan: &Plan,
+    results: &[StreamResult],
+    floor: &system_tests::srtp_floor::SrtpFloor,
+) {
+    use system_tests::srtp_floor::profile_name;
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Failure: a step fails when a viewer has no keyframe {} s after joining, the slowest viewer sees < {:.0}% of the frames sent in the window, or the p99 frame delay exceeds {}; a relay's steps stop at its first failure. Delay: from the producer's send of a frame's last packet to that relay, to the arrival at the viewer of the frame's last packet (marker), found by the SEI frame id. Cores/viewer = (relay cores at N − at N=0) / N; viewers/core = 1 / that. SRTP floor: {} with 1200-byte packets, {:.0} packets/s = {:.0} Mbit/s on one core; floor/viewer = cores one viewer's stream costs at that rate.\n\n",
+        KEY_DEADLINE.as_secs(),
+        MIN_DELIVERED * 100.0,
+        ms(MAX_P99),
+        profile_name(floor.profile),
+        floor.packets_per_sec,
+        floor.mbit_per_sec,
+    ));
+    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Delay p50 | Delay p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut data = Vec::new();
+    let mut headline = Vec::new();
+    let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 |\n|---|---|---|---|---|---|\n");
+    for r in results {
+        let kbps = r.clip_bps / 1e3;
+        let floor_cpv = floor
+            .cores_per_viewer(floor.profile, kbps)
+            .unwrap_or(f64::NAN);
+        for run in &r.runs {
+            md.push_str(&format!(
+                "| {} | 0 | {} | {:.3} | | | | RSS {:.1} MiB | | | | | {:.2} | |\n",
+                r.spec.label,
+                run.side.name(),
+                run.base_cores,
+                run.base_rss as f64 / 1024.0,
+                r.bench_base
+            ));
+        }
+        let max_n = r
+            .runs
+            .iter()
+            .flat_map(|x| x.steps.iter().map(|s| s.n))
+            .max()
+            .unwrap_or(0);
+        for &n in plan.relay_viewers.iter().filter(|&&n| n <= max_n) {
+            for run in &r.runs {
+                let Some(s) = run.steps.iter().find(|s| s.n == n) else {
+                    continue;
+                };
+                md.push_str(&format!(
+                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {} | {} | {:.2} | {} |\n",
+                    r.spec.label,
+                    run.side.name(),
+                    s.relay_cores,
+                    s.cores_per_viewer,
+                    1.0 / s.cores_per_viewer.max(1e-6),
+                    s.cores_per_viewer / floor_cpv,
+                    s.rss_mib_per_viewer,
+                    s.min_delivered * 100.0,
+                    s.loss * 100.0,
+                    s.host_udp_drops,
+                    s.delay.map_or("-".into(), |d| ms(d.p50)),
+                    s.delay.map_or("-".into(), |d| ms(d.p99)),
+                    s.bench_cores,
+                    s.failed.as_deref().map_or("ok".to_string(), |f| format!("failed: {f}")),
+                ));
+            }
+        }
+        if let Some(e) = &r.ours_failed {
+            report.note(format!("6 {}: {e}; Janus measured alone", r.spec.label));
+        }
+        // Ratios at every N both relays delivered.
+        let side = |s: Side| r.runs.iter().find(|x| x.side == s);
+        let no_run = |s: Side| RelayRun {
+            side: s,
+            pid: 0,
+            base_cores: 0.0,
+            base_rss: 0,
+            steps: Vec::new(),
+            joins: Vec::new(),
+            first_packets: Vec::new(),
+            join_errors: Vec::new(),
+        };
+        let (o, j) = (no_run(Side::Ours), no_run(Side::Janus));
+        let ours = side(Side::Ours).unwrap_or(&o);
+        let janus = side(Side::Janus).unwrap_or(&j);
+        let mut ratios = Vec::new();
+        for s in &ours.steps {
+            let Some(j) = janus.steps.iter().find(|j| j.n == s.n) else {
+                continue;
+            };
+            if s.failed.is_some() || j.failed.is_some() {
+                continue;
+            }
+            let d = |a: Option<Dist>, b: Option<Dist>, f: fn(&Dist) -> Duration| match (a, b) {
+                (Some(a), Some(b)) => f(&a).as_secs_f64() / f(&b).as_secs_f64().max(1e-9),
+                _ => f64::NAN,
+            };
+            let cpv = s.cores_per_viewer / j.cores_per_viewer;
+            let rss = s.rss_mib_per_viewer / j.rss_mib_per_viewer;
+            let (p50, p99) = (
+                d(s.delay, j.delay, |x| x.p50),
+                d(s.delay, j.delay, |x| x.p99),
+            );
+            ratio_md.push_str(&format!(
+                "| {} | {} | {cpv:.2} | {rss:.2} | {p50:.2} | {p99:.2} |\n",
+                r.spec.label, s.n
+            ));
+            ratios.push(json!({
+                "n": s.n,
+                "cores_per_viewer": cpv,
+                "rss_per_viewer": rss,
+                "delay_p50": p50,
+                "delay_p99": p99,
+            }));
+        }
+        let join_text = |v: &[Duration]| Dist::of(v).map_or("no sample".into(), |d| d.text());
+        let best = |run: &RelayRun| {
+            run.best().map_or("no step delivered".to_string(), |s| {
+                format!(
+                    "up to N={} delivered; at N={}: {:.4} cores/viewer ({:.0} viewers/core, {:.1}× SRTP floor), {:.2} MiB/viewer, delay p50 {} p99 {}",
+                    s.n,
+                    s.n,
+                    s.cores_per_viewer,
+                    1.0 / s.cores_per_viewer.max(1e-6),
+                    s.cores_per_viewer / floor_cpv,
+                    s.rss_mib_per_viewer,
+                    s.delay.map_or("-".into(), |d| ms(d.p50)),
+                    s.delay.map_or("-".into(), |d| ms(d.p99)),
+                )
+            })
+        };
+        let top_ratio = ratios.last().cloned();
+        headline.push(format!(
+            "{} ({:.2} Mbit/s video; SRTP floor {:.4} cores/viewer): ours {}; Janus {}{}",
+            r.spec.label,
+            r.clip_bps / 1e6,
+            floor_cpv,
+            best(ours),
+            best(janus),
+            top_ratio.as_ref().map_or(String::new(), |t| format!(
+                "; ours/Janus at N={}: cores/viewer {:.2}, RSS/viewer {:.2}, delay p50 {:.2}, p99 {:.2}",
+                t["n"], t["cores_per_viewer"].as_f64().unwrap_or(f64::NAN),
+                t["rss_per_viewer"].as_f64().unwrap_or(f64::NAN),
+                t["delay_p50"].as_f64().unwrap_or(f64::NAN),
+                t["delay_p99"].as_f64().unwrap_or(f64::NAN),
+            ))
+        ));
+        report.row(
+            &format!("6{}", ['a', 'b', 'c', 'd'][data.len().min(3)]),
+            &format!("Join → first keyframe, {}", r.spec.label),
+            format!(
+                "to keyframe: ours {}; Janus {}. To the first video packet: ours {}; Janus {}",
+                join_text(&ours.joins),
+                join_text(&janus.joins),
+                join_text(&ours.first_packets),
+                join_text(&janus.first_packets)
+            ),
+            "every join of the steps above (sequential); ours from the NATS `session.join` request (what the api does on WebSocket open), Janus from the `watch` request, to the first RTP packet starting an IDR or SPS, and to the first video packet of any kind. Neither relay can ask this producer for a keyframe: the wait for its next IDR (one per second) is part of the first time, not of the second",
+            json!({
+                "ours": Dist::of(&ours.joins).map(|d| d.json()),
+                "janus": Dist::of(&janus.joins).map(|d| d.json()),
+                "ours_first_packet": Dist::of(&ours.first_packets).map(|d| d.json()),
+                "janus_first_packet": Dist::of(&janus.first_packets).map(|d| d.json()),
+            }),
+        );
+        if r.producer_late > 0 {
+            report.note(format!(
+                "6 {}: the producer sent {} frames more than a frame interval late (the bench did not get the CPU)",
+                r.spec.label, r.producer_late
+            ));
+        }
+        for run in &r.runs {
+            for e in &run.join_errors {
+                report.note(format!("6 {} {}: {e}", r.spec.label, run.side.name()));
+            }
+        }
+        data.push(json!({
+            "stream": r.spec.label, "width": r.spec.width, "height": r.spec.height,
+            "fps": r.spec.fps, "target_kbps": r.spec.bitrate_kbps,
+            "clip_video_bps": r.clip_bps, "srtp_floor_cores_per_viewer": floor_cpv,
+            "bench_cores_n0": r.bench_base,
+            "relays": r.runs.iter().map(|run| json!({
+                "relay": run.side.name(), "n0_cores": run.base_cores, "n0_rss_kib": run.base_rss,
+                "steps": run.steps.iter().map(Step::json).collect::<Vec<_>>(),
+                "join_to_keyframe": Dist::of(&run.joins).map(|d| d.json()),
+            })).collect::<Vec<_>>(),
+            "ratios_ours_over_janus": ratios,
+        }));
+    }
+    md.push_str(&ratio_md);
+    md.push_str(&format!(
+        "\nBench cores: the bench process (producer thread and the webrtc-rs load client) over the window; it shares the {} cores with the relays.\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    ));
+    report.row(
+        "6",
+        "Relays side by side (ours / Janus streaming), same RTP stream",
+        headline.join(". "),
+        &format!(
+            "one producer thread sends every RTP packet of a pre-encoded loop (OpenH264, IDR each second, SEI frame ids) to a release worker's `rtp` session and to a Janus 1.1 RTP mountpoint; N webrtc-rs viewers (one shared API, no interceptors) join one relay at a time, N = {:?}; per step {:.0} s warm-up and a {:.0} s window; see the relay table",
+            plan.relay_viewers,
+            plan.warmup.as_secs_f64(),
+            plan.relay_window.as_secs_f64()
+        ),
+        json!({
+            "streams": data,
+            "srtp_floor": {
+                "profile": profile_name(floor.profile),
+                "packets_per_s": floor.packets_per_sec,
+                "mbit_per_s": floor.mbit_per_sec,
+                "aes_ni": floor.aes_ni,
+                "cases": floor.cases.iter().map(|c| json!({
+                    "profile": profile_name(c.profile), "kind": c.kind.name(),
+                    "packets_per_s": c.packets_per_sec, "mbit_per_s": c.mbit_per_sec,
+                    "round_trip_ok": c.round_trip_ok,
+                })).collect::<Vec<_>>(),
+            },
+        }),
+    );
+    report.table("Relays side by side (section 6)", md);
+}

@@ -1,0 +1,162 @@
+//! The load client of section 6: N webrtc-rs viewers sharing one API, each
+//! reading RTP from its video track and recording what it needs: packets,
+//! bytes, sequence gaps, the frame ids of the bench's SEI messages with their
+//! arrival instants, and the first keyframe.
+//!
+//! Kept cheap: no interceptors (no NACK, no receiver reports: loss is counted,
+//! not repaired, the same for both relays), one reused read buffer per track,
+//! no allocation per packet beyond webrtc-rs's own, and delays computed after
+//! the measuring window rather than on the receive path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry as InterceptorRegistry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+
+use super::producer::frame_id;
+use super::starts_keyframe;
+
+/// One API for every viewer of the load client.
+pub fn api() -> anyhow::Result<API> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let mut se = SettingEngine::default();
+    se.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    // IPv4 host candidates only: Janus gathers no IPv6 by default, and
+    // fewer candidate pairs make joins cheaper for both relays.
+    se.set_network_types(vec![NetworkType::Udp4]);
+    Ok(APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(InterceptorRegistry::new())
+        .with_setting_engine(se)
+        .build())
+}
+
+/// What one viewer received. Written by its track reader only.
+#[derive(Default)]
+pub struct Rx {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Packets missing from the sequence (gaps; reordering counts as loss).
+    pub lost: AtomicU64,
+    /// Frames whose id was seen.
+    pub frames: AtomicU64,
+    pub audio_packets: AtomicU64,
+    /// From the join request to the first video packet, and to the first
+    /// packet starting a keyframe.
+    pub first_packet: OnceLock<Duration>,
+    pub first_key: OnceLock<Duration>,
+    /// (frame id, arrival of the frame's last packet), while recording.
+    pub arrivals: Mutex<Vec<(u64, Instant)>>,
+}
+
+/// Whether viewers keep arrival samples (only inside a measuring window).
+pub static RECORDING: AtomicBool = AtomicBool::new(false);
+
+/// A connected viewer of either relay.
+pub struct LoadViewer {
+    pub pc: Arc<RTCPeerConnection>,
+    pub rx: Arc<Rx>,
+    /// Relay-specific handle to leave with (ours: peer id; Janus: session).
+    pub leave: Leave,
+}
+
+pub enum Leave {
+    Ours {
+        peer: bus_schema::PeerId,
+        worker: bus_schema::WorkerId,
+        signals: tokio::task::JoinHandle<()>,
+    },
+    Janus {
+        session: u64,
+    },
+}
+
+/// A peer connection for one viewer whose track readers fill `rx`;
+/// `t0` is the join request, for the first-keyframe time.
+pub async fn peer(api: &API, t0: Instant) -> anyhow::Result<(Arc<RTCPeerConnection>, Arc<Rx>)> {
+    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let rx = Arc::new(Rx::default());
+    let r = rx.clone();
+    pc.on_track(Box::new(move |track, _, _| {
+        let rx = r.clone();
+        Box::pin(async move {
+            let video = track
+                .codec()
+                .capability
+                .mime_type
+                .to_lowercase()
+                .contains("h264");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1500];
+                let mut last_seq: Option<u16> = None;
+                let mut current: Option<u64> = None;
+                while let Ok((pkt, _)) = track.read(&mut buf).await {
+                    if !video {
+                        rx.audio_packets.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let seq = pkt.header.sequence_number;
+                    if let Some(prev) = last_seq {
+                        let gap = seq.wrapping_sub(prev);
+                        if (2..0x8000).contains(&gap) {
+                            rx.lost.fetch_add(u64::from(gap - 1), Ordering::Relaxed);
+                        }
+                    }
+                    if last_seq.is_none() {
+                        let _ = rx.first_packet.set(t0.elapsed());
+                    }
+                    last_seq = Some(seq);
+                    rx.packets.fetch_add(1, Ordering::Relaxed);
+                    rx.bytes
+                        .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                    if let Some(id) = frame_id(&pkt.payload) {
+                        current = Some(id);
+                        rx.frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if rx.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
+                        let _ = rx.first_key.set(t0.elapsed());
+                    }
+                    if pkt.header.marker {
+                        if let Some(id) = current.take() {
+                            if RECORDING.load(Ordering::Relaxed) {
+                                let now = Instant::now();
+                                rx.arrivals
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .push((id, now));
+                            }
+                        }
+                    }
+                }
+            });
+        })
+    }));
+    Ok((pc, rx))
+}
+
+/// Answers `offer` and returns the answer SDP with every host candidate in
+/// it (no trickle).
+pub async fn answer(pc: &RTCPeerConnection, offer: String) -> anyhow::Result<String> {
+    pc.set_remote_description(RTCSessionDescription::offer(offer)?)
+        .await?;
+    let answer = pc.create_answer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer).await?;
+    let _ = gathered.recv().await;
+    Ok(pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp)
+}
