@@ -409,7 +409,7 @@ fn srtp_table(floor: &SrtpFloor, kbps: u32) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "SRTP floor, one thread, webrtc::srtp 0.17 (RustCrypto; AES-NI in /proc/cpuinfo: {}):\n",
+        "SRTP floor, one thread, webrtc::srtp 0.17 (RustCrypto; AES-NI in /proc/cpuinfo: {}), per CPU second of the thread:\n",
         if floor.aes_ni { "yes" } else { "no" }
     );
     let _ = writeln!(t, "| profile | packet | packets/s | Mbit/s out |");
@@ -530,13 +530,15 @@ async fn run(
     eprintln!("profile: N={} window ({} s)", a.viewers, a.secs);
     let loaded = window(window_len).await;
     let perf_data = perf.map(stop_perf).transpose();
-    let kbps_min = viewers
+    let kbps: Vec<f64> = viewers
         .iter()
         .zip(&before)
         .map(|(v, b)| {
             (v.counters.video_bytes.load(Ordering::Relaxed) - b) as f64 * 8.0 / loaded.secs / 1000.0
         })
-        .fold(f64::INFINITY, f64::min);
+        .collect();
+    let kbps_min = kbps.iter().copied().fold(f64::INFINITY, f64::min);
+    let kbps_mean = kbps.iter().sum::<f64>() / kbps.len().max(1) as f64;
 
     let mut report = String::new();
     let _ = writeln!(
@@ -546,7 +548,7 @@ async fn run(
     );
     let _ = writeln!(
         report,
-        "slowest viewer: {kbps_min:.0} kbit/s of video payload\n"
+        "video payload per viewer: mean {kbps_mean:.0} kbit/s, slowest {kbps_min:.0} kbit/s\n"
     );
     let _ = writeln!(
         report,
