@@ -8,7 +8,7 @@
 //! own peer, so a slow viewer only lags itself: when it falls behind the
 //! broadcast's bound it skips to the next keyframe.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +54,101 @@ use crate::source::{EncodedVideo, Media, SourceTap};
 /// stalled and skips to the next keyframe.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// ICE candidates one peer may give the worker, trickled or in its answer.
+/// A browser sends a handful (one or two per interface and server); more
+/// would only make the ICE agent probe addresses for nothing.
+pub const MAX_CANDIDATES_PER_PEER: usize = 64;
+
+/// Input messages one viewer may send per second, sustained, with bursts of
+/// as many. A page sends one per input event (mouse moves come at the
+/// display's frame rate, gamepads once a frame); beyond this the messages
+/// are dropped unread and counted as refused.
+pub const MAX_INPUT_PER_SEC: u32 = 500;
+
+/// How often dropped input is reported to the session while a flood lasts.
+const DROP_REPORT_EVERY: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
     #[error("webrtc: {0}")]
     WebRtc(#[from] webrtc::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer is over one of its limits.
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl RtcError {
+    /// The error for a viewer's signal that was refused: `too_large` for a
+    /// limit, `invalid_request` for what the peer connection refused.
+    pub fn to_wire(&self, what: &str) -> WireError {
+        let code = match self {
+            RtcError::Limit(_) => bus_schema::ErrorCode::TooLarge,
+            _ => bus_schema::ErrorCode::InvalidRequest,
+        };
+        WireError::new(code, format!("{what}: {self}"))
+    }
+}
+
+/// A token bucket: `rate` messages a second, bursts of up to `rate`.
+/// Pure: time is an argument.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    pub fn new(rate: u32, now: std::time::Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn allow(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Input messages a viewer sent over its limit and that are not yet
+/// reported to the session. Reported at most every [`DROP_REPORT_EVERY`]
+/// during a flood, and at once with the next admitted message, so the
+/// session's `input_refused` ends up counting every one of them.
+struct Dropped {
+    pending: u64,
+    reported_at: std::time::Instant,
+}
+
+impl Dropped {
+    /// Hands the pending count to the session if the queue has room.
+    fn flush(
+        &mut self,
+        peer: &PeerId,
+        events: &mpsc::Sender<ViewerEvent>,
+        now: std::time::Instant,
+    ) {
+        if self.pending > 0
+            && events
+                .try_send(ViewerEvent::RateLimited(peer.clone(), self.pending))
+                .is_ok()
+        {
+            self.pending = 0;
+            self.reported_at = now;
+        }
+    }
 }
 
 /// ICE settings from the worker's config.
@@ -95,6 +184,8 @@ pub enum ViewerEvent {
     Candidate(PeerId, Candidate),
     Input(PeerId, Vec<InputEvent>),
     BadInput(PeerId, WireError),
+    /// This many input messages were over the viewer's rate limit and dropped.
+    RateLimited(PeerId, u64),
     State(PeerId, RTCPeerConnectionState),
 }
 
@@ -347,7 +438,23 @@ impl Engine {
         {
             let events = events.clone();
             let peer = peer.clone();
+            let now = std::time::Instant::now();
+            let mut limit = RateLimit::new(MAX_INPUT_PER_SEC, now);
+            let mut dropped = Dropped {
+                pending: 0,
+                reported_at: now,
+            };
             dc.on_message(Box::new(move |msg: DataChannelMessage| {
+                let now = std::time::Instant::now();
+                if !limit.allow(now) {
+                    // Over the limit: not even decoded.
+                    dropped.pending += 1;
+                    if now.duration_since(dropped.reported_at) >= DROP_REPORT_EVERY {
+                        dropped.flush(&peer, &events, now);
+                    }
+                    return Box::pin(async {});
+                }
+                dropped.flush(&peer, &events, now);
                 let ev = if role != Role::Control {
                     ViewerEvent::BadInput(
                         peer.clone(),
@@ -439,6 +546,7 @@ impl Engine {
                 connected: false,
                 cancel,
                 writer,
+                candidates: AtomicUsize::new(0),
             },
             sdp,
         ))
@@ -453,16 +561,42 @@ pub struct Viewer {
     pub connected: bool,
     cancel: CancellationToken,
     writer: tokio::task::JoinHandle<()>,
+    /// ICE candidates the peer has given so far (answer and trickle).
+    candidates: AtomicUsize,
 }
 
 impl Viewer {
-    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
-        let answer = RTCSessionDescription::answer(sdp)?;
-        self.pc.set_remote_description(answer).await?;
+    /// Counts `n` more candidates from the peer against its limit.
+    fn take_candidates(&self, n: usize) -> Result<(), RtcError> {
+        let before = self.candidates.fetch_add(n, Ordering::Relaxed);
+        if before + n > MAX_CANDIDATES_PER_PEER {
+            self.candidates.fetch_sub(n, Ordering::Relaxed);
+            return Err(RtcError::Limit(format!(
+                "more than {MAX_CANDIDATES_PER_PEER} ICE candidates from this peer"
+            )));
+        }
         Ok(())
     }
 
+    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let in_sdp = sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .count();
+        self.take_candidates(in_sdp)?;
+        let applied = match RTCSessionDescription::answer(sdp) {
+            Ok(answer) => self.pc.set_remote_description(answer).await,
+            Err(e) => Err(e),
+        };
+        if applied.is_err() {
+            // A refused answer gave nothing; its candidates do not count.
+            self.candidates.fetch_sub(in_sdp, Ordering::Relaxed);
+        }
+        Ok(applied?)
+    }
+
     pub async fn add_candidate(&self, c: Candidate) -> Result<(), RtcError> {
+        self.take_candidates(1)?;
         self.pc
             .add_ice_candidate(RTCIceCandidateInit {
                 candidate: c.candidate,
@@ -627,5 +761,36 @@ mod tests {
         let again = cache.payloads(&f);
         assert!(!Arc::ptr_eq(&again, &a));
         assert_eq!(*again, expected);
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut l = RateLimit::new(10, t0);
+        assert_eq!((0..25).filter(|_| l.allow(t0)).count(), 10, "burst of 10");
+        // Half a second later, five more.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!((0..25).filter(|_| l.allow(t1)).count(), 5);
+        // A long pause refills only up to the burst.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..25).filter(|_| l.allow(t2)).count(), 10);
+        // Time going backwards (it does not, but) grants nothing.
+        assert!(!l.allow(t0));
+    }
+
+    #[test]
+    fn limits_are_refused_as_too_large_and_the_rest_as_invalid() {
+        let e = RtcError::Limit("more than 64 ICE candidates from this peer".into());
+        let w = e.to_wire("candidate rejected");
+        assert_eq!(w.code, bus_schema::ErrorCode::TooLarge);
+        assert_eq!(
+            w.message,
+            "candidate rejected: more than 64 ICE candidates from this peer"
+        );
+        let e = RtcError::WebRtc(webrtc::Error::ErrConnectionClosed);
+        assert_eq!(
+            e.to_wire("answer rejected").code,
+            bus_schema::ErrorCode::InvalidRequest
+        );
     }
 }

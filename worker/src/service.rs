@@ -57,6 +57,10 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
         .description("stream worker: hosts live WebRTC sessions")
         .queue_group(bus_schema::subjects::WORKER_QUEUE)
         .metadata([("worker_id".to_string(), ctx.me.to_string())].into())
+        .stats_handler({
+            let weak = Arc::downgrade(&ctx);
+            move |_endpoint, _stats| process_stats(&weak)
+        })
         .start(
             bus_schema::subjects::WORKER_SERVICE,
             env!("CARGO_PKG_VERSION"),
@@ -168,6 +172,32 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
         |c, r| async move { Answer::Reply(fence(&c, &r).await) },
     );
     Ok(service)
+}
+
+/// What `nats micro stats stream-worker` shows in every endpoint's `data`:
+/// the worker's live tokio tasks, sessions and viewers (the same figures on
+/// every endpoint: they describe the process). For operators watching for
+/// leaks, and for the load tests.
+fn process_stats(ctx: &std::sync::Weak<Ctx>) -> serde_json::Value {
+    let alive_tasks = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .ok();
+    let (sessions, viewers) = match ctx.upgrade() {
+        Some(ctx) => {
+            let running = ctx.dir.lock().expect("directory lock").running();
+            let viewers: u32 = running
+                .iter()
+                .map(|(_, _, h)| h.viewers.load(std::sync::atomic::Ordering::Relaxed))
+                .sum();
+            (running.len(), viewers)
+        }
+        None => (0, 0),
+    };
+    serde_json::json!({
+        "alive_tasks": alive_tasks,
+        "sessions": sessions,
+        "viewers": viewers,
+    })
 }
 
 /// Drives one endpoint: each request gets its own task so a slow create

@@ -518,18 +518,15 @@ impl Session {
             }
             PeerSignal::Answer { sdp } => {
                 let v = self.viewers.get(&peer).ok_or_else(not_here)?;
-                v.apply_answer(sdp).await.map_err(|e| {
-                    WireError::new(ErrorCode::InvalidRequest, format!("answer rejected: {e}"))
-                })?;
+                v.apply_answer(sdp)
+                    .await
+                    .map_err(|e| e.to_wire("answer rejected"))?;
             }
             PeerSignal::Candidate { candidate } => {
                 let v = self.viewers.get(&peer).ok_or_else(not_here)?;
-                v.add_candidate(candidate).await.map_err(|e| {
-                    WireError::new(
-                        ErrorCode::InvalidRequest,
-                        format!("candidate rejected: {e}"),
-                    )
-                })?;
+                v.add_candidate(candidate)
+                    .await
+                    .map_err(|e| e.to_wire("candidate rejected"))?;
             }
         }
         Ok(Ack {})
@@ -567,6 +564,10 @@ impl Session {
                 } else {
                     self.input.refused += 1;
                 }
+            }
+            ViewerEvent::RateLimited(peer, n) => {
+                self.input.refused += n;
+                debug!(session_id = %self.id(), peer_id = %peer, dropped = n, "input over the rate limit dropped");
             }
             ViewerEvent::BadInput(peer, e) => {
                 self.input.refused += 1;
