@@ -346,6 +346,87 @@ fn clean(frame: &str) -> String {
     f.to_owned()
 }
 
+/// Cost centres of the fan-out path: a sample counts for a centre when any
+/// frame of its stack contains one of the centre's markers.
+const CENTRES: &[(&str, &[&str])] = &[
+    (
+        "UDP send syscall (kernel; on loopback incl. delivery to the receiver)",
+        &["__sys_sendto", "udp_sendmsg", "udpv6_sendmsg"],
+    ),
+    (
+        "UDP receive syscall",
+        &["__sys_recvfrom", "udp_recvmsg", "udpv6_recvmsg"],
+    ),
+    (
+        "SRTP encrypt/decrypt (AES, GHASH, HMAC-SHA1)",
+        &[
+            "encrypt_rtp",
+            "decrypt_rtp",
+            "Polyval",
+            "aes::",
+            "sha1",
+            "Hmac",
+        ],
+    ),
+    ("H.264 packetize", &["H264Payloader", "Packetizer"]),
+    (
+        "malloc/free",
+        &["malloc", "_int_free", "libc_free", "unlink_chunk", "cfree"],
+    ),
+    (
+        "scheduler, futex (task and thread wake-ups)",
+        &[
+            "futex",
+            "finish_task_switch",
+            "park_internal",
+            "try_to_wake_up",
+        ],
+    ),
+];
+
+/// Share of each side's samples per cost centre.
+fn centres(folded: &str) -> String {
+    let mut totals: HashMap<&str, (u64, Vec<u64>)> = HashMap::new();
+    for line in folded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let mut frames = stack.split(';');
+        let Some(thread) = frames.next() else {
+            continue;
+        };
+        let frames: Vec<&str> = frames.collect();
+        let e = totals
+            .entry(group(thread))
+            .or_insert_with(|| (0, vec![0; CENTRES.len()]));
+        e.0 += count;
+        for (i, (_, markers)) in CENTRES.iter().enumerate() {
+            if frames.iter().any(|f| markers.iter().any(|m| f.contains(m))) {
+                e.1[i] += count;
+            }
+        }
+    }
+    let mut out =
+        String::from("\n## cost centres (% of the side's samples; a sample may count twice)\n\n");
+    let mut sides: Vec<&&str> = totals.keys().collect();
+    sides.sort();
+    for side in sides {
+        let (total, hits) = &totals[*side];
+        let _ = writeln!(out, "{side}:");
+        for ((name, _), h) in CENTRES.iter().zip(hits) {
+            let _ = writeln!(
+                out,
+                "  {:5.1}%  {name}",
+                100.0 * *h as f64 / (*total).max(1) as f64
+            );
+        }
+    }
+    out
+}
+
 /// Top functions by self and inclusive samples, per side.
 fn top(folded: &str, n: usize) -> String {
     // side -> (total, self counts, inclusive counts)
@@ -586,6 +667,7 @@ async fn run(
                     a.viewers,
                     a.out.join("profile.svg").display()
                 );
+                report.push_str(&centres(&folded));
                 report.push_str(&top(&folded, 25));
             }
             Err(e) => {
