@@ -1,14 +1,20 @@
 //! What the RTP source's reassembly costs per packet: feeds an in-memory
 //! H.264 RTP stream shaped like 1080p60 at ~12 Mbit/s (FU-A fragments of
 //! 1200 bytes, an IDR every second) through the pure reassembler and
-//! prints nanoseconds per packet and per frame. The socket receive (one
-//! `recvfrom` per packet) comes on top.
+//! prints nanoseconds per packet and per frame. Then sends the same stream
+//! over loopback to a real RTP source (about 100 times faster than live)
+//! and prints the receive thread's CPU time per packet, `recvfrom`
+//! included (from `/proc/self/task/<tid>/schedstat`, Linux only).
 //!
 //! `cargo run --release -p worker --example rtp_cost -- [SECONDS_OF_STREAM]`
 
 use std::time::Instant;
 
+use std::time::Duration;
+
+use bus_schema::SourceSpec;
 use worker::source::rtp::H264Assembler;
+use worker::source::{Media, RtpFactory, SourceFactory};
 
 const FPS: u32 = 60;
 const BITRATE: usize = 12_000_000;
@@ -102,4 +108,83 @@ fn main() {
         bytes as f64 / best / 1e9,
         100.0 * best / f64::from(seconds),
     );
+    if let Err(e) = through_a_socket(&stream, seconds) {
+        println!("socket run skipped: {e}");
+    }
+}
+
+/// CPU time in ns of this process's thread called `name`.
+fn thread_cpu_ns(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            return stat.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn through_a_socket(stream: &[Vec<u8>], seconds: u32) -> Result<(), String> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let spec = SourceSpec::Rtp {
+        video_port: port,
+        audio_port: None,
+        bind: "127.0.0.1".into(),
+        video_payload_type: 96,
+        audio_payload_type: 111,
+    };
+    let handle = RtpFactory.start(&spec).map_err(|e| e.to_string())?;
+    let mut rx = handle.subscribe();
+    let drain = std::thread::spawn(move || {
+        let mut frames = 0u64;
+        while let Ok(m) = rx.blocking_recv() {
+            if let Media::Video(_) = m {
+                frames += 1;
+            }
+        }
+        frames
+    });
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    // The thread names itself as it starts.
+    let named = Instant::now() + Duration::from_secs(2);
+    let cpu0 = loop {
+        match thread_cpu_ns("rtp-video") {
+            Some(ns) => break ns,
+            None if Instant::now() < named => std::thread::sleep(Duration::from_millis(5)),
+            None => return Err("no rtp-video thread".into()),
+        }
+    };
+    let started = Instant::now();
+    for (i, p) in stream.iter().enumerate() {
+        tx.send_to(p, ("127.0.0.1", port))
+            .map_err(|e| e.to_string())?;
+        if i % 1000 == 999 {
+            // Leave the receiver room: the socket buffer is finite.
+            std::thread::sleep(Duration::from_millis(8));
+        }
+    }
+    let sent_in = started.elapsed();
+    let frames_expected = u64::from(seconds * FPS);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.frames_encoded() < frames_expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu = thread_cpu_ns("rtp-video").ok_or("no rtp-video thread")? - cpu0;
+    let got = handle.frames_encoded();
+    drop(handle);
+    let _ = drain.join();
+    println!(
+        "through a socket: {} packets in {:.2} s, {}/{} frames out; receive thread {:.0} ns/packet (recvfrom + reassembly + publish), {:.3}% of one core for the live stream",
+        stream.len(),
+        sent_in.as_secs_f64(),
+        got,
+        frames_expected,
+        cpu as f64 / stream.len() as f64,
+        100.0 * cpu as f64 / 1e9 / f64::from(seconds),
+    );
+    Ok(())
 }
