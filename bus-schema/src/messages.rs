@@ -167,14 +167,6 @@ impl SourceSpec {
         }
     }
 
-    /// The frame rate viewers' tracks are paced at.
-    pub fn nominal_fps(&self) -> u32 {
-        match *self {
-            SourceSpec::Synthetic { fps, .. } => fps,
-            SourceSpec::Rtp { .. } => RTP_NOMINAL_FPS,
-        }
-    }
-
     /// The picture size when the spec fixes it (an RTP sender picks its own).
     pub fn picture_size(&self) -> Option<(u32, u32)> {
         match *self {
@@ -634,7 +626,6 @@ mod source_spec_tests {
             }
         );
         s.validate().unwrap();
-        assert_eq!(s.nominal_fps(), RTP_NOMINAL_FPS);
         assert_eq!(s.picture_size(), None);
         rtp(r#"{"kind":"rtp","video_port":5004}"#)
             .validate()

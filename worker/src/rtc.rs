@@ -366,7 +366,6 @@ impl Engine {
         peer: PeerId,
         role: Role,
         tap: SourceTap,
-        fps: u32,
         gate: SendGate,
         events: mpsc::Sender<ViewerEvent>,
     ) -> Result<(Viewer, String), RtcError> {
@@ -534,7 +533,6 @@ impl Engine {
             video,
             audio,
             self.video_payloads.clone(),
-            fps,
             gate,
             cancel.clone(),
         ));
@@ -625,18 +623,16 @@ async fn write_media(
     video: Arc<TrackLocalStaticRTP>,
     audio: Arc<TrackLocalStaticSample>,
     payloads: Arc<PayloadCache>,
-    fps: u32,
     gate: SendGate,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
     let mut rx = tap.subscribe();
     // This viewer's video RTP numbering (the track sets SSRC and payload
-    // type): one frame duration of the 90 kHz clock per frame, as the
-    // sample writer did.
-    let frame_ticks = 90_000 / fps.max(1);
+    // type): a random start plus the frame's own 90 kHz presentation time,
+    // so any frame rate (and frames a source skipped) keeps true timing.
     let mut seq = random_u32() as u16;
-    let mut timestamp = random_u32();
+    let ts_base = random_u32();
     let mut need_key = true;
     tap.request_keyframe();
     loop {
@@ -657,8 +653,8 @@ async fn write_media(
                 need_key = false;
                 let payloads = payloads.payloads(&v);
                 let last = payloads.len().saturating_sub(1);
-                let ts = timestamp;
-                timestamp = timestamp.wrapping_add(frame_ticks);
+                // RTP timestamps wrap at 32 bits; truncation is the wrap.
+                let ts = ts_base.wrapping_add(v.pts_90k as u32);
                 let write = async {
                     for (i, payload) in payloads.iter().enumerate() {
                         let pkt = RtpPacket {

@@ -463,7 +463,6 @@ impl Session {
         let Some(source) = self.source.as_ref() else {
             return Err(self.ended_error());
         };
-        let fps = self.state.record.spec.source.nominal_fps();
         let (viewer, offer) = self
             .ctx
             .engine
@@ -471,7 +470,6 @@ impl Session {
                 join.peer.clone(),
                 join.role,
                 source.tap(),
-                fps,
                 crate::rtc::SendGate {
                     paused: self.paused.clone(),
                     lease: self.ctx.lease_gate.clone(),
