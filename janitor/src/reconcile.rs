@@ -22,7 +22,10 @@
 //!
 //! A lost session is restarted ([`Action::Reassign`]) when its spec says
 //! `restart`, its lifetime is not over and a live worker other than the
-//! owner has room; otherwise it ends ([`Action::End`] `worker_lost`).
+//! owner has room, or else, for a session its live owner does not report
+//! (rule 4: e.g. a janitor died between moving it and asking for the
+//! adopt), that owner itself under the next epoch; otherwise it ends
+//! ([`Action::End`] `worker_lost`).
 //!
 //! And for each live worker's latest heartbeat received before the snapshot
 //! was read: a listed `(session, epoch)` that the registry does not give to
@@ -365,7 +368,12 @@ impl Reconciler {
                     format!("{cause}; max lifetime reached, not restarted"),
                 );
             }
-            match placement.place(&r.owner) {
+            let to = placement.place(&r.owner).or_else(|| {
+                (lost == Lost::NotReported)
+                    .then(|| placement.place_on_owner(&r.owner))
+                    .flatten()
+            });
+            match to {
                 Some(to) => {
                     return Action::Reassign {
                         id: r.id.clone(),
@@ -547,6 +555,25 @@ impl Placement<'_> {
         let to = least_loaded(&candidates)?.worker.clone();
         *self.placed.entry(to.clone()).or_default() += 1;
         Some(to)
+    }
+
+    /// The live, not draining owner of a session it does not run, if it
+    /// has room. The registry's count of what it owns includes that
+    /// session, which takes no slot there.
+    fn place_on_owner(&mut self, owner: &WorkerId) -> Option<WorkerId> {
+        let (_, seen) = self.liveness.alive().find(|(w, _)| *w == owner)?;
+        if seen.heartbeat.draining {
+            return None;
+        }
+        let owned = self.owned.get(owner).copied().unwrap_or(0);
+        let placed = self.placed.get(owner).copied().unwrap_or(0);
+        let reported = u32::try_from(seen.heartbeat.sessions.len()).unwrap_or(u32::MAX);
+        let load = reported.max(owned.saturating_sub(1)).saturating_add(placed);
+        if load >= seen.heartbeat.capacity {
+            return None;
+        }
+        *self.placed.entry(owner.clone()).or_default() += 1;
+        Some(owner.clone())
     }
 }
 

@@ -446,3 +446,32 @@ pub async fn subscribe(
     client.flush().await.expect("flush");
     sub
 }
+
+/// Starts the `api` binary listening on `127.0.0.1:port` (a restarted api
+/// comes back on the address its pages know) and waits until `/healthz`
+/// answers. `envs` adds to `API_LISTEN` (e.g. `NATS_URL`,
+/// `JOIN_TOKEN_SECRET`). A process, not a task: stopping it ends every
+/// connection it served, as a real restart does.
+pub async fn api_process_on(port: u16, envs: &[(&str, String)]) -> Proc {
+    let mut all = vec![("API_LISTEN", format!("127.0.0.1:{port}"))];
+    all.extend(envs.iter().cloned());
+    let mut p = Proc::spawn("api", &all);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                return p;
+            }
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("the api exited before answering on port {port}: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the api did not answer {url} within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -719,8 +719,13 @@ async fn inject(ctx: &Arc<Ctx>, req: &Request, public: bool) -> Answer<Ack> {
 async fn peer_signal(ctx: &Ctx, req: &Request) -> Result<Ack, WireError> {
     let (id, peer) = ctx.bus.subjects.peer_in(req.message.subject.as_str())?;
     let signal: bus_schema::PeerSignal = decode(&req.message.payload)?;
-    let Some((_, h)) = ctx.dir.lock().expect("directory lock").get(&id) else {
-        return Err(WireError::not_found(format!("session {id} on this worker")));
+    // Not here: the registry says whether the session ended (`ended`, with
+    // the reason) or lives elsewhere (`not_found`).
+    let h = match owner_of(ctx, &id).await? {
+        Owner::Here(h) => h,
+        Owner::There(_) => {
+            return Err(WireError::not_found(format!("session {id} on this worker")))
+        }
     };
     h.ask(|reply| Cmd::Signal {
         peer,

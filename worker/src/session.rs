@@ -313,15 +313,16 @@ impl Session {
             }
         }
         if let Some(l) = live.take() {
-            let reason = self
-                .state
-                .record
-                .ended
-                .as_ref()
-                .map(|e| e.reason.as_str())
-                .unwrap_or("fenced");
+            let ended = self.state.record.ended.as_ref().map(|e| e.reason);
+            let reason = ended.map(EndReason::as_str).unwrap_or("fenced");
+            // A stop (or shutdown) that won the race with the first frame
+            // is `ended`, not a failed source.
+            let code = match ended {
+                Some(r) if r != EndReason::SourceFailed => ErrorCode::Ended,
+                _ => ErrorCode::SourceFailed,
+            };
             let _ = l.send(Err(WireError::new(
-                ErrorCode::SourceFailed,
+                code,
                 format!("session ended before its first frame: {reason}"),
             )));
         }

@@ -474,6 +474,50 @@ fn an_unreported_restartable_session_moves_to_another_worker() {
         .any(|a| matches!(a, Action::AnnounceLost { .. })));
 }
 
+#[test]
+fn a_moved_session_never_adopted_by_the_only_live_worker_is_adopted_again_not_ended() {
+    // A janitor moved s1 to w2 and died before its adopt request went out:
+    // w2 is alive with room, the only worker, and never reports s1.
+    let mut sim = Sim::new(vec![restartable(record(
+        "s1",
+        "w2",
+        2,
+        SessionState::Starting,
+    ))]);
+    let mut handled = None;
+    for i in 0..8 {
+        let at = i * 1000;
+        sim.beat(at, hb("w2", 4, &[("a", 1)]));
+        let actions = sim.step(at + 500);
+        if !session_actions(&actions).is_empty() {
+            handled = Some(actions);
+            break;
+        }
+    }
+    let actions = handled.expect("handled");
+    assert!(
+        matches!(&actions[0], Action::Reassign { from, to, new_epoch: 3, .. } if *from == wid("w2") && *to == wid("w2")),
+        "{actions:?}"
+    );
+    assert_eq!(sim.reg.get("s1").state, SessionState::Starting);
+    assert_eq!(sim.reg.get("s1").epoch, 3);
+}
+
+#[test]
+fn an_unreported_session_of_a_full_owner_with_no_other_worker_ends() {
+    let mut sim = Sim::new(vec![restartable(record("s1", "w1", 1, SessionState::Live))]);
+    let mut ended = Vec::new();
+    for i in 0..8 {
+        let at = i * 1000;
+        sim.beat(at, hb("w1", 2, &[("a", 1), ("b", 1)]));
+        ended = ends_of(&sim.step(at + 500));
+        if !ended.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(ended, vec![("s1".into(), EndReason::WorkerLost)]);
+}
+
 // ------------------------------------------------------------ fencing
 
 fn fences(actions: &[Action]) -> Vec<(String, String, u64)> {
