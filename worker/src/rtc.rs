@@ -65,6 +65,9 @@ pub const MAX_CANDIDATES_PER_PEER: usize = 64;
 /// are dropped unread and counted as refused.
 pub const MAX_INPUT_PER_SEC: u32 = 500;
 
+/// How long closing a viewer waits for its ICE gathering to finish.
+const GATHER_BEFORE_CLOSE: Duration = Duration::from_secs(2);
+
 /// How often dropped input is reported to the session while a flood lasts.
 const DROP_REPORT_EVERY: Duration = Duration::from_millis(100);
 
@@ -608,6 +611,14 @@ impl Viewer {
 
     pub async fn close(self) {
         self.cancel.cancel();
+        // A peer connection closed while its ICE agent still gathers can
+        // leave the gathering's sockets and tasks behind (webrtc-rs 0.17):
+        // let gathering finish first (it takes milliseconds without STUN).
+        use webrtc::ice_transport::ice_gathering_state::RTCIceGatheringState;
+        if self.pc.ice_gathering_state() != RTCIceGatheringState::Complete {
+            let mut done = self.pc.gathering_complete_promise().await;
+            let _ = tokio::time::timeout(GATHER_BEFORE_CLOSE, done.recv()).await;
+        }
         if let Err(e) = self.pc.close().await {
             debug!(error = %e, "peer connection close");
         }
