@@ -497,7 +497,9 @@ async fn relay_stream(
         .subscribe(Subjects::default().heartbeat_any())
         .await?;
     let wid = format!("w-relay-{tag}");
-    let worker = env.spawn_worker(&nats.url(), &wid, &[]);
+    // The default of 32 viewers per session would refuse the larger steps;
+    // Janus has no such limit.
+    let worker = env.spawn_worker(&nats.url(), &wid, &[("MAX_VIEWERS", "1000")]);
     heartbeat(&mut hb, &wid, Duration::from_secs(20), |_| true).await?;
     drop(hb);
     let bus = bus_of(&client, Duration::from_secs(15));
