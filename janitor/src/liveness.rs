@@ -57,6 +57,14 @@ pub struct Seen {
     pub dead_since: Option<Instant>,
 }
 
+impl Seen {
+    /// Heard from within two of the worker's own heartbeat intervals.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        let interval = Duration::from_millis(self.heartbeat.interval_ms.max(1));
+        now.saturating_duration_since(self.received_at) <= interval.saturating_mul(2)
+    }
+}
+
 /// A live worker that can take sessions, with its load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -208,9 +216,12 @@ impl Liveness {
 
     /// Live workers that take sessions (not draining), except `exclude`,
     /// with the load their heartbeat reports. Full workers are included.
-    pub fn candidates(&self, exclude: &WorkerId) -> Vec<Candidate> {
+    /// A worker must have been heard from within two of its heartbeat
+    /// intervals: one that has gone silent but is not yet declared dead is
+    /// no place to restart a session (it may be dying too).
+    pub fn candidates(&self, exclude: &WorkerId, now: Instant) -> Vec<Candidate> {
         self.alive()
-            .filter(|(id, s)| *id != exclude && !s.heartbeat.draining)
+            .filter(|(id, s)| *id != exclude && !s.heartbeat.draining && s.is_fresh(now))
             .map(|(id, s)| Candidate {
                 worker: id.clone(),
                 capacity: s.heartbeat.capacity,
@@ -221,8 +232,8 @@ impl Liveness {
 
     /// The least loaded live worker with a free slot, except `exclude`, by
     /// heartbeats alone.
-    pub fn least_loaded(&self, exclude: &WorkerId) -> Option<WorkerId> {
-        least_loaded(&self.candidates(exclude)).map(|c| c.worker.clone())
+    pub fn least_loaded(&self, exclude: &WorkerId, now: Instant) -> Option<WorkerId> {
+        least_loaded(&self.candidates(exclude, now)).map(|c| c.worker.clone())
     }
 }
 
@@ -331,8 +342,27 @@ mod tests {
         l.observe(t0, &hb("busy", 4, &[("a", 1), ("b", 1), ("c", 1)]));
         l.observe(t0, &hb("idle", 4, &[]));
         l.observe(t0, &hb("half", 4, &[("d", 1), ("e", 1)]));
-        assert_eq!(l.least_loaded(&wid("busy")), Some(wid("idle")));
-        assert_eq!(l.least_loaded(&wid("idle")), Some(wid("half")));
+        assert_eq!(l.least_loaded(&wid("busy"), t0), Some(wid("idle")));
+        assert_eq!(l.least_loaded(&wid("idle"), t0), Some(wid("half")));
+    }
+
+    #[test]
+    fn placement_skips_a_worker_gone_silent_before_it_is_declared_dead() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, secs(3));
+        // Heartbeats every second (testkit's interval); "quiet" stopped
+        // beating at t0, "steady" keeps going.
+        l.observe(t0, &hb("quiet", 4, &[]));
+        l.observe(t0, &hb("steady", 4, &[("a", 1), ("b", 1)]));
+        assert_eq!(l.least_loaded(&wid("x"), t0 + secs(1)), Some(wid("quiet")));
+        l.observe(t0 + ms(2500), &hb("steady", 4, &[("a", 1), ("b", 1)]));
+        // 2.5 s of silence: not dead yet (3 s), but no longer a place to go.
+        assert!(l.tick(t0 + ms(2500)).is_empty());
+        assert!(l.is_alive(&wid("quiet")));
+        assert_eq!(
+            l.least_loaded(&wid("x"), t0 + ms(2500)),
+            Some(wid("steady"))
+        );
     }
 
     #[test]
@@ -345,7 +375,7 @@ mod tests {
         draining.draining = true;
         l.observe(t0 + secs(5), &draining);
         assert_eq!(l.tick(t0 + secs(6)), vec![wid("dead")]);
-        assert_eq!(l.least_loaded(&wid("x")), None);
+        assert_eq!(l.least_loaded(&wid("x"), t0 + secs(6)), None);
     }
 
     #[test]

@@ -252,6 +252,7 @@ impl Reconciler {
             }
         }
         let mut placement = Placement {
+            now,
             liveness,
             owned: &owned,
             placed: BTreeMap::new(),
@@ -539,6 +540,7 @@ fn end(v: &Versioned, reason: EndReason, detail: String) -> Action {
 /// Restart placement within one plan: heartbeats, corrected by what the
 /// registry says each worker owns and by what this plan already placed.
 struct Placement<'a> {
+    now: Instant,
     liveness: &'a Liveness,
     owned: &'a BTreeMap<WorkerId, u32>,
     placed: BTreeMap<WorkerId, u32>,
@@ -546,7 +548,7 @@ struct Placement<'a> {
 
 impl Placement<'_> {
     fn place(&mut self, exclude: &WorkerId) -> Option<WorkerId> {
-        let mut candidates = self.liveness.candidates(exclude);
+        let mut candidates = self.liveness.candidates(exclude, self.now);
         for c in &mut candidates {
             let owned = self.owned.get(&c.worker).copied().unwrap_or(0);
             let placed = self.placed.get(&c.worker).copied().unwrap_or(0);
