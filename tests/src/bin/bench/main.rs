@@ -1439,12 +1439,15 @@ fn out_dir() -> anyhow::Result<PathBuf> {
 
 /// Warnings and errors the worker processes and Janus logged, besides
 /// OpenH264's note about frame skipping (printed by the C library at every
-/// encoder start) and Janus's notes about what its config disables.
+/// encoder start), Janus's notes about what its config disables, and its
+/// note that it skipped a viewer candidate it cannot reach (the viewers
+/// offer every host address; one pair suffices).
 fn scan_logs(dir: &Path) -> Vec<String> {
     let expected = [
         "[OpenH264]",
         "has been disabled, skipping",
         "Session timeouts have been disabled",
+        "Failed to add some remote candidates",
     ];
     let mut notes = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
