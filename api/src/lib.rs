@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod relay;
 pub mod token;
 pub mod ws;
 
@@ -76,6 +77,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub signer: token::Signer,
     pub metrics: metrics::Metrics,
+    /// The registry backstop for the viewer relay (see [`relay`]).
+    pub relay: relay::Relay,
 }
 
 /// The viewer page: plain HTML and JavaScript, no build step.
@@ -274,6 +277,7 @@ pub async fn run(
 ) -> Result<(), std::io::Error> {
     let subjects = Subjects::new(&config.subject_prefix)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (relay, _relay_tasks) = relay::Relay::spawn(client.clone(), subjects.clone());
     let bus = Bus::new(client, subjects).with_timeout(*config.request_timeout);
     let secret = match &config.join_token_secret {
         Some(s) if !s.is_empty() => s.clone().into_bytes(),
@@ -287,6 +291,7 @@ pub async fn run(
         api_key: config.api_key.clone(),
         signer: token::Signer::new(secret),
         metrics: metrics::Metrics::default(),
+        relay,
     };
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     axum::serve(listener, app(state))

@@ -8,6 +8,9 @@
 //! Api to browser: `{"type":"joined",…}` (the worker's offer), then
 //! `candidate`, `viewers`, `ended`, `closed` as the worker sends them, and
 //! `{"type":"error","code":…,"message":…}` for refused messages.
+//!
+//! Ends and moves come from the session's events and, as a backstop for a
+//! lost event, from the registry ([`crate::relay`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -110,6 +113,9 @@ async fn serve(
             return;
         }
     };
+    // The registry backstop: an end or move whose event was lost still
+    // reaches the page (watched before joining, so no change is missed).
+    let mut registry = s.relay.watch(id.clone()).await;
     let joined = s
         .bus
         .request(
@@ -202,6 +208,19 @@ async fn serve(
                     },
                     _ => continue,
                 };
+                let text = serde_json::to_string(&out).expect("serializes");
+                let _ = tx.send(Message::Text(text.into())).await;
+                let _ = tx.send(Message::Close(None)).await;
+                return;
+            }
+            Some(seen) = async {
+                match registry.as_mut() {
+                    Some(r) => r.changed().await,
+                    None => None,
+                }
+            } => {
+                let Some(out) = crate::relay::verdict(&worker, &seen) else { continue };
+                info!(?seen, "the registry says the session ended or moved");
                 let text = serde_json::to_string(&out).expect("serializes");
                 let _ = tx.send(Message::Text(text.into())).await;
                 let _ = tx.send(Message::Close(None)).await;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::codec::{decode_record, encode};
 use crate::ids::SessionId;
@@ -210,5 +210,64 @@ impl Registry {
         }
         out.sort_by_key(|v| v.record.created_at);
         Ok(out)
+    }
+}
+
+/// One change seen by [`Registry::watch`]: the entry's new record, or
+/// `None` when it was deleted or purged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: SessionId,
+    pub record: Option<Versioned>,
+}
+
+impl Registry {
+    /// Opens the bucket only if it exists (readers such as the api never
+    /// create it: the workers choose its storage).
+    pub async fn attach(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+    ) -> Result<Self, RegistryError> {
+        let kv = js
+            .get_key_value(subjects.registry_bucket())
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { kv })
+    }
+
+    /// Every entry's current value, then every change, in order (a
+    /// JetStream ordered consumer on the bucket's stream, which also
+    /// works against nats-server 2.9). Unreadable entries and keys that
+    /// are not session ids are logged and skipped. The stream ends, or
+    /// yields an error, when the consumer is lost for good; watch again
+    /// to resume (the replay of current values makes that lossless).
+    pub async fn watch(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<Change, RegistryError>> + Send, RegistryError>
+    {
+        let entries = self.kv.watch_with_history(">").await.map_err(unavailable)?;
+        Ok(entries.filter_map(|e| async move {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => return Some(Err(unavailable(err))),
+            };
+            let Ok(id) = SessionId::parse(e.key.as_str()) else {
+                tracing::warn!(key = %e.key, "registry key is not a session id; skipped");
+                return None;
+            };
+            if e.operation != kv::Operation::Put {
+                return Some(Ok(Change { id, record: None }));
+            }
+            match Self::parse(&e.key, &e.value, e.revision) {
+                Ok(v) => Some(Ok(Change {
+                    id,
+                    record: Some(v),
+                })),
+                Err(err) => {
+                    tracing::warn!(error = %err, "unreadable registry entry; skipped");
+                    None
+                }
+            }
+        }))
     }
 }

@@ -995,3 +995,161 @@ async fn wait_for_heartbeat_empty(sub: &mut async_nats::Subscriber, worker: &str
         }
     }
 }
+
+/// Rewrites a registry entry as a janitor would (a compare-and-set on the
+/// revision read), publishing no event: the janitor "died" in between.
+async fn janitor_write(
+    bus: &async_nats::Client,
+    id: &str,
+    change: impl FnOnce(&mut bus_schema::SessionRecord),
+) -> bus_schema::SessionRecord {
+    use bus_schema::registry::{Registry, Storage};
+    let js = async_nats::jetstream::new(bus.clone());
+    let reg = Registry::open(&js, &subjects(), Storage::Memory)
+        .await
+        .expect("registry opens");
+    let v = reg
+        .get(&sid(id))
+        .await
+        .expect("registry readable")
+        .unwrap_or_else(|| panic!("{id} is in the registry"));
+    let mut record = v.record;
+    change(&mut record);
+    record.updated_at = bus_schema::Timestamp::now();
+    reg.update(&record, v.revision)
+        .await
+        .expect("the CAS wins: nobody else writes");
+    record
+}
+
+/// A janitor that dies between its registry write and its event: the api
+/// learns the end or move from the registry and tells the page anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_janitor_event_reaches_the_page_through_the_registry() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let bus = nats.client().await;
+    let mut hb = subscribe(&bus, subjects().heartbeat_any()).await;
+    let mut old = Proc::spawn("worker", &worker_env(&nats.url(), "w-old"));
+    heartbeat_from(&mut hb, "w-old").await;
+    let mut ac = api::Config::for_tests(&nats.url());
+    ac.join_token_secret = Some(SECRET.into());
+    let (_api, base) = api(ac).await;
+    let http = reqwest::Client::new();
+    let lost = rest_create(&http, &base, "lost", "").await;
+    let moved = rest_create(&http, &base, "moved", "").await;
+    assert_eq!(lost["owner"], "w-old");
+    assert_eq!(moved["owner"], "w-old");
+    let _new = Proc::spawn("worker", &worker_env(&nats.url(), "w-new"));
+    heartbeat_from(&mut hb, "w-new").await;
+    drop(hb);
+
+    let driver = ChromeDriver::start().await;
+    let pl = driver.browser("lost").await;
+    let pm = driver.browser("moved").await;
+    pl.open(&page_url(&http, &base, "lost").await).await;
+    pm.open(&page_url(&http, &base, "moved").await).await;
+    let (sl, sm) = tokio::join!(wait_decoding(&pl), wait_decoding(&pm));
+    assert_eq!(sl["worker"], "w-old", "{sl}");
+    assert_eq!(sm["worker"], "w-old", "{sm}");
+    let events = Events::collect(&bus).await;
+
+    // The owner hangs (it can tell nobody anything), and the "janitor"
+    // writes the registry and dies before publishing.
+    old.signal("STOP");
+    let written = Instant::now();
+    let ended = janitor_write(&bus, "lost", |r| {
+        r.state = bus_schema::SessionState::Ended;
+        r.ended = Some(bus_schema::Ended {
+            reason: bus_schema::EndReason::WorkerLost,
+            at: bus_schema::Timestamp::now(),
+            detail: Some("test: written as a janitor would, no event".into()),
+        });
+    })
+    .await;
+    assert_eq!(ended.epoch, 1);
+    let rec = janitor_write(&bus, "moved", |r| {
+        r.owner = wid("w-new");
+        r.epoch += 1;
+        r.state = bus_schema::SessionState::Starting;
+        r.live_at = None;
+        r.viewers = 0;
+    })
+    .await;
+    // The new owner starts it, as the janitor's adopt would have done.
+    let typed = bus_schema::Bus::new(bus.clone(), subjects());
+    let adopted = typed
+        .request(
+            &subjects().worker_adopt(&wid("w-new"), &sid("moved")),
+            &bus_schema::AdoptSession { epoch: rec.epoch },
+        )
+        .await
+        .expect("w-new adopts");
+    assert_eq!(adopted.record.owner, wid("w-new"));
+    // The hung worker is gone for good (its subscriptions with it).
+    old.signal("KILL");
+    old.wait_exit(Duration::from_secs(5))
+        .await
+        .expect("the hung worker died");
+
+    let s = pl
+        .wait_stats("the page to show worker_lost", BUS_TIMEOUT, |s| {
+            s["ended"] == "worker_lost"
+        })
+        .await;
+    let told = written.elapsed();
+    assert_eq!(s["worker"], "w-old", "{s}");
+    let notice = pl
+        .execute(r#"return document.getElementById("notice").textContent;"#)
+        .await
+        .expect("notice");
+    assert!(
+        notice.as_str().is_some_and(|n| n.contains("worker lost")),
+        "the page tells the viewer why: {notice}"
+    );
+    // The moved page was told by the registry path (its reason names the
+    // epoch; the event path's does not), rejoined w-new and decodes.
+    let closed = pm
+        .execute("return window.viewer.state.closed;")
+        .await
+        .expect("page state");
+    let s = pm
+        .wait_stats("the page to decode from w-new", DECODE_TIMEOUT, |s| {
+            s["worker"] == "w-new" && s["connected"] == json!(true) && frames(s) >= 1
+        })
+        .await;
+    let rejoined = written.elapsed();
+    let closed = if closed.is_null() {
+        pm.execute("return window.viewer.state.closed;")
+            .await
+            .expect("page state")
+    } else {
+        closed
+    };
+    assert!(
+        closed
+            .as_str()
+            .is_some_and(|c| c.contains("moved to worker w-new (epoch 2)")),
+        "the registry told the page of the move: {closed} ({s})"
+    );
+    wait_decoding(&pm).await;
+    let decoding = written.elapsed();
+    for id in ["lost", "moved"] {
+        let lost_events: Vec<Value> = events
+            .all()
+            .into_iter()
+            .filter(|e| e["id"] == id && matches!(e["kind"].as_str(), Some("ended" | "moved")))
+            .collect();
+        assert!(
+            lost_events.is_empty(),
+            "no end or move event was published for {id}: {lost_events:?}"
+        );
+    }
+    eprintln!(
+        "registry written, no event -> ended page shows worker_lost {told:?}; \
+         moved page joined w-new {rejoined:?}, decoding >10 frames {decoding:?}"
+    );
+    pl.close().await;
+    pm.close().await;
+}

@@ -304,6 +304,13 @@ fn opus() -> RTCRtpCodecCapability {
     }
 }
 
+/// Silence after which a viewer's ICE goes disconnected.
+pub const ICE_DISCONNECTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Further silence after which it goes failed (the viewer is released).
+pub const ICE_FAILED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often ICE sends a keepalive when nothing else flows.
+pub const ICE_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Engine {
     pub async fn new(settings: &RtcSettings) -> Result<Self, RtcError> {
         let mut media = MediaEngine::default();
@@ -346,6 +353,16 @@ impl Engine {
         }
         // Browsers hide host addresses behind mDNS names; resolve them.
         se.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
+        // A viewer that vanished without `leave` (its api restarted, its
+        // page was killed) goes disconnected after 3 s of silence and
+        // failed 5 s later, and the session then releases it; the defaults
+        // (5 s + 25 s) held it about half a minute. Keepalives every second
+        // keep a quiet but live connection well inside those bounds.
+        se.set_ice_timeouts(
+            Some(ICE_DISCONNECTED_TIMEOUT),
+            Some(ICE_FAILED_TIMEOUT),
+            Some(ICE_KEEPALIVE_INTERVAL),
+        );
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
