@@ -1159,3 +1159,81 @@ async fn lost_janitor_event_reaches_the_page_through_the_registry() {
     pl.close().await;
     pm.close().await;
 }
+
+/// A NATS restart shorter than the worker's lease: media flows peer to
+/// peer the whole time, the session is never suspended, moved or ended,
+/// and the page never has to join again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_nats_outage_does_not_interrupt_a_watching_browser() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut nats = NatsServer::start().await;
+    // A lease longer than the outage below, and a janitor that waits
+    // longer still (the lease must stay shorter than DEAD_AFTER).
+    let lease = Duration::from_secs(5);
+    let mut wc = worker::Config::for_tests(&nats.url());
+    wc.worker_id = Some("w-through".into());
+    wc.lease = lease.into();
+    wc.registry_storage = worker::config::StorageKind::File;
+    let _worker = worker(wc);
+    let mut jc = janitor::Config::for_tests(&nats.url(), "streams");
+    jc.dead_after = Duration::from_secs(6).into();
+    let _janitor = janitor(jc);
+    let bus = nats.client().await;
+    wait_workers(&bus).await;
+    let mut ac = api::Config::for_tests(&nats.url());
+    ac.join_token_secret = Some(SECRET.into());
+    let (_api, base) = api(ac).await;
+    let http = reqwest::Client::new();
+    rest_create(&http, &base, "through", "").await;
+    let url = page_url(&http, &base, "through").await;
+    let driver = ChromeDriver::start().await;
+    let b = driver.browser("through").await;
+    b.open(&url).await;
+    let s = wait_decoding(&b).await;
+    let peer = s["peer"].clone();
+    drop(bus);
+
+    nats.kill();
+    let down = Instant::now();
+    let before = frames(&b.stats().await.expect("stats"));
+    // 15 frames at 15 fps while NATS is down; the wait ends before the
+    // lease could run out, so the frames cannot come from after a resume.
+    let s = b
+        .wait_stats(
+            &format!("15 more frames from {before} with NATS down"),
+            lease - Duration::from_secs(1),
+            |s| frames(s) >= before + 15,
+        )
+        .await;
+    assert_eq!(s["peer"], peer, "the same peer connection: {s}");
+    let during = frames(&s) - before;
+    nats.start_again().await;
+    eprintln!(
+        "NATS down {:?}: the page decoded {during} frames meanwhile",
+        down.elapsed()
+    );
+
+    // NATS is back: the worker's heartbeats never showed the session
+    // suspended, the registry still has it at epoch 1, the page keeps
+    // decoding on the same peer connection and never rejoined.
+    let bus = nats.client().await;
+    let mut hb = subscribe(&bus, subjects().heartbeat_any()).await;
+    for _ in 0..4 {
+        let v = heartbeat_from(&mut hb, "w-through").await;
+        assert_eq!(v["sessions"][0]["id"], "through", "{v}");
+        assert_eq!(v["sessions"][0]["suspended"], false, "never suspended: {v}");
+    }
+    let rec = registry_get(&bus, "through").await.expect("record");
+    assert_eq!(rec["state"], "live", "{rec}");
+    assert_eq!(rec["epoch"], 1, "{rec}");
+    assert_eq!(rec["owner"], "w-through", "{rec}");
+    let mark = frames(&b.stats().await.expect("stats"));
+    let s = b
+        .wait_stats("15 more frames after NATS is back", DECODE_TIMEOUT, |s| {
+            frames(s) >= mark + 15
+        })
+        .await;
+    assert_eq!(s["peer"], peer, "the page never joined again: {s}");
+    assert_eq!(s["ended"], Value::Null, "{s}");
+}
