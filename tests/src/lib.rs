@@ -271,9 +271,9 @@ impl Drop for Service {
     }
 }
 
-/// Starts a worker in-process with the synthetic source.
+/// Starts a worker in-process with every built-in source (as the binary).
 pub fn worker(config: worker::Config) -> Service {
-    worker_with(config, Arc::new(worker::source::SyntheticFactory))
+    worker_with(config, Arc::new(worker::source::BuiltinFactory))
 }
 
 /// Starts a worker in-process with the given sources.

@@ -349,7 +349,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     use std::sync::atomic::Ordering;
     init_tracing();
     let nats = NatsServer::start().await;
-    let _w = worker_with(cfg(&nats), Arc::new(worker::source::BuiltinFactory));
+    let _w = worker(cfg(&nats));
     let c = nats.client().await;
     ready(&c).await;
     let (vport, aport) = (free_udp_port(), free_udp_port());
@@ -413,7 +413,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
 async fn rtp_sessions_are_independent_and_bad_ports_are_clear_errors() {
     init_tracing();
     let nats = NatsServer::start().await;
-    let _w = worker_with(cfg(&nats), Arc::new(worker::source::BuiltinFactory));
+    let _w = worker(cfg(&nats));
     let c = nats.client().await;
     ready(&c).await;
 
