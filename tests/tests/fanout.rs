@@ -5,19 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_schema::{Bus, JoinPeer, PeerId, PeerSignal, Role, SessionId, Subjects, ToPeer};
-use futures::StreamExt;
+use bus_schema::{Bus, Role, SessionId, Subjects};
 use serde_json::{json, Value};
+use system_tests::viewer::{self, Interceptors};
 use system_tests::*;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::api::APIBuilder;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::interceptor::registry::Registry;
 use webrtc::media::io::sample_builder::SampleBuilder;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp::codecs::h264::H264Packet;
 
 /// What one test viewer has received.
@@ -34,12 +26,9 @@ struct Counters {
 
 struct TestViewer {
     /// The `input` data channel, once the worker has opened it.
-    input: Arc<tokio::sync::Mutex<Option<Arc<webrtc::data_channel::RTCDataChannel>>>>,
-    peer: PeerId,
-    worker: bus_schema::WorkerId,
-    pc: Arc<RTCPeerConnection>,
+    input: viewer::Channel,
+    rtc: viewer::Viewer,
     counters: Arc<Counters>,
-    _signals: tokio::task::JoinHandle<()>,
 }
 
 async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
@@ -47,128 +36,47 @@ async fn join(bus: &Bus, id: &SessionId) -> TestViewer {
 }
 
 async fn join_as(bus: &Bus, id: &SessionId, role: Role) -> TestViewer {
-    let peer = PeerId::generate();
-    let mut inbox = bus
-        .client
-        .subscribe(bus.subjects.peer_out(&peer).to_string())
-        .await
-        .unwrap();
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role,
-            },
-        )
+    let (pending, pc) = viewer::start(bus, id, role, Interceptors::Default)
         .await
         .expect("join accepted");
-    let worker = joined.worker.clone();
-
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .unwrap(),
-    );
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let c = c.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                let mut builder = SampleBuilder::new(128, H264Packet::default(), 90_000);
-                let mut decoder = openh264::decoder::Decoder::new().ok();
-                while let Ok((pkt, _)) = track.read_rtp().await {
-                    if c.stalled.load(Ordering::Relaxed) {
-                        // Stop reading: packets pile up and are dropped in this viewer only.
-                        std::future::pending::<()>().await;
-                    }
-                    if !video {
-                        c.audio_packets.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    builder.push(pkt);
-                    while let Some(sample) = builder.pop() {
-                        c.frames.fetch_add(1, Ordering::Relaxed);
-                        let mut seen = c.decoded.lock().unwrap();
-                        if seen.is_none() {
-                            if let Some(d) = decoder.as_mut() {
-                                if let Ok(Some(pic)) = d.decode(&sample.data) {
-                                    use openh264::formats::YUVSource;
-                                    *seen = Some(pic.dimensions());
-                                }
+        async move {
+            let mut builder = SampleBuilder::new(128, H264Packet::default(), 90_000);
+            let mut decoder = openh264::decoder::Decoder::new().ok();
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                if c.stalled.load(Ordering::Relaxed) {
+                    // Stop reading: packets pile up and are dropped in this viewer only.
+                    std::future::pending::<()>().await;
+                }
+                if !video {
+                    c.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                builder.push(pkt);
+                while let Some(sample) = builder.pop() {
+                    c.frames.fetch_add(1, Ordering::Relaxed);
+                    let mut seen = c.decoded.lock().unwrap();
+                    if seen.is_none() {
+                        if let Some(d) = decoder.as_mut() {
+                            if let Ok(Some(pic)) = d.decode(&sample.data) {
+                                use openh264::formats::YUVSource;
+                                *seen = Some(pic.dimensions());
                             }
                         }
                     }
                 }
-            });
-        })
-    }));
-    let input = Arc::new(tokio::sync::Mutex::new(None));
-    let slot = input.clone();
-    pc.on_data_channel(Box::new(move |dc| {
-        let slot = slot.clone();
-        Box::pin(async move {
-            let ready = slot.clone();
-            let d = dc.clone();
-            dc.on_open(Box::new(move || {
-                Box::pin(async move {
-                    *ready.lock().await = Some(d);
-                })
-            }));
-        })
-    }));
-    let pc2 = pc.clone();
-    let signals = tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
             }
         }
     });
-    pc.set_remote_description(RTCSessionDescription::offer(joined.offer).unwrap())
-        .await
-        .unwrap();
-    let answer = pc.create_answer(None).await.unwrap();
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await.unwrap();
-    let _ = gathered.recv().await;
-    let sdp = pc.local_description().await.unwrap().sdp;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .expect("answer accepted");
+    let input = viewer::data_channel(&pc);
+    let rtc = pending.connect(bus, pc).await.expect("answer accepted");
     TestViewer {
         input,
-        peer,
-        worker,
-        pc,
+        rtc,
         counters,
-        _signals: signals,
     }
 }
 
@@ -282,13 +190,8 @@ async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slo
     eprintln!("source produced {produced} frames; the 19 reading viewers received {received:?}");
 
     for v in &viewers {
-        bus.request(
-            &bus.subjects.worker_peer(&v.worker, &id, &v.peer),
-            &PeerSignal::Leave,
-        )
-        .await
-        .expect("leave accepted");
-        let _ = v.pc.close().await;
+        v.rtc.leave(&bus).await.expect("leave accepted");
+        let _ = v.rtc.pc.close().await;
     }
     wait_for(
         "the worker to drop every viewer",
@@ -418,12 +321,7 @@ async fn input_from_controllers_and_the_backend_merges_and_bad_packets_are_refus
     assert_eq!(r["error"]["code"], "invalid_request", "{r}");
 
     // b leaves: everything it held is released; nobody else's keys are.
-    bus.request(
-        &bus.subjects.worker_peer(&b.worker, &id, &b.peer),
-        &PeerSignal::Leave,
-    )
-    .await
-    .unwrap();
+    b.rtc.leave(&bus).await.unwrap();
     wait_for("b's keys released", Duration::from_secs(10), || async {
         (keys_down(&client, "keys").await == ["KeyZ"]).then_some(())
     })

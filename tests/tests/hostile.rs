@@ -13,20 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_schema::{Bus, JoinPeer, PeerId, PeerSignal, Role, SessionId, Subjects, ToPeer};
+use bus_schema::{Bus, JoinPeer, PeerId, Role, SessionId, Subjects};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use system_tests::viewer::{self, Interceptors};
 use system_tests::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::api::APIBuilder;
 use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::interceptor::registry::Registry;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
 
 const TINY: &str = r#"{"kind":"synthetic","width":64,"height":64,"fps":10,"bitrate_kbps":50}"#;
 
@@ -85,108 +78,33 @@ fn code(r: &Value) -> &str {
 /// A webrtc-rs viewer joined over NATS (as in `fanout.rs`), counting the
 /// video RTP packets it receives.
 struct TestViewer {
-    peer: PeerId,
-    pc: Arc<RTCPeerConnection>,
-    input: Arc<tokio::sync::Mutex<Option<Arc<RTCDataChannel>>>>,
+    rtc: viewer::Viewer,
+    input: viewer::Channel,
     video_packets: Arc<AtomicU64>,
-    _signals: tokio::task::JoinHandle<()>,
 }
 
 async fn join_as(bus: &Bus, id: &SessionId, role: Role) -> TestViewer {
-    let peer = PeerId::generate();
-    let mut inbox = subscribe(&bus.client, bus.subjects.peer_out(&peer)).await;
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role,
-            },
-        )
+    let (pending, pc) = viewer::start(bus, id, role, Interceptors::Default)
         .await
         .expect("join accepted");
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .unwrap(),
-    );
     let video_packets = Arc::new(AtomicU64::new(0));
     let counter = video_packets.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let counter = counter.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                while track.read_rtp().await.is_ok() {
-                    if video {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
+        async move {
+            while track.read_rtp().await.is_ok() {
+                if video {
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
-            });
-        })
-    }));
-    let input = Arc::new(tokio::sync::Mutex::new(None));
-    let slot = input.clone();
-    pc.on_data_channel(Box::new(move |dc| {
-        let slot = slot.clone();
-        Box::pin(async move {
-            let d = dc.clone();
-            dc.on_open(Box::new(move || {
-                Box::pin(async move {
-                    *slot.lock().await = Some(d);
-                })
-            }));
-        })
-    }));
-    let pc2 = pc.clone();
-    let signals = tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
             }
         }
     });
-    pc.set_remote_description(RTCSessionDescription::offer(joined.offer).unwrap())
-        .await
-        .unwrap();
-    let answer = pc.create_answer(None).await.unwrap();
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await.unwrap();
-    let _ = gathered.recv().await;
-    let sdp = pc.local_description().await.unwrap().sdp;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .expect("answer accepted");
+    let input = viewer::data_channel(&pc);
+    let rtc = pending.connect(bus, pc).await.expect("answer accepted");
     TestViewer {
-        peer,
-        pc,
+        rtc,
         input,
         video_packets,
-        _signals: signals,
     }
 }
 
@@ -419,8 +337,8 @@ async fn huge_sdp_and_thousands_of_candidates_from_one_peer_are_refused_and_othe
         .iter()
         .map(|v| v["peer"].as_str().unwrap())
         .collect();
-    assert_eq!(viewers, [good.peer.as_str()]);
-    let _ = good.pc.close().await;
+    assert_eq!(viewers, [good.rtc.peer.as_str()]);
+    let _ = good.rtc.pc.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +425,7 @@ async fn an_input_flood_from_one_viewer_is_rate_limited_and_counted_and_harms_no
     assert!(num(&stats(&c, "bystander").await, "frames_encoded") > bystander0);
     keeps_encoding(&c, "bystander", 5).await;
     for v in [&flooder, &calm, &watcher] {
-        let _ = v.pc.close().await;
+        let _ = v.rtc.pc.close().await;
     }
 }
 

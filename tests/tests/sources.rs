@@ -229,119 +229,49 @@ async fn rtc_viewer(
     Arc<webrtc::peer_connection::RTCPeerConnection>,
     Arc<Received>,
 ) {
-    use bus_schema::{JoinPeer, PeerId, PeerSignal, Role, ToPeer};
     use std::sync::atomic::Ordering;
-    use webrtc::api::interceptor_registry::register_default_interceptors;
-    use webrtc::api::media_engine::MediaEngine;
-    use webrtc::api::APIBuilder;
-    use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-    use webrtc::interceptor::registry::Registry;
+    use system_tests::viewer::{self, Interceptors};
     use webrtc::media::io::sample_builder::SampleBuilder;
-    use webrtc::peer_connection::configuration::RTCConfiguration;
-    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
     use webrtc::rtp::codecs::h264::H264Packet;
 
-    let peer = PeerId::generate();
-    let mut inbox = bus
-        .client
-        .subscribe(bus.subjects.peer_out(&peer).to_string())
-        .await
-        .unwrap();
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role: Role::View,
-            },
-        )
+    let (pending, pc) = viewer::start(bus, id, bus_schema::Role::View, Interceptors::Default)
         .await
         .expect("join accepted");
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .unwrap(),
-    );
     let got = Arc::new(Received::default());
     let g = got.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let g = g.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                let mut builder = SampleBuilder::new(128, H264Packet::default(), 90_000);
-                let mut decoder = openh264::decoder::Decoder::new().ok();
-                while let Ok((pkt, _)) = track.read_rtp().await {
-                    if !video {
-                        g.audio_packets.fetch_add(1, Ordering::Relaxed);
-                        continue;
+        async move {
+            let mut builder = SampleBuilder::new(128, H264Packet::default(), 90_000);
+            let mut decoder = openh264::decoder::Decoder::new().ok();
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                if !video {
+                    g.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                builder.push(pkt);
+                while let Some(sample) = builder.pop() {
+                    g.frames.fetch_add(1, Ordering::Relaxed);
+                    if worker::source::nal_units(&sample.data)
+                        .any(|n| worker::source::nal_type(n) == worker::source::NAL_IDR)
+                    {
+                        g.keyframes.fetch_add(1, Ordering::Relaxed);
                     }
-                    builder.push(pkt);
-                    while let Some(sample) = builder.pop() {
-                        g.frames.fetch_add(1, Ordering::Relaxed);
-                        if worker::source::nal_units(&sample.data)
-                            .any(|n| worker::source::nal_type(n) == worker::source::NAL_IDR)
-                        {
-                            g.keyframes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let mut seen = g.decoded.lock().unwrap();
-                        if seen.is_none() {
-                            if let Some(d) = decoder.as_mut() {
-                                if let Ok(Some(pic)) = d.decode(&sample.data) {
-                                    use openh264::formats::YUVSource;
-                                    *seen = Some(pic.dimensions());
-                                }
+                    let mut seen = g.decoded.lock().unwrap();
+                    if seen.is_none() {
+                        if let Some(d) = decoder.as_mut() {
+                            if let Ok(Some(pic)) = d.decode(&sample.data) {
+                                use openh264::formats::YUVSource;
+                                *seen = Some(pic.dimensions());
                             }
                         }
                     }
                 }
-            });
-        })
-    }));
-    let pc2 = pc.clone();
-    tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
             }
         }
     });
-    pc.set_remote_description(RTCSessionDescription::offer(joined.offer).unwrap())
-        .await
-        .unwrap();
-    let answer = pc.create_answer(None).await.unwrap();
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await.unwrap();
-    let _ = gathered.recv().await;
-    let sdp = pc.local_description().await.unwrap().sdp;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .expect("answer accepted");
-    (pc, got)
+    let v = pending.connect(bus, pc).await.expect("answer accepted");
+    (v.pc, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

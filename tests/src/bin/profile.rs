@@ -30,20 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bus_schema::{
-    Bus, CreateSession, JoinPeer, PeerId, PeerSignal, Role, SessionId, Subjects, ToPeer,
-};
-use futures::StreamExt;
+use bus_schema::{Bus, CreateSession, Role, SessionId, Subjects};
 use system_tests::srtp_floor::{measure, profile_name, SrtpFloor, PROFILES};
+use system_tests::viewer::{self, Interceptors};
 use system_tests::{wait_for, NatsServer};
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::api::APIBuilder;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::interceptor::registry::Registry;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::srtp::protection_profile::ProtectionProfile;
 
 const WORKER_THREADS: &str = "wkr-rt";
@@ -166,99 +156,31 @@ struct Counters {
 }
 
 struct Viewer {
-    pc: Arc<RTCPeerConnection>,
+    rtc: viewer::Viewer,
     counters: Arc<Counters>,
-    signals: tokio::task::JoinHandle<()>,
 }
 
 /// A webrtc-rs viewer joined over NATS, its receive path only counting.
 async fn join(bus: &Bus, id: &SessionId) -> anyhow::Result<Viewer> {
-    let peer = PeerId::generate();
-    let mut inbox = bus
-        .client
-        .subscribe(bus.subjects.peer_out(&peer).to_string())
-        .await?;
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role: Role::View,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("join refused: {}", e.message))?;
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let (pending, pc) = viewer::start(bus, id, Role::View, Interceptors::Default).await?;
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let c = c.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                while let Ok((pkt, _)) = track.read_rtp().await {
-                    if video {
-                        c.video_packets.fetch_add(1, Ordering::Relaxed);
-                        c.video_bytes
-                            .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
-                    } else {
-                        c.audio_packets.fetch_add(1, Ordering::Relaxed);
-                    }
+        async move {
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                if video {
+                    c.video_packets.fetch_add(1, Ordering::Relaxed);
+                    c.video_bytes
+                        .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                } else {
+                    c.audio_packets.fetch_add(1, Ordering::Relaxed);
                 }
-            });
-        })
-    }));
-    let pc2 = pc.clone();
-    let signals = tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
             }
         }
     });
-    pc.set_remote_description(RTCSessionDescription::offer(joined.offer)?)
-        .await?;
-    let answer = pc.create_answer(None).await?;
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await?;
-    let _ = gathered.recv().await;
-    let sdp = pc
-        .local_description()
-        .await
-        .context("no local description")?
-        .sdp;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("answer refused: {}", e.message))?;
-    Ok(Viewer {
-        pc,
-        counters,
-        signals,
-    })
+    let rtc = pending.connect(bus, pc).await?;
+    Ok(Viewer { rtc, counters })
 }
 
 /// `perf record` of this process, stopped with SIGINT.
@@ -683,8 +605,7 @@ async fn run(
     println!("{report}");
 
     for v in viewers {
-        v.signals.abort();
-        let _ = v.pc.close().await;
+        v.rtc.close().await;
     }
     worker.stop(Duration::from_secs(5)).await;
     Ok(())

@@ -16,14 +16,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_schema::{
-    JoinPeer, OnWorkerLost, PeerId, PeerSignal, Role, SessionId, SourceSpec, Subjects, ToPeer,
-};
-use futures::StreamExt;
+use bus_schema::{OnWorkerLost, Role, SessionId, SourceSpec, Subjects};
 use serde_json::{json, Value};
+use system_tests::viewer;
 use system_tests::NatsServer;
 use webrtc::api::API;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 
 use super::janus::{self, Janus};
 use super::load::{self, Leave, LoadViewer, RECORDING};
@@ -194,55 +191,13 @@ async fn cpu_windows(pids: &[u32], window: Duration, clk_tck: u64) -> (Vec<f64>,
 
 /// A viewer of our worker, joined over NATS like the api does for a page.
 async fn join_ours(bus: &Bus, id: &SessionId, api: &API) -> anyhow::Result<LoadViewer> {
-    let peer = PeerId::generate();
-    let mut inbox = bus
-        .client
-        .subscribe(bus.subjects.peer_out(&peer).to_string())
-        .await?;
-    let t0 = Instant::now();
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role: Role::View,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("join refused: {} {}", e.code.as_str(), e.message))?;
-    let (pc, rx) = load::peer(api, t0).await?;
-    let pc2 = pc.clone();
-    let signals = tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
-            }
-        }
-    });
-    let sdp = load::answer(&pc, joined.offer).await?;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("answer refused: {} {}", e.code.as_str(), e.message))?;
+    let pending = viewer::request(bus, id, Role::View).await?;
+    let (pc, rx) = load::peer(api, pending.sent()).await?;
+    let rtc = pending.connect(bus, pc.clone()).await?;
     Ok(LoadViewer {
         pc,
         rx,
-        leave: Leave::Ours {
-            peer,
-            worker: joined.worker,
-            signals,
-        },
+        leave: Leave::Ours(rtc),
     })
 }
 
@@ -264,23 +219,15 @@ impl Relays<'_> {
     async fn leave_all(&self, viewers: Vec<LoadViewer>) {
         let leaves = viewers.into_iter().map(|v| async move {
             match &v.leave {
-                Leave::Ours {
-                    peer,
-                    worker,
-                    signals,
-                } => {
-                    let _ = self
-                        .bus
-                        .request(
-                            &self.bus.subjects.worker_peer(worker, self.session, peer),
-                            &PeerSignal::Leave,
-                        )
-                        .await;
-                    signals.abort();
+                Leave::Ours(rtc) => {
+                    let _ = rtc.leave(self.bus).await;
+                    rtc.close().await;
                 }
-                Leave::Janus { session } => self.janus.leave(*session).await,
+                Leave::Janus { session } => {
+                    self.janus.leave(*session).await;
+                    let _ = v.pc.close().await;
+                }
             }
-            let _ = v.pc.close().await;
         });
         futures::future::join_all(leaves).await;
     }

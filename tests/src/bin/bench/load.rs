@@ -12,15 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use webrtc::api::media_engine::MediaEngine;
+use system_tests::viewer::{self, Interceptors};
 use webrtc::api::setting_engine::SettingEngine;
-use webrtc::api::{APIBuilder, API};
+use webrtc::api::API;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
-use webrtc::interceptor::registry::Registry as InterceptorRegistry;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
 use super::producer::frame_id;
@@ -28,18 +24,12 @@ use super::starts_keyframe;
 
 /// One API for every viewer of the load client.
 pub fn api() -> anyhow::Result<API> {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
     let mut se = SettingEngine::default();
     se.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
     // IPv4 host candidates only: Janus gathers no IPv6 by default, and
     // fewer candidate pairs make joins cheaper for both relays.
     se.set_network_types(vec![NetworkType::Udp4]);
-    Ok(APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(InterceptorRegistry::new())
-        .with_setting_engine(se)
-        .build())
+    viewer::api(Interceptors::None, se)
 }
 
 /// What one viewer received. Written by its track reader only.
@@ -72,91 +62,64 @@ pub struct LoadViewer {
 }
 
 pub enum Leave {
-    Ours {
-        peer: bus_schema::PeerId,
-        worker: bus_schema::WorkerId,
-        signals: tokio::task::JoinHandle<()>,
-    },
-    Janus {
-        session: u64,
-    },
+    Ours(viewer::Viewer),
+    Janus { session: u64 },
 }
 
 /// A peer connection for one viewer whose track readers fill `rx`;
 /// `t0` is the join request, for the first-keyframe time.
 pub async fn peer(api: &API, t0: Instant) -> anyhow::Result<(Arc<RTCPeerConnection>, Arc<Rx>)> {
-    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let pc = viewer::peer(api).await?;
     let rx = Arc::new(Rx::default());
     let r = rx.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let rx = r.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1500];
-                let mut last_seq: Option<u16> = None;
-                let mut current: Option<u64> = None;
-                while let Ok((pkt, _)) = track.read(&mut buf).await {
-                    if !video {
-                        rx.audio_packets.fetch_add(1, Ordering::Relaxed);
-                        continue;
+        async move {
+            let mut buf = vec![0u8; 1500];
+            let mut last_seq: Option<u16> = None;
+            let mut current: Option<u64> = None;
+            while let Ok((pkt, _)) = track.read(&mut buf).await {
+                if !video {
+                    rx.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let seq = pkt.header.sequence_number;
+                if let Some(prev) = last_seq {
+                    let gap = seq.wrapping_sub(prev);
+                    if (2..0x8000).contains(&gap) {
+                        rx.lost.fetch_add(u64::from(gap - 1), Ordering::Relaxed);
                     }
-                    let seq = pkt.header.sequence_number;
-                    if let Some(prev) = last_seq {
-                        let gap = seq.wrapping_sub(prev);
-                        if (2..0x8000).contains(&gap) {
-                            rx.lost.fetch_add(u64::from(gap - 1), Ordering::Relaxed);
-                        }
-                    }
-                    if last_seq.is_none() {
-                        let _ = rx.first_packet.set(t0.elapsed());
-                    }
-                    last_seq = Some(seq);
-                    rx.packets.fetch_add(1, Ordering::Relaxed);
-                    rx.bytes
-                        .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
-                    if let Some(id) = frame_id(&pkt.payload) {
-                        current = Some(id);
-                        rx.frames.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if rx.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
-                        let _ = rx.first_key.set(t0.elapsed());
-                    }
-                    if pkt.header.marker {
-                        if let Some(id) = current.take() {
-                            if RECORDING.load(Ordering::Relaxed) {
-                                let now = Instant::now();
-                                rx.arrivals
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                    .push((id, now));
-                            }
+                }
+                if last_seq.is_none() {
+                    let _ = rx.first_packet.set(t0.elapsed());
+                }
+                last_seq = Some(seq);
+                rx.packets.fetch_add(1, Ordering::Relaxed);
+                rx.bytes
+                    .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                if let Some(id) = frame_id(&pkt.payload) {
+                    current = Some(id);
+                    rx.frames.fetch_add(1, Ordering::Relaxed);
+                }
+                if rx.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
+                    let _ = rx.first_key.set(t0.elapsed());
+                }
+                if pkt.header.marker {
+                    if let Some(id) = current.take() {
+                        if RECORDING.load(Ordering::Relaxed) {
+                            let now = Instant::now();
+                            rx.arrivals
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push((id, now));
                         }
                     }
                 }
-            });
-        })
-    }));
+            }
+        }
+    });
     Ok((pc, rx))
 }
 
-/// Answers `offer` and returns the answer SDP with every host candidate in
-/// it (no trickle).
-pub async fn answer(pc: &RTCPeerConnection, offer: String) -> anyhow::Result<String> {
-    pc.set_remote_description(RTCSessionDescription::offer(offer)?)
-        .await?;
-    let answer = pc.create_answer(None).await?;
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await?;
-    let _ = gathered.recv().await;
-    Ok(pc
-        .local_description()
-        .await
-        .context("no local description")?
-        .sdp)
-}
+/// Answers an offer with every host candidate in the answer (no trickle).
+pub use system_tests::viewer::answer;

@@ -29,21 +29,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bus_schema::registry::{Registry, Storage};
 use bus_schema::{
-    Bus, CreateSession, GetStats, Heartbeat, JoinPeer, OnWorkerLost, PeerId, PeerSignal, Role,
-    SessionEvent, SessionEventKind, SessionId, SessionState, SourceSpec, StopSession, Subjects,
-    ToPeer, WorkerId,
+    Bus, CreateSession, GetStats, Heartbeat, OnWorkerLost, Role, SessionEvent, SessionEventKind,
+    SessionId, SessionState, SourceSpec, StopSession, Subjects,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
+use system_tests::viewer::{self, Interceptors};
 use system_tests::{NatsServer, Proc};
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::api::APIBuilder;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::interceptor::registry::Registry as InterceptorRegistry;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
 
 // ------------------------------------------------------------------ plan
 
@@ -1068,11 +1060,8 @@ struct Counters {
 }
 
 struct Viewer {
-    peer: PeerId,
-    worker: WorkerId,
-    pc: Arc<RTCPeerConnection>,
+    rtc: viewer::Viewer,
     counters: Arc<Counters>,
-    signals: tokio::task::JoinHandle<()>,
 }
 
 /// Whether an H.264 RTP payload (RFC 6184) starts an IDR or carries an SPS.
@@ -1103,102 +1092,32 @@ fn starts_keyframe(payload: &[u8]) -> bool {
 }
 
 async fn join(bus: &Bus, id: &SessionId) -> anyhow::Result<Viewer> {
-    let peer = PeerId::generate();
-    let mut inbox = bus
-        .client
-        .subscribe(bus.subjects.peer_out(&peer).to_string())
-        .await?;
-    let t0 = Instant::now();
-    let joined = bus
-        .request(
-            &bus.subjects.session_join(id),
-            &JoinPeer {
-                peer: peer.clone(),
-                role: Role::View,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("join refused: {} {}", e.code.as_str(), e.message))?;
-
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let registry = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let (pending, pc) = viewer::start(bus, id, Role::View, Interceptors::Default).await?;
+    let t0 = pending.sent();
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
-    pc.on_track(Box::new(move |track, _, _| {
+    viewer::on_tracks(&pc, move |track, video| {
         let c = c.clone();
-        Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
-            tokio::spawn(async move {
-                while let Ok((pkt, _)) = track.read_rtp().await {
-                    if !video {
-                        c.audio_packets.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    c.video_packets.fetch_add(1, Ordering::Relaxed);
-                    c.video_bytes
-                        .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
-                    if pkt.header.marker {
-                        c.markers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if c.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
-                        let _ = c.first_key.set(t0.elapsed());
-                    }
+        async move {
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                if !video {
+                    c.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            });
-        })
-    }));
-    let pc2 = pc.clone();
-    let signals = tokio::spawn(async move {
-        while let Some(m) = inbox.next().await {
-            if let Ok(ToPeer::Candidate { candidate }) =
-                bus_schema::decode_record::<ToPeer>(&m.payload)
-            {
-                let _ = pc2
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
+                c.video_packets.fetch_add(1, Ordering::Relaxed);
+                c.video_bytes
+                    .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                if pkt.header.marker {
+                    c.markers.fetch_add(1, Ordering::Relaxed);
+                }
+                if c.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
+                    let _ = c.first_key.set(t0.elapsed());
+                }
             }
         }
     });
-    pc.set_remote_description(RTCSessionDescription::offer(joined.offer)?)
-        .await?;
-    let answer = pc.create_answer(None).await?;
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await?;
-    let _ = gathered.recv().await;
-    let sdp = pc
-        .local_description()
-        .await
-        .context("no local description")?
-        .sdp;
-    bus.request(
-        &bus.subjects.worker_peer(&joined.worker, id, &peer),
-        &PeerSignal::Answer { sdp },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("answer refused: {} {}", e.code.as_str(), e.message))?;
-    Ok(Viewer {
-        peer,
-        worker: joined.worker,
-        pc,
-        counters,
-        signals,
-    })
+    let rtc = pending.connect(bus, pc).await?;
+    Ok(Viewer { rtc, counters })
 }
 
 async fn bench_fanout(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
@@ -1390,14 +1309,8 @@ async fn bench_fanout(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Re
 /// Every viewer leaves and closes; waits until the worker lists none.
 async fn leave_all(bus: &Bus, id: &SessionId, viewers: Vec<Viewer>, report: &mut Report) {
     for v in &viewers {
-        let _ = bus
-            .request(
-                &bus.subjects.worker_peer(&v.worker, id, &v.peer),
-                &PeerSignal::Leave,
-            )
-            .await;
-        let _ = v.pc.close().await;
-        v.signals.abort();
+        let _ = v.rtc.leave(bus).await;
+        v.rtc.close().await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
