@@ -79,31 +79,23 @@ async fn serve(
     let (mut tx, mut rx) = socket.split();
     let subjects = &s.bus.subjects;
     // Subscribe before joining so no candidate from the worker is missed.
-    let mut inbox = match s
-        .bus
-        .client
-        .subscribe(subjects.peer_out(&peer).to_string())
-        .await
-    {
-        Ok(sub) => sub,
-        Err(_) => {
-            let _ = tx
-                .send(Message::Text(
-                    error_json(&WireError::new(ErrorCode::Unavailable, "bus unavailable")).into(),
-                ))
-                .await;
-            return;
-        }
-    };
     // Session events reach the page even when the owner cannot send them
     // (it died: the janitor ends or moves the session).
-    let mut events = match s
-        .bus
-        .client
-        .subscribe(subjects.event_session_all(&id))
-        .await
-    {
-        Ok(sub) => sub,
+    let subscribed = async {
+        let inbox = s
+            .bus
+            .client
+            .subscribe(subjects.peer_out(&peer).to_string())
+            .await?;
+        let events = s
+            .bus
+            .client
+            .subscribe(subjects.event_session_all(&id))
+            .await?;
+        Ok::<_, async_nats::SubscribeError>((inbox, events))
+    };
+    let (mut inbox, mut events) = match subscribed.await {
+        Ok(subs) => subs,
         Err(_) => {
             let _ = tx
                 .send(Message::Text(
