@@ -306,20 +306,23 @@ const CENTRES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The lines of a folded profile (`thread;frame;frame… count`): the
+/// thread, the frames from the root, the sample count. Lines that do not
+/// parse are skipped.
+fn samples(folded: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char>, u64)> {
+    folded.lines().filter_map(|line| {
+        let (stack, count) = line.rsplit_once(' ')?;
+        let count = count.parse::<u64>().ok()?;
+        let mut frames = stack.split(';');
+        let thread = frames.next()?;
+        Some((thread, frames, count))
+    })
+}
+
 /// Share of each side's samples per cost centre.
 fn centres(folded: &str) -> String {
     let mut totals: HashMap<&str, (u64, Vec<u64>)> = HashMap::new();
-    for line in folded.lines() {
-        let Some((stack, count)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(count) = count.parse::<u64>() else {
-            continue;
-        };
-        let mut frames = stack.split(';');
-        let Some(thread) = frames.next() else {
-            continue;
-        };
+    for (thread, frames, count) in samples(folded) {
         let frames: Vec<&str> = frames.collect();
         let e = totals
             .entry(group(thread))
@@ -354,17 +357,7 @@ fn top(folded: &str, n: usize) -> String {
     // side -> (total, self counts, inclusive counts)
     type Counts = HashMap<String, u64>;
     let mut sides: HashMap<&str, (u64, Counts, Counts)> = HashMap::new();
-    for line in folded.lines() {
-        let Some((stack, count)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(count) = count.parse::<u64>() else {
-            continue;
-        };
-        let mut frames = stack.split(';');
-        let Some(thread) = frames.next() else {
-            continue;
-        };
+    for (thread, frames, count) in samples(folded) {
         let side = group(thread);
         let frames: Vec<String> = frames.map(clean).collect();
         let e = sides.entry(side).or_default();
@@ -609,4 +602,39 @@ async fn run(
     }
     worker.stop(Duration::from_secs(5)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_lines_are_parsed_once_for_both_summaries() {
+        let worker = format!("{WORKER_THREADS}-1");
+        let folded = format!(
+            "{worker};main;udp_sendmsg 3\n\
+             {worker};main;encrypt 1\n\
+             not a sample line\n\
+             {worker};main;bad count x\n"
+        );
+        let parsed: Vec<(&str, Vec<&str>, u64)> = samples(&folded)
+            .map(|(t, f, c)| (t, f.collect(), c))
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                (worker.as_str(), vec!["main", "udp_sendmsg"], 3),
+                (worker.as_str(), vec!["main", "encrypt"], 1),
+            ]
+        );
+        // 3 of 4 samples sent on UDP.
+        assert!(
+            centres(&folded).contains(" 75.0%  UDP send syscall"),
+            "{}",
+            centres(&folded)
+        );
+        // `main` is in every stack (inclusive 4), `encrypt` a leaf once.
+        let t = top(&folded, 5);
+        assert!(t.contains("4 samples"), "{t}");
+    }
 }
