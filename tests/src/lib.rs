@@ -36,6 +36,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A UDP port free on loopback right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
 /// Polls `cond` until it returns `Some`, or panics with `what` at the deadline.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
 where
@@ -403,6 +411,13 @@ async fn pump(
 
 /// A raw NATS request with a JSON body, answered as JSON: what a Go or
 /// shell client sees. Returns the parsed reply envelope.
+/// The worker's own figures from `$SRV.STATS` (the same on every
+/// endpoint; with several workers, whichever answers first).
+pub async fn worker_stats(c: &async_nats::Client) -> serde_json::Value {
+    let subject = format!("$SRV.STATS.{}", bus_schema::subjects::WORKER_SERVICE);
+    raw_request(c, &subject, "").await["endpoints"][0]["data"].clone()
+}
+
 pub async fn raw_request(
     client: &async_nats::Client,
     subject: &str,

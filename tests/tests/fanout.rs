@@ -85,9 +85,20 @@ async fn session(
     id: &str,
     source: &str,
 ) -> (NatsServer, Service, async_nats::Client, Bus, SessionId) {
+    session_with(id, source, |_| {}).await
+}
+
+/// [`session`] with the worker's config adjusted by `adjust`.
+async fn session_with(
+    id: &str,
+    source: &str,
+    adjust: impl FnOnce(&mut worker::Config),
+) -> (NatsServer, Service, async_nats::Client, Bus, SessionId) {
     init_tracing();
     let nats = NatsServer::start().await;
-    let w = worker(worker::Config::for_tests(&nats.url()));
+    let mut config = worker::Config::for_tests(&nats.url());
+    adjust(&mut config);
+    let w = worker(config);
     let client = nats.client().await;
     let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
     wait_for("a worker", Duration::from_secs(20), || async {
@@ -110,13 +121,42 @@ async fn stats(c: &async_nats::Client, id: &str) -> Value {
     r["result"].clone()
 }
 
+const FAN_SOURCE: &str =
+    r#"{"kind":"synthetic","width":320,"height":240,"fps":15,"bitrate_kbps":300}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slows_nobody() {
-    let (_nats, _w, client, bus, id) = session(
-        "fan",
-        r#"{"kind":"synthetic","width":320,"height":240,"fps":15,"bitrate_kbps":300}"#,
-    )
-    .await;
+    let (_nats, _w, client, bus, id) = session("fan", FAN_SOURCE).await;
+    twenty_viewers(&client, &bus, &id).await;
+}
+
+/// The same through one UDP port for every peer (`UDP_PORT`, how
+/// docker-compose runs workers), whose sends the worker batches: the
+/// packets go out in fewer system calls than packets, none dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_viewers_through_one_udp_port_get_the_stream_in_batched_sends() {
+    let port = free_udp_port();
+    let (_nats, _w, client, bus, id) =
+        session_with("fan", FAN_SOURCE, |c| c.udp_port = Some(port)).await;
+    twenty_viewers(&client, &bus, &id).await;
+    let stats = worker_stats(&client).await;
+    let udp = &stats["udp"];
+    let (packets, sends) = (
+        udp["packets"].as_u64().unwrap(),
+        udp["sends"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "one UDP port: {packets} packets in {sends} sends, {} dropped",
+        udp["dropped"]
+    );
+    assert!(packets > 0 && sends < packets, "{udp}");
+    assert_eq!(udp["dropped"], json!(0), "{udp}");
+}
+
+/// Twenty viewers of session `id`: each decodes and keeps receiving while
+/// one of them stalls; all leave and are dropped.
+async fn twenty_viewers(client: &async_nats::Client, bus: &Bus, id: &SessionId) {
+    let (client, bus, id) = (client.clone(), bus.clone(), id.clone());
 
     const N: usize = 20;
     let mut viewers = Vec::new();

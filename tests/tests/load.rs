@@ -74,17 +74,6 @@ fn proc_stats(pid: u32) -> ProcStats {
     }
 }
 
-/// The worker's own figures from `$SRV.STATS` (the same on every endpoint).
-async fn worker_data(c: &async_nats::Client) -> Value {
-    let subject = format!("$SRV.STATS.{}", bus_schema::subjects::WORKER_SERVICE);
-    let m = tokio::time::timeout(Duration::from_secs(10), c.request(subject, "".into()))
-        .await
-        .expect("stats within 10 s")
-        .expect("stats reply");
-    let v: Value = serde_json::from_slice(&m.payload).unwrap();
-    v["endpoints"][0]["data"].clone()
-}
-
 /// What a process's descriptors point at, for a failure message.
 fn fd_targets(pid: u32) -> String {
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
@@ -262,7 +251,7 @@ async fn churn_test(join: bool) {
     churn(&c, "warm", n, 8, join).await;
     let warm_peak = proc_stats(pid);
     let measure = || async {
-        let d = worker_data(&c).await;
+        let d = worker_stats(&c).await;
         assert_eq!(d["sessions"], 0, "{d}");
         (proc_stats(pid), tasks(&d))
     };

@@ -15,6 +15,7 @@ pub mod rtc;
 pub mod service;
 pub mod session;
 pub mod source;
+pub mod udp_batch;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -49,6 +49,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 use crate::source::{EncodedVideo, Media, SourceTap};
+use crate::udp_batch::{BatchedUdp, SendCounters};
 
 /// How long one sample write may take before the viewer is treated as
 /// stalled and skips to the next keyframe.
@@ -196,6 +197,7 @@ pub struct Engine {
     api: API,
     ice_servers: Vec<IceServer>,
     video_payloads: Arc<PayloadCache>,
+    udp_counters: Option<Arc<SendCounters>>,
 }
 
 /// RTP payload bytes per video packet: webrtc-rs's outbound RTP MTU
@@ -342,8 +344,12 @@ impl Engine {
         if !settings.nat_1to1_ips.is_empty() {
             se.set_nat_1to1_ips(settings.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
         }
+        let mut udp_counters = None;
         if let Some(port) = settings.udp_port {
-            let sock = tokio::net::UdpSocket::bind(("0.0.0.0", port)).await?;
+            // One port for every peer: the worker owns the socket and
+            // batches its sends (crate::udp_batch).
+            let sock = BatchedUdp::new(std::net::UdpSocket::bind(("0.0.0.0", port))?)?;
+            udp_counters = Some(sock.counters());
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
                 sock,
             ))));
@@ -372,7 +378,13 @@ impl Engine {
             api,
             ice_servers: settings.ice_servers.clone(),
             video_payloads: Arc::default(),
+            udp_counters,
         })
+    }
+
+    /// What the batched UDP port has sent (with `udp_port` only).
+    pub fn udp_counters(&self) -> Option<Arc<SendCounters>> {
+        self.udp_counters.clone()
     }
 
     pub fn ice_servers(&self) -> &[IceServer] {

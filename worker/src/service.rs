@@ -182,21 +182,32 @@ fn process_stats(ctx: &std::sync::Weak<Ctx>) -> serde_json::Value {
     let alive_tasks = tokio::runtime::Handle::try_current()
         .map(|h| h.metrics().num_alive_tasks())
         .ok();
-    let (sessions, viewers) = match ctx.upgrade() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (sessions, viewers, udp) = match ctx.upgrade() {
         Some(ctx) => {
             let running = ctx.dir.lock().expect("directory lock").running();
             let viewers: u32 = running
                 .iter()
-                .map(|(_, _, h)| h.viewers.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(_, _, h)| h.viewers.load(Relaxed))
                 .sum();
-            (running.len(), viewers)
+            // The one UDP port's batched sender (UDP_PORT only).
+            let udp = ctx.engine.udp_counters().map(|c| {
+                serde_json::json!({
+                    "packets": c.packets.load(Relaxed),
+                    "sends": c.sends.load(Relaxed),
+                    "dropped": c.dropped.load(Relaxed),
+                    "failed": c.failed.load(Relaxed),
+                })
+            });
+            (running.len(), viewers, udp)
         }
-        None => (0, 0),
+        None => (0, 0, None),
     };
     serde_json::json!({
         "alive_tasks": alive_tasks,
         "sessions": sessions,
         "viewers": viewers,
+        "udp": udp,
     })
 }
 

@@ -145,12 +145,6 @@ impl RelayRun {
     }
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The host's UDP datagrams dropped for a full receive buffer, so far.
 fn udp_rcvbuf_errors() -> u64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
@@ -452,7 +446,7 @@ async fn relay_stream(
     let bus = bus_of(&client, Duration::from_secs(15));
     let janus = Janus::start(&env.out_dir.join("logs").join(format!("janus-{tag}.log"))).await?;
 
-    let (vport, aport) = (free_udp_port()?, free_udp_port()?);
+    let (vport, aport) = (system_tests::free_udp_port(), system_tests::free_udp_port());
     let ours = Destination {
         video: ([127, 0, 0, 1], vport).into(),
         audio: ([127, 0, 0, 1], aport).into(),

@@ -84,7 +84,11 @@ impl Janus {
     pub async fn start(log: &Path) -> anyhow::Result<Janus> {
         let lib = janus_lib_dir()?;
         let config = tempfile::tempdir()?;
-        let (http_port, video_port, audio_port) = (free_port(), free_udp_port()?, free_udp_port()?);
+        let (http_port, video_port, audio_port) = (
+            free_port(),
+            system_tests::free_udp_port(),
+            system_tests::free_udp_port(),
+        );
         let dir = config.path().display().to_string();
         let vars = [
             ("CONFIG_DIR", dir.clone()),
@@ -249,10 +253,4 @@ impl Janus {
             .post(&format!("/{session}"), json!({"janus": "destroy"}))
             .await;
     }
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

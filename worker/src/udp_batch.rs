@@ -1,0 +1,494 @@
+//! The worker's single UDP port (`UDP_PORT`, webrtc-rs's UDP mux) with
+//! batched sends.
+//!
+//! webrtc-rs 0.17 sends every SRTP packet of every viewer with its own
+//! `sendto`; the fan-out profile (docs/profile.md) put about half of the
+//! worker's time per viewer in that system call. With one UDP port for all
+//! peers the worker owns the socket, so it hands webrtc-rs a [`BatchedUdp`]:
+//! `send_to` copies the packet into a queue and returns at once, and one
+//! sender thread drains the queue, sending each run of equal-sized packets
+//! to one address as a single `sendmsg` with UDP generic segmentation
+//! offload (GSO, through quinn-udp), which the kernel or the NIC cuts into
+//! datagrams. A frame written to one viewer is such a run. Receiving is
+//! unchanged (the mux reads the socket itself).
+//!
+//! The queue is bounded: past [`MAX_QUEUED_BYTES`] packets are dropped and
+//! counted, as a full NIC queue would drop them (NACK and keyframe requests
+//! repair the loss). Order is kept: packets leave in the order they were
+//! queued.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use tracing::{debug, warn};
+use webrtc::util::Conn;
+
+/// Bytes the queue holds at most before it drops packets: about 0.3 s of
+/// 100 viewers of a 4 Mbit/s stream.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+/// Largest payload of one GSO send: under the 65,507-byte UDP limit, and
+/// the kernel takes at most 64 segments (`UDP_MAX_SEGMENTS`).
+const MAX_GSO_BYTES: usize = 64_000;
+
+/// A queued packet: its destination and where its bytes lie in the queue's
+/// buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Queued {
+    to: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
+/// Packets sent by one `sendmsg`: `count` packets to `to`, the bytes
+/// `start..end` of the buffer, cut every `segment` bytes (the last packet
+/// may be shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    to: SocketAddr,
+    start: usize,
+    end: usize,
+    segment: usize,
+    count: usize,
+}
+
+/// Groups queued packets (contiguous in the buffer, in queue order) into
+/// GSO runs: consecutive packets to one address, each as long as the run's
+/// first except the last, which may be shorter; at most `max_segments`
+/// packets and [`MAX_GSO_BYTES`] per run. Pure.
+fn runs(queued: &[Queued], max_segments: usize) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let mut open = false; // whether the last run may still grow
+    for q in queued {
+        if let Some(r) = out.last_mut().filter(|_| open) {
+            let fits = r.to == q.to
+                && r.end == q.start
+                && q.len <= r.segment
+                && r.count < max_segments
+                && r.end - r.start + q.len <= MAX_GSO_BYTES;
+            if fits {
+                r.end += q.len;
+                r.count += 1;
+                // A shorter packet must be the run's last.
+                open = q.len == r.segment;
+                continue;
+            }
+        }
+        out.push(Run {
+            to: q.to,
+            start: q.start,
+            end: q.start + q.len,
+            segment: q.len,
+            count: 1,
+        });
+        open = true;
+    }
+    out
+}
+
+/// What the sender thread has done, for the worker's stats and the bench.
+#[derive(Debug, Default)]
+pub struct SendCounters {
+    /// Datagrams handed to the kernel.
+    pub packets: AtomicU64,
+    /// `sendmsg` calls that carried them.
+    pub sends: AtomicU64,
+    /// Packets dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Packets the kernel refused (an address the socket cannot reach,
+    /// such as an IPv6 candidate on the IPv4 port; ICE tries every pair).
+    pub failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    packets: Vec<Queued>,
+    /// The sender thread is waiting for packets (so a push must wake it).
+    idle: bool,
+    closed: bool,
+}
+
+impl Pending {
+    /// Appends a packet unless the queue is closed or would pass
+    /// [`MAX_QUEUED_BYTES`].
+    fn push(&mut self, buf: &[u8], to: SocketAddr) -> bool {
+        if self.closed || self.bytes.len() + buf.len() > MAX_QUEUED_BYTES {
+            return false;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(buf);
+        self.packets.push(Queued {
+            to,
+            start,
+            len: buf.len(),
+        });
+        true
+    }
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    counters: Arc<SendCounters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// A UDP socket whose sends are queued and batched (see the module docs).
+pub struct BatchedUdp {
+    socket: Arc<tokio::net::UdpSocket>,
+    shared: Arc<Shared>,
+}
+
+impl BatchedUdp {
+    /// Wraps a bound socket and starts its sender thread. Must be called
+    /// inside a tokio runtime (the socket is registered with it).
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        // quinn-udp turns receive offload (UDP_GRO) on for its own receive
+        // path; the mux reads one datagram per `recv_from`, so it goes off.
+        gro_off(&socket);
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            wake: Condvar::new(),
+            counters: Arc::default(),
+        });
+        {
+            let socket = socket.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("udp-send".into())
+                .spawn(move || send_loop(&socket, &state, &shared))?;
+        }
+        Ok(Self { socket, shared })
+    }
+
+    pub fn counters(&self) -> Arc<SendCounters> {
+        self.shared.counters.clone()
+    }
+
+    /// Queues one packet; false if the queue was full or closed (the
+    /// packet is dropped and counted).
+    fn push(&self, buf: &[u8], to: SocketAddr) -> bool {
+        let mut p = self.shared.lock();
+        if !p.push(buf, to) {
+            drop(p);
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if p.idle {
+            p.idle = false;
+            drop(p);
+            self.shared.wake.notify_one();
+        }
+        true
+    }
+}
+
+impl Drop for BatchedUdp {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// The sender thread: takes everything queued, sends it run by run, and
+/// reuses the buffers.
+fn send_loop(socket: &tokio::net::UdpSocket, state: &quinn_udp::UdpSocketState, shared: &Shared) {
+    let mut batch = Pending::default();
+    loop {
+        {
+            let mut p = shared.lock();
+            while p.packets.is_empty() && !p.closed {
+                p.idle = true;
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if p.packets.is_empty() {
+                return; // closed and drained
+            }
+            std::mem::swap(&mut p.bytes, &mut batch.bytes);
+            std::mem::swap(&mut p.packets, &mut batch.packets);
+        }
+        for run in runs(&batch.packets, state.max_gso_segments()) {
+            let transmit = quinn_udp::Transmit {
+                destination: run.to,
+                ecn: None,
+                contents: &batch.bytes[run.start..run.end],
+                segment_size: (run.count > 1).then_some(run.segment),
+                src_ip: None,
+            };
+            let c = &shared.counters;
+            match send_one(socket, state, &transmit) {
+                Ok(()) => {
+                    c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
+                    c.sends.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.failed.fetch_add(run.count as u64, Ordering::Relaxed);
+                    debug!(error = %e, to = %run.to, packets = run.count, "udp send");
+                }
+            }
+        }
+        batch.bytes.clear();
+        batch.packets.clear();
+    }
+}
+
+/// One `sendmsg`, waiting (up to a second) while the socket's send buffer
+/// is full.
+fn send_one(
+    socket: &tokio::net::UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    transmit: &quinn_udp::Transmit<'_>,
+) -> io::Result<()> {
+    loop {
+        match state.try_send(socket.into(), transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_writable(socket, 1000)? {
+                    return Err(e);
+                }
+            }
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::EIO) && transmit.segment_size.is_some() =>
+            {
+                // A device without segmentation offload: quinn-udp stops
+                // using GSO (max_gso_segments becomes 1); this run goes
+                // out packet by packet.
+                warn!(error = %e, "UDP GSO refused; sending packets one by one");
+                let seg = transmit.segment_size.unwrap_or(transmit.contents.len());
+                for chunk in transmit.contents.chunks(seg) {
+                    let single = quinn_udp::Transmit {
+                        contents: chunk,
+                        segment_size: None,
+                        ..*transmit
+                    };
+                    send_one(socket, state, &single)?;
+                }
+                return Ok(());
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Turns UDP receive offload off on a socket (Linux `UDP_GRO`).
+fn gro_off(socket: &tokio::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
+    if let Err(e) = setsockopt(socket, UdpGroSegment, &false) {
+        debug!(error = %e, "UDP_GRO off");
+    }
+}
+
+/// Waits until the socket can take a packet; false on timeout.
+fn wait_writable(socket: &tokio::net::UdpSocket, timeout_ms: u16) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+    match poll(&mut fds, timeout_ms) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Conn for BatchedUdp {
+    async fn connect(&self, addr: SocketAddr) -> webrtc::util::Result<()> {
+        Conn::connect(&*self.socket, addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
+        Conn::recv(&*self.socket, buf).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
+        Conn::recv_from(&*self.socket, buf).await
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
+        Conn::send(&*self.socket, buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc::util::Result<usize> {
+        // A dropped packet is a lost datagram, not an error of the peer
+        // connection (UDP gives no delivery promise either way).
+        self.push(buf, target);
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
+        Conn::local_addr(&*self.socket)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc::util::Result<()> {
+        self.shared.close();
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Packets of the given (port, len), laid out back to back.
+    fn queue(spec: &[(u16, usize)]) -> Vec<Queued> {
+        let mut start = 0;
+        spec.iter()
+            .map(|&(port, len)| {
+                let q = Queued {
+                    to: addr(port),
+                    start,
+                    len,
+                };
+                start += len;
+                q
+            })
+            .collect()
+    }
+
+    fn shape(runs: &[Run]) -> Vec<(u16, usize, usize)> {
+        runs.iter()
+            .map(|r| (r.to.port(), r.segment, r.count))
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_to_one_viewer_is_one_run_with_a_short_last_packet() {
+        let q = queue(&[(1, 1216), (1, 1216), (1, 1216), (1, 700)]);
+        let r = runs(&q, 64);
+        assert_eq!(shape(&r), vec![(1, 1216, 4)]);
+        assert_eq!((r[0].start, r[0].end), (0, 3 * 1216 + 700));
+    }
+
+    #[test]
+    fn runs_split_on_address_on_a_longer_packet_and_after_a_shorter_one() {
+        let q = queue(&[
+            (1, 100), // STAP-A: shorter, then full-size packets
+            (1, 1216),
+            (1, 1216),
+            (2, 1216), // another viewer
+            (2, 1216),
+            (2, 500),
+            (2, 500), // after a short packet: a new run
+            (1, 120), // audio to the first viewer
+        ]);
+        assert_eq!(
+            shape(&runs(&q, 64)),
+            vec![
+                (1, 100, 1),
+                (1, 1216, 2),
+                (2, 1216, 3),
+                (2, 500, 1),
+                (1, 120, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits() {
+        let q = queue(&[(1, 1216); 130]);
+        let r = runs(&q, 64);
+        // 64_000 / 1216 = 52 packets per run by bytes.
+        assert_eq!(shape(&r), vec![(1, 1216, 52), (1, 1216, 52), (1, 1216, 26)]);
+        assert!(r.iter().all(|r| r.end - r.start <= MAX_GSO_BYTES));
+        assert_eq!(
+            shape(&runs(&q, 1)).len(),
+            130,
+            "no GSO: one packet per send"
+        );
+        assert_eq!(
+            shape(&runs(&q[..10], 4)),
+            vec![(1, 1216, 4), (1, 1216, 4), (1, 1216, 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_packet_arrives_intact_and_in_order_for_each_destination() {
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let rx: Vec<tokio::net::UdpSocket> =
+            futures::future::join_all((0..2).map(|_| tokio::net::UdpSocket::bind("127.0.0.1:0")))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        for s in &rx {
+            socket2::SockRef::from(s)
+                .set_recv_buffer_size(4 << 20)
+                .unwrap();
+        }
+        // Frames of 1200-byte packets and a short last one, to both
+        // receivers in turn, numbered in their first bytes.
+        let mut expected: [Vec<Vec<u8>>; 2] = Default::default();
+        let mut n = 0u32;
+        for frame in 0..20 {
+            for (i, r) in rx.iter().enumerate() {
+                for k in 0..8 {
+                    let len = if k == 7 { 300 + frame } else { 1200 };
+                    let mut p = vec![(i as u8) ^ 0x5a; len];
+                    p[..4].copy_from_slice(&n.to_be_bytes());
+                    n += 1;
+                    let to = r.local_addr().unwrap();
+                    assert_eq!(Conn::send_to(&sender, &p, to).await.unwrap(), len);
+                    expected[i].push(p);
+                }
+            }
+        }
+        for (i, r) in rx.iter().enumerate() {
+            let mut buf = vec![0u8; 2000];
+            for want in &expected[i] {
+                let got = tokio::time::timeout(std::time::Duration::from_secs(5), r.recv(&mut buf))
+                    .await
+                    .expect("a queued packet arrives")
+                    .unwrap();
+                assert_eq!(&buf[..got], &want[..], "receiver {i}");
+            }
+        }
+        let c = sender.counters();
+        assert_eq!(c.packets.load(Ordering::Relaxed), u64::from(n));
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
+        let sends = c.sends.load(Ordering::Relaxed);
+        assert!(sends >= 1 && sends <= u64::from(n), "{sends} sends");
+        println!("{n} packets in {sends} sends");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_instead_of_growing() {
+        let mut p = Pending::default();
+        let big = vec![7u8; 1 << 20];
+        for _ in 0..16 {
+            assert!(p.push(&big, addr(1)));
+        }
+        assert_eq!(p.bytes.len(), MAX_QUEUED_BYTES);
+        assert!(!p.push(&[1], addr(1)), "one byte over the bound");
+        assert_eq!(p.packets.len(), 16, "nothing partial was queued");
+        p.closed = true;
+        p.bytes.clear();
+        p.packets.clear();
+        assert!(!p.push(&[1], addr(1)), "a closed queue takes nothing");
+    }
+}
