@@ -200,11 +200,24 @@ impl Pending {
             ..
         } = self;
         let pc2 = pc.clone();
+        let worker_candidates: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(
+            offer
+                .lines()
+                .filter_map(|l| l.strip_prefix("a="))
+                .filter(|l| l.starts_with("candidate:"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let seen = worker_candidates.clone();
         let signals = tokio::spawn(async move {
             while let Some(m) = inbox.next().await {
                 if let Ok(ToPeer::Candidate { candidate }) =
                     bus_schema::decode_record::<ToPeer>(&m.payload)
                 {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(candidate.candidate.clone());
                     let _ = pc2
                         .add_ice_candidate(RTCIceCandidateInit {
                             candidate: candidate.candidate,
@@ -229,6 +242,7 @@ impl Pending {
             session,
             pc,
             signals,
+            worker_candidates,
         })
     }
 }
@@ -242,6 +256,9 @@ pub struct Viewer {
     pub pc: Arc<RTCPeerConnection>,
     /// Adds the worker's trickled candidates to `pc`.
     signals: tokio::task::JoinHandle<()>,
+    /// The worker's ICE candidates so far (`candidate:…` lines, from the
+    /// offer and trickled).
+    pub worker_candidates: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Viewer {

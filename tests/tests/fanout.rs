@@ -138,7 +138,24 @@ async fn twenty_viewers_through_one_udp_port_get_the_stream_in_batched_sends() {
     let port = free_udp_port();
     let (_nats, _w, client, bus, id) =
         session_with("fan", FAN_SOURCE, |c| c.udp_port = Some(port)).await;
-    twenty_viewers(&client, &bus, &id).await;
+    let candidates = twenty_viewers(&client, &bus, &id).await;
+    // One IPv4 host candidate on that port: webrtc-rs 0.17 shares one mux
+    // connection among a peer's host candidates and they steal each
+    // other's packets, so the worker offers exactly one.
+    for (i, c) in candidates.iter().enumerate() {
+        let addrs: std::collections::BTreeSet<(String, String)> = c
+            .iter()
+            .map(|line| {
+                // candidate:<foundation> <component> udp <prio> <ip> <port> typ host
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f[4].to_owned(), f[5].to_owned())
+            })
+            .collect();
+        assert_eq!(addrs.len(), 1, "viewer {i}: {c:?}");
+        let (ip, p) = addrs.into_iter().next().unwrap();
+        assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+        assert_eq!(p, port.to_string());
+    }
     let stats = worker_stats(&client).await;
     let udp = &stats["udp"];
     let (packets, sends) = (
@@ -154,8 +171,13 @@ async fn twenty_viewers_through_one_udp_port_get_the_stream_in_batched_sends() {
 }
 
 /// Twenty viewers of session `id`: each decodes and keeps receiving while
-/// one of them stalls; all leave and are dropped.
-async fn twenty_viewers(client: &async_nats::Client, bus: &Bus, id: &SessionId) {
+/// one of them stalls; all leave and are dropped. Returns the ICE
+/// candidates the worker gave each viewer.
+async fn twenty_viewers(
+    client: &async_nats::Client,
+    bus: &Bus,
+    id: &SessionId,
+) -> Vec<Vec<String>> {
     let (client, bus, id) = (client.clone(), bus.clone(), id.clone());
 
     const N: usize = 20;
@@ -229,6 +251,10 @@ async fn twenty_viewers(client: &async_nats::Client, bus: &Bus, id: &SessionId) 
     .await;
     eprintln!("source produced {produced} frames; the 19 reading viewers received {received:?}");
 
+    let candidates = viewers
+        .iter()
+        .map(|v| v.rtc.worker_candidates.lock().unwrap().clone())
+        .collect();
     for v in &viewers {
         v.rtc.leave(&bus).await.expect("leave accepted");
         let _ = v.rtc.pc.close().await;
@@ -245,6 +271,7 @@ async fn twenty_viewers(client: &async_nats::Client, bus: &Bus, id: &SessionId) 
         },
     )
     .await;
+    candidates
 }
 
 async fn input_channel(v: &TestViewer) -> Arc<webrtc::data_channel::RTCDataChannel> {

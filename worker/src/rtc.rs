@@ -23,6 +23,7 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
@@ -259,6 +260,16 @@ fn packetize_h264(annexb: &Bytes) -> Vec<Bytes> {
     }
 }
 
+/// The IPv4 address the host routes outbound traffic from: the one host
+/// candidate on the UDP mux (see `Engine::new`). A connected UDP socket
+/// only looks up the route; nothing is sent.
+fn mux_ip() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
 /// A random 32-bit start for a viewer's RTP sequence number and timestamp
 /// (RFC 3550 §5.1), from the std hasher's random keys.
 fn random_u32() -> u32 {
@@ -353,6 +364,17 @@ impl Engine {
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
                 sock,
             ))));
+            // webrtc-rs 0.17 gives every host candidate of a peer the same
+            // mux connection and runs a reader per candidate on it, so with
+            // two candidates (an IPv6 address beside the IPv4 one, or two
+            // interfaces) each steals half the other's packets: ICE checks
+            // are discarded and DTLS flights lost, and a viewer took 10 s
+            // or more to connect. The socket is IPv4: one IPv4 address,
+            // the one the host routes from.
+            se.set_network_types(vec![NetworkType::Udp4]);
+            if let Some(ip) = mux_ip() {
+                se.set_ip_filter(Box::new(move |candidate| candidate == ip));
+            }
         } else if let Some((lo, hi)) = settings.udp_port_range {
             let range = EphemeralUDP::new(lo, hi).map_err(|e| RtcError::WebRtc(e.into()))?;
             se.set_udp_network(UDPNetwork::Ephemeral(range));

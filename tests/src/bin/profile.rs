@@ -1,7 +1,7 @@
 //! Profile of the worker's fan-out hot path (issue 5).
 //!
 //! ```sh
-//! cargo run --release -p system-tests --bin profile -- [--viewers 20] [--secs 15] [--kbps 4000] [--no-perf]
+//! cargo run --release -p system-tests --bin profile -- [--viewers 20] [--secs 15] [--kbps 4000] [--no-perf] [--one-port]
 //! ```
 //!
 //! One process, two tokio runtimes with named threads: the worker
@@ -45,6 +45,8 @@ struct Args {
     kbps: u32,
     perf: bool,
     srtp_only: bool,
+    /// One UDP port for every peer (batched sends) instead of a port each.
+    one_port: bool,
     out: PathBuf,
 }
 
@@ -55,6 +57,7 @@ fn args() -> anyhow::Result<Args> {
         kbps: 4000,
         perf: true,
         srtp_only: false,
+        one_port: false,
         out: PathBuf::from("target/bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -67,8 +70,9 @@ fn args() -> anyhow::Result<Args> {
             "--out" => a.out = value()?.into(),
             "--no-perf" => a.perf = false,
             "--srtp-only" => a.srtp_only = true,
+            "--one-port" => a.one_port = true,
             _ => anyhow::bail!(
-                "usage: profile [--viewers N] [--secs S] [--kbps K] [--out DIR] [--no-perf] [--srtp-only]"
+                "usage: profile [--viewers N] [--secs S] [--kbps K] [--out DIR] [--no-perf] [--srtp-only] [--one-port]"
             ),
         }
     }
@@ -104,7 +108,8 @@ fn thread_cpu() -> HashMap<String, f64> {
 
 /// Which side a thread belongs to, from its name.
 fn group(comm: &str) -> &str {
-    if comm.starts_with(WORKER_THREADS) {
+    // udp-send: the worker's batched sender on its one UDP port.
+    if comm.starts_with(WORKER_THREADS) || comm.starts_with("udp-send") {
         "worker runtime (fan-out, signalling, NATS)"
     } else if comm.starts_with(VIEWER_THREADS) {
         "viewer clients (webrtc-rs, bench side)"
@@ -273,7 +278,12 @@ fn clean(frame: &str) -> String {
 const CENTRES: &[(&str, &[&str])] = &[
     (
         "UDP send syscall (kernel; on loopback incl. delivery to the receiver)",
-        &["__sys_sendto", "udp_sendmsg", "udpv6_sendmsg"],
+        &[
+            "__sys_sendto",
+            "__sys_sendmsg",
+            "udp_sendmsg",
+            "udpv6_sendmsg",
+        ],
     ),
     (
         "UDP receive syscall",
@@ -463,7 +473,10 @@ async fn run(
     table: String,
 ) -> anyhow::Result<()> {
     let nats = NatsServer::start().await;
-    let config = worker::Config::for_tests(&nats.url());
+    let mut config = worker::Config::for_tests(&nats.url());
+    if a.one_port {
+        config.udp_port = Some(system_tests::free_udp_port());
+    }
     let worker = {
         let _in_worker_rt = worker_rt.enter();
         system_tests::worker(config)
