@@ -440,7 +440,14 @@ async fn relay_stream(
     let wid = format!("w-relay-{tag}");
     // The default of 32 viewers per session would refuse the larger steps;
     // Janus has no such limit.
-    let worker = env.spawn_worker(&nats.url(), &wid, &[("MAX_VIEWERS", "1000")]);
+    // One UDP port for every peer, batched, as docker-compose runs
+    // workers (or, with --per-peer-ports, webrtc-rs's port per peer).
+    let udp_port = system_tests::free_udp_port().to_string();
+    let mut envs = vec![("MAX_VIEWERS", "1000")];
+    if !plan.per_peer_ports {
+        envs.push(("UDP_PORT", udp_port.as_str()));
+    }
+    let worker = env.spawn_worker(&nats.url(), &wid, &envs);
     heartbeat(&mut hb, &wid, Duration::from_secs(20), |_| true).await?;
     drop(hb);
     let bus = bus_of(&client, Duration::from_secs(15));

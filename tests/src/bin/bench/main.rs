@@ -43,6 +43,9 @@ use system_tests::{NatsServer, Proc};
 #[derive(Debug, Clone)]
 struct Plan {
     quick: bool,
+    /// Section 6: run our worker with a UDP port per peer (webrtc-rs's
+    /// default) instead of one batched UDP port (`UDP_PORT`).
+    per_peer_ports: bool,
     only: Option<BTreeSet<u32>>,
     /// Extra time the largest viewer count is held while RSS is sampled.
     hold: Duration,
@@ -63,6 +66,7 @@ impl Plan {
         if quick {
             Self {
                 quick,
+                per_peer_ports: false,
                 only,
                 hold,
                 creates_small: 15,
@@ -78,6 +82,7 @@ impl Plan {
         } else {
             Self {
                 quick,
+                per_peer_ports: false,
                 only,
                 hold,
                 creates_small: 50,
@@ -1406,7 +1411,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS]");
+    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports]");
     std::process::exit(2)
 }
 
@@ -1421,12 +1426,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut quick = false;
+    let mut per_peer_ports = false;
     let mut only = None;
     let mut hold = Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--per-peer-ports" => per_peer_ports = true,
             "--hold" => {
                 let secs = args.next().unwrap_or_else(|| usage());
                 hold = Duration::from_secs(secs.parse().unwrap_or_else(|_| usage()));
@@ -1442,7 +1449,10 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let plan = Plan::new(quick, only, hold);
+    let plan = Plan {
+        per_peer_ports,
+        ..Plan::new(quick, only, hold)
+    };
     let out = out_dir()?;
     let _ = std::fs::remove_dir_all(out.join("logs"));
     std::fs::create_dir_all(out.join("logs"))?;
