@@ -43,11 +43,13 @@ const MAX_GSO_BYTES: usize = 64_000;
 const PACKETS_PER_TURN: usize = 16;
 
 /// The shortest time between two turns of one destination: 16 packets per
-/// 100 µs is 1.5 Gbit/s, more than any stream, yet spreads a keyframe of
-/// 200 packets over 1.3 ms instead of the tens of microseconds GSO takes,
-/// which a receiver (a browser, or the bench's webrtc-rs viewers on
-/// loopback) drains as it arrives instead of dropping the end of it.
-const ROUND: Duration = Duration::from_micros(100);
+/// 200 µs is 780 Mbit/s, more than any stream and about a gigabit link's
+/// pace, yet spreads a 1080p keyframe of 200 packets over 2.5 ms instead
+/// of the tens of microseconds GSO takes. A receiver (a browser, or the
+/// bench's webrtc-rs viewers on loopback with the default 212 KB socket
+/// buffer, about 90 full packets) then drains it as it arrives instead of
+/// dropping its end: at 100 µs the bench still lost 2.7% at 1080p60, N=1.
+const ROUND: Duration = Duration::from_micros(200);
 
 /// A queued packet: its destination and where its bytes lie in the queue's
 /// buffer.
