@@ -33,10 +33,16 @@ struct Stack {
 
 impl Stack {
     async fn start(worker_id: &str) -> Self {
+        Self::start_with(worker_id, |_| {}).await
+    }
+
+    /// [`Stack::start`] with the worker's config adjusted by `adjust`.
+    async fn start_with(worker_id: &str, adjust: impl FnOnce(&mut worker::Config)) -> Self {
         init_tracing();
         let nats = NatsServer::start().await;
         let mut wc = worker::Config::for_tests(&nats.url());
         wc.worker_id = Some(worker_id.to_string());
+        adjust(&mut wc);
         let w = worker(wc);
         let mut ac = api::Config::for_tests(&nats.url());
         ac.join_token_secret = Some(SECRET.into());
@@ -244,6 +250,29 @@ async fn two_browsers_watch_one_session_and_one_leaving_does_not_stop_the_other(
         json!(true),
         "B stays connected"
     );
+    b.close().await;
+}
+
+/// The production setup (docker-compose): one UDP port for every peer,
+/// whose sends the worker batches. Chromium connects through it and
+/// decodes; the packets went out through the batched sender, none dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_decodes_through_the_one_batched_udp_port() {
+    let _serial = SERIAL.lock().await;
+    let port = free_udp_port();
+    let stack = Stack::start_with("w-port", |c| c.udp_port = Some(port)).await;
+    let driver = ChromeDriver::start().await;
+    stack.create("port", "").await;
+    let token = stack.mint("port", json!({"role": "view"})).await;
+    let b = driver.browser("P").await;
+    b.open(&stack.page(&token)).await;
+    let s = wait_decoding(&b).await;
+    let frames = wait_still_decoding(&b).await;
+    eprintln!("through UDP port {port}: {s}; still decoding at {frames} frames");
+    let udp = worker_stats(&stack.bus).await["udp"].clone();
+    eprintln!("worker's udp sender: {udp}");
+    assert!(udp["packets"].as_u64().unwrap_or(0) > 0, "{udp}");
+    assert_eq!(udp["dropped"], json!(0), "{udp}");
     b.close().await;
 }
 
