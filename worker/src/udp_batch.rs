@@ -14,8 +14,8 @@
 //!
 //! The queue is bounded: past [`MAX_QUEUED_BYTES`] packets are dropped and
 //! counted, as a full NIC queue would drop them (NACK and keyframe requests
-//! repair the loss). Order is kept: packets leave in the order they were
-//! queued.
+//! repair the loss). Each destination's packets leave in the order they
+//! were queued; destinations take turns (see [`schedule`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -111,22 +111,22 @@ fn runs(queued: &[Queued], max_segments: usize) -> Vec<Run> {
 /// destinations in the order they first appear. Each destination's packets keep their order.
 /// Pure.
 fn schedule(queued: &[Queued], max_segments: usize, turn: usize) -> Vec<Vec<Run>> {
-    let mut by_dest: Vec<(SocketAddr, std::collections::VecDeque<Run>)> = Vec::new();
+    let mut by_dest: Vec<std::collections::VecDeque<Run>> = Vec::new();
     let mut index: std::collections::HashMap<SocketAddr, usize> = Default::default();
     let all = runs(queued, max_segments.min(turn).max(1));
     let total = all.len();
     for r in all {
         let i = *index.entry(r.to).or_insert_with(|| {
-            by_dest.push((r.to, Default::default()));
+            by_dest.push(Default::default());
             by_dest.len() - 1
         });
-        by_dest[i].1.push_back(r);
+        by_dest[i].push_back(r);
     }
     let mut out = Vec::new();
     let mut left = total;
     while left > 0 {
         let mut round = Vec::new();
-        for (_, q) in &mut by_dest {
+        for q in &mut by_dest {
             // Up to `turn` packets each (one run at least).
             let mut sent = 0;
             while let Some(r) = q.front().filter(|r| sent == 0 || sent + r.count <= turn) {
@@ -234,21 +234,18 @@ impl BatchedUdp {
         self.shared.counters.clone()
     }
 
-    /// Queues one packet; false if the queue was full or closed (the
-    /// packet is dropped and counted).
-    fn push(&self, buf: &[u8], to: SocketAddr) -> bool {
+    /// Queues one packet, or drops and counts it if the queue is full or
+    /// closed.
+    fn push(&self, buf: &[u8], to: SocketAddr) {
         let mut p = self.shared.lock();
         if !p.push(buf, to) {
             drop(p);
             self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        if p.idle {
+        } else if p.idle {
             p.idle = false;
             drop(p);
             self.shared.wake.notify_one();
         }
-        true
     }
 }
 
@@ -277,12 +274,8 @@ fn send_loop(socket: &tokio::net::UdpSocket, state: &quinn_udp::UdpSocketState, 
         }
         let rounds = schedule(&batch.packets, state.max_gso_segments(), PACKETS_PER_TURN);
         let mut round_started = Instant::now();
-        for (i, run) in rounds
-            .iter()
-            .enumerate()
-            .flat_map(|(i, round)| round.iter().map(move |run| (i, run)))
-        {
-            if i > 0 && std::ptr::eq(run, &rounds[i][0]) {
+        for (i, round) in rounds.iter().enumerate() {
+            if i > 0 {
                 // A destination's next turn comes no sooner than ROUND
                 // after its last (only waits when few destinations share
                 // the batch: many take longer than that to serve).
@@ -292,27 +285,39 @@ fn send_loop(socket: &tokio::net::UdpSocket, state: &quinn_udp::UdpSocketState, 
                 }
                 round_started = Instant::now();
             }
-            let transmit = quinn_udp::Transmit {
-                destination: run.to,
-                ecn: None,
-                contents: &batch.bytes[run.start..run.end],
-                segment_size: (run.count > 1).then_some(run.segment),
-                src_ip: None,
-            };
-            let c = &shared.counters;
-            match send_one(socket, state, &transmit) {
-                Ok(()) => {
-                    c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
-                    c.sends.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    c.failed.fetch_add(run.count as u64, Ordering::Relaxed);
-                    debug!(error = %e, to = %run.to, packets = run.count, "udp send");
-                }
+            for run in round {
+                send_run(socket, state, &shared.counters, &batch.bytes, run);
             }
         }
         batch.bytes.clear();
         batch.packets.clear();
+    }
+}
+
+/// Sends one run and counts it.
+fn send_run(
+    socket: &tokio::net::UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    c: &SendCounters,
+    bytes: &[u8],
+    run: &Run,
+) {
+    let transmit = quinn_udp::Transmit {
+        destination: run.to,
+        ecn: None,
+        contents: &bytes[run.start..run.end],
+        segment_size: (run.count > 1).then_some(run.segment),
+        src_ip: None,
+    };
+    match send_one(socket, state, &transmit) {
+        Ok(()) => {
+            c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
+            c.sends.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            c.failed.fetch_add(run.count as u64, Ordering::Relaxed);
+            debug!(error = %e, to = %run.to, packets = run.count, "udp send");
+        }
     }
 }
 
