@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
                 last_pts = v.pts_90k;
             }
             Ok(Ok(Media::Audio(_))) => packets += 1,
+            Ok(Ok(Media::VideoPackets(_))) => anyhow::bail!("the synthetic source sends frames"),
             Ok(Err(RecvError::Lagged(n))) => lagged += n,
             Ok(Err(RecvError::Closed)) => anyhow::bail!("source ended early"),
         }

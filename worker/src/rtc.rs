@@ -707,7 +707,7 @@ async fn write_media(
             need_key = true;
             continue;
         }
-        match m {
+        let written = match m {
             Ok(Media::Video(v)) => {
                 if need_key && !v.keyframe {
                     continue;
@@ -717,32 +717,27 @@ async fn write_media(
                 let last = payloads.len().saturating_sub(1);
                 // RTP timestamps wrap at 32 bits; truncation is the wrap.
                 let ts = ts_base.wrapping_add(v.pts_90k as u32);
-                let write = async {
-                    for (i, payload) in payloads.iter().enumerate() {
-                        let pkt = RtpPacket {
-                            header: RtpHeader {
-                                version: 2,
-                                marker: i == last,
-                                sequence_number: seq,
-                                timestamp: ts,
-                                ..Default::default()
-                            },
-                            payload: payload.clone(),
-                        };
-                        seq = seq.wrapping_add(1);
-                        video.write_rtp(&pkt).await?;
+                let packets = payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.clone(), i == last, ts));
+                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
+            }
+            Ok(Media::VideoPackets(packets)) => {
+                let from = if need_key {
+                    match packets.iter().position(|p| p.keyframe_start) {
+                        Some(i) => i,
+                        None => continue,
                     }
-                    Ok::<(), webrtc::Error>(())
+                } else {
+                    0
                 };
-                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(error = %e, "video write"),
-                    Err(_) => {
-                        warn!("viewer stalled; skipping to the next keyframe");
-                        need_key = true;
-                        tap.request_keyframe();
-                    }
-                }
+                need_key = false;
+                let packets = packets[from..].iter().map(|p| {
+                    let ts = ts_base.wrapping_add(p.pts_90k as u32);
+                    (p.payload.clone(), p.marker, ts)
+                });
+                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
             }
             Ok(Media::Audio(a)) => {
                 let sample = Sample {
@@ -751,6 +746,7 @@ async fn write_media(
                     ..Default::default()
                 };
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
+                continue;
             }
             Err(RecvError::Lagged(n)) => {
                 debug!(
@@ -759,10 +755,44 @@ async fn write_media(
                 );
                 need_key = true;
                 tap.request_keyframe();
+                continue;
             }
             Err(RecvError::Closed) => return,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "video write"),
+            Err(_) => {
+                warn!("viewer stalled; skipping to the next keyframe");
+                need_key = true;
+                tap.request_keyframe();
+            }
         }
     }
+}
+
+/// Writes video payloads (payload, marker, RTP timestamp) to a viewer's
+/// track, numbering them from `seq` (the track sets SSRC and payload type).
+async fn write_video(
+    video: &TrackLocalStaticRTP,
+    packets: impl Iterator<Item = (Bytes, bool, u32)>,
+    seq: &mut u16,
+) -> Result<(), webrtc::Error> {
+    for (payload, marker, timestamp) in packets {
+        let pkt = RtpPacket {
+            header: RtpHeader {
+                version: 2,
+                marker,
+                sequence_number: *seq,
+                timestamp,
+                ..Default::default()
+            },
+            payload,
+        };
+        *seq = seq.wrapping_add(1);
+        video.write_rtp(&pkt).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -780,7 +780,7 @@ async fn recv_first_video(
     };
     loop {
         match rx.recv().await {
-            Ok(Media::Video(_)) => return Ok(()),
+            Ok(Media::Video(_) | Media::VideoPackets(_)) => return Ok(()),
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return Err("source closed before its first frame".into()),
         }

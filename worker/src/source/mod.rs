@@ -64,6 +64,23 @@ pub struct EncodedVideo {
     pub captured_at: Instant,
 }
 
+/// One H.264 RTP payload, forwarded as it arrived (the RTP source's
+/// cut-through path: viewers get a frame's first packets while its last are
+/// still on the way). Each viewer numbers and stamps the packets itself.
+pub struct VideoPacket {
+    /// Single NAL unit, STAP-A or FU-A (RFC 6184), at most
+    /// [`rtp::MAX_PAYLOAD`] bytes.
+    pub payload: Bytes,
+    /// Presentation time of its access unit on the 90 kHz clock.
+    pub pts_90k: u64,
+    /// The last packet of its access unit.
+    pub marker: bool,
+    /// The first packet of an IDR access unit (SPS and PPS first): where a
+    /// viewer may start.
+    pub keyframe_start: bool,
+    pub arrived_at: Instant,
+}
+
 /// One 20 ms Opus packet (48 kHz, [`AUDIO_CHANNELS`] channels).
 pub struct EncodedAudio {
     /// Position in this source's output, from 0, without gaps.
@@ -88,6 +105,17 @@ impl std::fmt::Debug for EncodedVideo {
     }
 }
 
+impl std::fmt::Debug for VideoPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoPacket")
+            .field("pts_90k", &self.pts_90k)
+            .field("marker", &self.marker)
+            .field("keyframe_start", &self.keyframe_start)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for EncodedAudio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncodedAudio")
@@ -102,6 +130,8 @@ impl std::fmt::Debug for EncodedAudio {
 #[derive(Clone, Debug)]
 pub enum Media {
     Video(Arc<EncodedVideo>),
+    /// The packets one datagram let go, in order (the RTP source).
+    VideoPackets(Arc<[VideoPacket]>),
     Audio(Arc<EncodedAudio>),
 }
 

@@ -16,9 +16,12 @@
 //!   an RTP sender (they are counted), so senders should use a short GOP
 //!   (ffmpeg `-g 30`). Browsers are offered H.264 constrained baseline
 //!   (profile-level-id 42e01f) only: the sender must encode that profile.
-//! - Loss drops the broken frame and every frame up to the next IDR
-//!   ([`h264`]); a sender that stops and restarts (new SSRC or a sequence
-//!   jump) is taken up again at its next IDR.
+//! - Packets go to the viewers as they arrive, not once their frame is
+//!   whole (cut-through, [`h264`]): the relay adds no frame-sized delay.
+//!   Payloads over [`MAX_PAYLOAD`] bytes are cut into FU-A fragments.
+//! - Loss cuts the broken frame short (decoders drop it) and nothing goes
+//!   out until the next IDR; a sender that stops and restarts (new SSRC or
+//!   a sequence jump) is taken up again at its next IDR.
 //! - Silence is not an error: the session keeps running and viewers see the
 //!   last picture until media comes back (or the session's idle TTL or
 //!   maximum lifetime ends it).
@@ -40,12 +43,11 @@ use bus_schema::{SourceSpec, RTP_NOMINAL_FPS};
 use bytes::Bytes;
 use std::sync::Arc;
 
-pub use h264::{AccessUnit, H264Assembler, VideoCounters};
+pub use h264::{H264Forwarder, VideoCounters, MAX_PAYLOAD};
 pub use opus::{AudioCounters, OpusTrack};
 
 use super::{
-    EncodedAudio, EncodedVideo, Media, SourceError, SourceFactory, SourceHandle, SourceLink,
-    VIDEO_CLOCK_HZ,
+    EncodedAudio, Media, SourceError, SourceFactory, SourceHandle, SourceLink, VIDEO_CLOCK_HZ,
 };
 
 /// How long a receive blocks before the thread checks for a stop.
@@ -53,8 +55,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Socket receive buffer asked for (the kernel caps it at
 /// `net.core.rmem_max`): an IDR of a 1080p stream arrives as one burst.
 const RECV_BUFFER: usize = 4 << 20;
-/// Broadcast depth: about two seconds at 60 fps plus 50 audio packets/s.
-const MEDIA_CAPACITY: usize = 256;
+/// Broadcast depth, in datagrams: about three seconds of a 12 Mbit/s
+/// stream (a keyframe alone can be hundreds of packets).
+const MEDIA_CAPACITY: usize = 4096;
 /// How often the counters are logged while media flows.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -89,9 +92,9 @@ impl SourceFactory for RtpFactory {
         let mut handle = SourceHandle::new(MEDIA_CAPACITY);
         handle.set_live_on_start();
         let restart_step = u64::from(VIDEO_CLOCK_HZ / RTP_NOMINAL_FPS);
-        let assembler = H264Assembler::new(video_payload_type, restart_step);
+        let forwarder = H264Forwarder::new(video_payload_type, restart_step);
         handle.spawn_thread("rtp-video", move |link| {
-            video_loop(&link, &video, assembler)
+            video_loop(&link, &video, forwarder)
         })?;
         if let Some(audio) = audio {
             let track = OpusTrack::new(audio_payload_type);
@@ -172,38 +175,33 @@ impl Housekeeping {
 fn video_loop(
     link: &SourceLink,
     socket: &UdpSocket,
-    mut assembler: H264Assembler,
+    mut forwarder: H264Forwarder,
 ) -> Result<(), String> {
     let mut buf = vec![0u8; 65_536];
     let mut house = Housekeeping::new(Instant::now(), true);
-    let mut seq = 0u64;
+    let mut out = Vec::new();
     loop {
         let got = recv(socket, &mut buf)?;
         let now = Instant::now();
         if let Some(n) = got {
-            assembler.push(now, &buf[..n], |au| {
+            let frames = forwarder.counters().frames;
+            forwarder.push(now, &buf[..n], |p| out.push(p));
+            if !out.is_empty() {
+                link.publish(Media::VideoPackets(out.drain(..).collect()));
+            }
+            for _ in frames..forwarder.counters().frames {
                 link.count_frame();
-                link.publish(Media::Video(Arc::new(EncodedVideo {
-                    seq,
-                    pts_90k: au.pts_90k,
-                    keyframe: au.keyframe,
-                    annexb: au.annexb,
-                    width: au.width,
-                    height: au.height,
-                    captured_at: au.first_arrival,
-                })));
-                seq += 1;
-            });
+            }
         }
         if house.due(link, now, got.is_none()) {
             break;
         }
         if house.report(now) {
-            let c = assembler.counters();
-            tracing::debug!(counters = ?c, keyframe_requests = house.keyframe_requests, "rtp video");
+            let c = forwarder.counters();
+            tracing::debug!(counters = ?c, size = ?forwarder.picture_size(), keyframe_requests = house.keyframe_requests, "rtp video");
         }
     }
-    tracing::info!(counters = ?assembler.counters(), keyframe_requests = house.keyframe_requests, "rtp video source stopped");
+    tracing::info!(counters = ?forwarder.counters(), keyframe_requests = house.keyframe_requests, "rtp video source stopped");
     Ok(())
 }
 

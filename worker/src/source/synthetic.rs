@@ -448,7 +448,7 @@ mod tests {
             loop {
                 match rx.recv().await {
                     Ok(Media::Video(v)) => return v,
-                    Ok(Media::Audio(_)) => {}
+                    Ok(Media::Audio(_) | Media::VideoPackets(_)) => {}
                     Err(e) => panic!("receiving media: {e}"),
                 }
             }
@@ -471,7 +471,7 @@ mod tests {
             loop {
                 match rx.recv().await {
                     Ok(Media::Audio(a)) => return a,
-                    Ok(Media::Video(_)) => {}
+                    Ok(Media::Video(_) | Media::VideoPackets(_)) => {}
                     Err(e) => panic!("receiving media: {e}"),
                 }
             }
