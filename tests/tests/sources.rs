@@ -396,3 +396,292 @@ async fn rtp_sessions_are_independent_and_bad_ports_are_clear_errors() {
     let info = raw_request(&c, "streams.v1.session.b.get", "{}").await;
     assert_eq!(info["result"]["state"], "live", "{info}");
 }
+
+// ------------------------------------------- cut-through RTP forwarding
+
+/// The payload size the test packetizes at: every payload stays under the
+/// 1200 bytes above which the worker refragments, so it reaches the viewer
+/// byte for byte.
+const CUT_THROUGH_MTU: usize = 1000;
+
+/// IDR access units of a 320x240 test picture encoded with OpenH264, each
+/// a different picture (so their slice bytes differ), as RTP payloads
+/// (STAP-A with SPS and PPS, then FU-A fragments).
+struct IdrFrames {
+    encoder: openh264::encoder::Encoder,
+    picture: worker::source::I420,
+    payloader: webrtc::rtp::codecs::h264::H264Payloader,
+    next: u64,
+}
+
+impl IdrFrames {
+    fn new() -> Self {
+        use openh264::encoder::{
+            BitRate, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode,
+        };
+        let config = EncoderConfig::new()
+            .profile(Profile::Baseline)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .bitrate(BitRate::from_bps(1_000_000))
+            .max_frame_rate(FrameRate::from_hz(10.0))
+            .skip_frames(false)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+            .num_threads(1);
+        let encoder = openh264::encoder::Encoder::with_api_config(
+            openh264::OpenH264API::from_source(),
+            config,
+        )
+        .expect("an openh264 encoder");
+        IdrFrames {
+            encoder,
+            picture: worker::source::I420::new(320, 240),
+            payloader: Default::default(),
+            next: 0,
+        }
+    }
+
+    /// The next picture, encoded as an IDR, as RTP payloads.
+    fn next(&mut self) -> Vec<Bytes> {
+        use webrtc::rtp::packetizer::Payloader;
+        let n = self.next;
+        self.next += 1;
+        worker::source::draw_frame(
+            &mut self.picture,
+            n,
+            "cut-through",
+            &worker::source::Overlay::default(),
+        );
+        // Grain on the luma, different in every picture: an IDR of it is
+        // a dozen FU-A fragments, where the flat test picture alone fits
+        // in a few.
+        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for px in self.picture.y.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *px = px.saturating_add((x >> 59) as u8);
+        }
+        self.encoder.force_intra_frame();
+        let au = self
+            .encoder
+            .encode_at(&self.picture, openh264::Timestamp::from_millis(n * 100))
+            .expect("h264 encode")
+            .to_vec();
+        assert!(
+            worker::source::nal_units(&au)
+                .any(|n| worker::source::nal_type(n) == worker::source::NAL_IDR),
+            "picture {n} was not encoded as an IDR"
+        );
+        self.payloader
+            .payload(CUT_THROUGH_MTU, &Bytes::from(au))
+            .expect("h264 payloader")
+    }
+}
+
+/// An RTP sender of one SSRC, from a socket of its own, to a session's
+/// video port (payload type 96, the default).
+struct RtpOut {
+    socket: tokio::net::UdpSocket,
+    seq: u16,
+    ts: u32,
+}
+
+impl RtpOut {
+    async fn to(port: u16) -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(("127.0.0.1", port)).await.unwrap();
+        RtpOut {
+            socket,
+            seq: 40_000,
+            ts: 7_000_000,
+        }
+    }
+
+    /// Moves to the next frame's timestamp (10 fps).
+    fn next_frame(&mut self) {
+        self.ts = self.ts.wrapping_add(9_000);
+    }
+
+    /// Sends `payload` with the current timestamp and the next sequence number.
+    async fn send(&mut self, payload: &Bytes, marker: bool) {
+        use webrtc::util::Marshal;
+        let packet = webrtc::rtp::packet::Packet {
+            header: webrtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: 96,
+                sequence_number: self.seq,
+                timestamp: self.ts,
+                ssrc: 0x5eed_cafe,
+                ..Default::default()
+            },
+            payload: payload.clone(),
+        };
+        self.socket
+            .send(&packet.marshal().expect("an RTP packet"))
+            .await
+            .expect("a send to the video port");
+        self.seq = self.seq.wrapping_add(1);
+    }
+}
+
+/// Joins `id` as a webrtc-rs viewer that hands every video RTP packet it
+/// receives (header and payload, as the worker rewrote them) to the
+/// returned channel, as it arrives.
+async fn packet_viewer(
+    bus: &bus_schema::Bus,
+    id: &bus_schema::SessionId,
+) -> (
+    Arc<webrtc::peer_connection::RTCPeerConnection>,
+    tokio::sync::mpsc::UnboundedReceiver<webrtc::rtp::packet::Packet>,
+) {
+    use system_tests::viewer::{self, Interceptors};
+    let (pending, pc) = viewer::start(bus, id, bus_schema::Role::View, Interceptors::Default)
+        .await
+        .expect("join accepted");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    viewer::on_tracks(&pc, move |track, video| {
+        let tx = tx.clone();
+        async move {
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                if video && tx.send(pkt).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let v = pending.connect(bus, pc).await.expect("answer accepted");
+    (v.pc, rx)
+}
+
+/// Receives packets until `want` has seen one it takes (`true`), or panics
+/// with `what` once `timeout` has passed.
+async fn receive_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<webrtc::rtp::packet::Packet>,
+    what: &str,
+    timeout: Duration,
+    mut want: impl FnMut(&webrtc::rtp::packet::Packet) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(p)) if want(&p) => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the viewer's video track ended while waiting for {what}"),
+            Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_packets_reach_a_viewer_before_their_frame_is_complete() {
+    use std::collections::HashSet;
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _w = worker(cfg(&nats));
+    let c = nats.client().await;
+    ready(&c).await;
+    let vport = free_udp_port();
+    let r = create(&c, "cut-through", &rtp_spec(vport, None)).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+
+    let bus = bus_schema::Bus::new(c.clone(), bus_schema::Subjects::default())
+        .with_timeout(Duration::from_secs(10));
+    let id = bus_schema::SessionId::parse("cut-through").unwrap();
+    let (pc, mut rx) = packet_viewer(&bus, &id).await;
+
+    // Whole IDR frames, one every 100 ms, until the viewer has its first
+    // packet (ICE and DTLS take their time). Every payload sent here is
+    // remembered, so the frame below is told apart by bytes of its own.
+    let mut idrs = IdrFrames::new();
+    let mut out = RtpOut::to(vport).await;
+    let mut sent_before: HashSet<Bytes> = HashSet::new();
+    let first_packet_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = idrs.next();
+        out.next_frame();
+        for (i, p) in frame.iter().enumerate() {
+            out.send(p, i + 1 == frame.len()).await;
+        }
+        sent_before.extend(frame);
+        let pace = (tokio::time::Instant::now() + Duration::from_millis(100)).min(first_packet_by);
+        match tokio::time::timeout_at(pace, rx.recv()).await {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("the viewer's video track ended before its first packet"),
+            Err(_) => assert!(
+                tokio::time::Instant::now() < first_packet_by,
+                "timed out after 30 s waiting for the viewer's first packet"
+            ),
+        }
+    }
+
+    // A new IDR frame, new timestamp: its first half only (STAP-A with SPS
+    // and PPS, the first FU-A fragments). The marker packet stays back.
+    let frame = idrs.next();
+    assert!(
+        frame.len() >= 4,
+        "a 320x240 IDR at MTU {CUT_THROUGH_MTU} is several packets, got {}",
+        frame.len()
+    );
+    let half = frame.len() / 2;
+    tracing::info!(
+        packets = frame.len(),
+        held_back = frame.len() - half,
+        "the half frame"
+    );
+    let mut pending: HashSet<Bytes> = frame[..half]
+        .iter()
+        .filter(|p| !sent_before.contains(*p))
+        .cloned()
+        .collect();
+    assert!(
+        !pending.is_empty(),
+        "the new picture's first fragments repeat an earlier frame's bytes"
+    );
+    let of_first_half = pending.len();
+    out.next_frame();
+    for p in &frame[..half] {
+        out.send(p, false).await;
+    }
+    receive_until(
+        &mut rx,
+        &format!(
+            "the {of_first_half} fragments of the first half of an IDR frame whose marker \
+             packet has not been sent (whole-frame forwarding holds them back)"
+        ),
+        Duration::from_secs(5),
+        |p| {
+            if pending.remove(&p.payload) {
+                assert!(
+                    !p.header.marker,
+                    "a fragment mid-frame carries the marker bit"
+                );
+            }
+            pending.is_empty()
+        },
+    )
+    .await;
+
+    // The rest of the frame: its marker packet reaches the viewer, marked.
+    let last = frame.last().unwrap().clone();
+    for (i, p) in frame.iter().enumerate().skip(half) {
+        out.send(p, i + 1 == frame.len()).await;
+    }
+    receive_until(
+        &mut rx,
+        "the frame's marker packet",
+        Duration::from_secs(5),
+        |p| {
+            if p.payload == last {
+                assert!(
+                    p.header.marker,
+                    "the frame's last packet lost its marker bit"
+                );
+                return true;
+            }
+            false
+        },
+    )
+    .await;
+    let _ = pc.close().await;
+}
