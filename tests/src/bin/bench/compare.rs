@@ -22,6 +22,7 @@ use system_tests::viewer;
 use system_tests::NatsServer;
 use webrtc::api::API;
 
+use super::egress;
 use super::janus::{self, Janus};
 use super::load::{self, Leave, LoadViewer, RECORDING};
 use super::producer::{Clip, Destination, Producer, Sent, StreamSpec};
@@ -98,6 +99,16 @@ struct Step {
     /// Median over viewers of video kbit/s received.
     kbps: f64,
     delay: Option<Dist>,
+    /// From the producer's send of a frame's last packet to the relay's send
+    /// of it to a viewer, seen on loopback (see `egress`).
+    egress: Result<EgressDelay, String>,
+    /// Frames that arrived whole (no packet missing from the one carrying
+    /// the frame id to the marker), as a fraction of the frames sent in the
+    /// window times the viewers.
+    whole: f64,
+    /// p99 delay with every frame that did not arrive whole counted as
+    /// later than any that did; `None` when more than 1% were not whole.
+    whole_p99: Option<Duration>,
     bench_cores: f64,
     host_cores: f64,
     /// UDP datagrams the host dropped for full receive buffers (any socket).
@@ -115,6 +126,13 @@ impl Step {
             "min_delivered": self.min_delivered, "mean_delivered": self.mean_delivered,
             "loss": self.loss, "median_viewer_kbps": self.kbps,
             "delay": self.delay.map(|d| d.json()), "bench_cores": self.bench_cores,
+            "whole_frames": self.whole,
+            "egress": match &self.egress {
+                Ok(e) => json!({"delay": e.delay.map(|d| d.json()), "frames": e.frames,
+                    "without_egress_time": e.missing, "captured_packets": e.captured}),
+                Err(e) => json!({"error": e}),
+            },
+            "p99_ms_broken_as_late": self.whole_p99.map(|d| d.as_secs_f64() * 1e3),
             "host_busy_cores": self.host_cores, "viewers_without_keyframe": self.no_key,
             "host_udp_rcvbuf_drops": self.host_udp_drops,
             "failed": self.failed,
@@ -227,6 +245,101 @@ impl Relays<'_> {
     }
 }
 
+/// The p99 of `expected` frames of which `whole` arrived whole with these
+/// delays and the rest never did (counted as later than any): `None` when
+/// the rank falls among the missing ones. Sorts `whole`.
+fn p99_broken_as_late(whole: &mut [Duration], expected: usize) -> Option<Duration> {
+    let total = expected.max(whole.len());
+    if total == 0 {
+        return None;
+    }
+    whole.sort();
+    let rank = ((0.99 * total as f64).ceil() as usize).max(1);
+    whole.get(rank - 1).copied()
+}
+
+/// Egress delays of one capture window.
+#[derive(Debug, Clone, Copy)]
+struct EgressDelay {
+    delay: Option<Dist>,
+    /// Frames read by viewers in the window, and those of them whose
+    /// frame end the capture did not see.
+    frames: usize,
+    missing: usize,
+    /// Outgoing packets the capture looked at.
+    captured: u64,
+}
+
+/// A window of its own after the CPU window: captures the relay's outgoing
+/// frame ends on loopback while the viewers record the frames they read,
+/// and times each from the producer's send to the relay's.
+async fn egress_window(
+    viewers: &[LoadViewer],
+    sent: &Sent,
+    side: Side,
+    window: Duration,
+) -> Result<EgressDelay, String> {
+    let ssrcs = viewers
+        .iter()
+        .filter_map(|v| v.rx.video_ssrc.get().copied())
+        .collect();
+    for v in viewers {
+        v.rx.arrivals.lock().expect("arrivals").clear();
+    }
+    // Producer instants (monotonic) against the capture's wall clock.
+    let (mono, wall) = (Instant::now(), std::time::SystemTime::now());
+    let capture = egress::Capture::start(ssrcs).map_err(|e| format!("capture: {e}"))?;
+    RECORDING.store(true, Ordering::Relaxed);
+    tokio::time::sleep(window).await;
+    RECORDING.store(false, Ordering::Relaxed);
+    let seen = tokio::task::spawn_blocking(move || capture.finish())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("capture: {e}"))?;
+    let (mut delays, mut frames, mut missing) = (Vec::new(), 0, 0);
+    for v in viewers {
+        let Some(&ssrc) = v.rx.video_ssrc.get() else {
+            continue;
+        };
+        for a in v.rx.arrivals.lock().expect("arrivals").drain(..) {
+            let Some(s) = sent.sent_at(side.dest(), a.id) else {
+                continue;
+            };
+            frames += 1;
+            match seen.marker_at.get(&(ssrc, a.rtp_ts)) {
+                Some(&at) => {
+                    let sent_wall = wall + s.saturating_duration_since(mono)
+                        - mono.saturating_duration_since(s);
+                    delays.push(at.duration_since(sent_wall).unwrap_or_default());
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    Ok(EgressDelay {
+        delay: Dist::of(&delays),
+        frames,
+        missing,
+        captured: seen.packets,
+    })
+}
+
+/// A table cell of [`Step::egress`].
+fn egress_cell(s: &Step, f: fn(&Dist) -> Duration) -> String {
+    match &s.egress {
+        Ok(e) => e.delay.map_or("-".into(), |d| ms(f(&d))),
+        Err(e) => format!("({e})"),
+    }
+}
+
+/// The table cell of [`Step::whole_p99`].
+fn broken_late(s: &Step) -> String {
+    s.whole_p99.map_or_else(
+        || format!("over 1% broken ({:.1}%)", (1.0 - s.whole).max(0.0) * 100.0),
+        ms,
+    )
+}
+
 /// One step: `n` viewers on `side`, measured, then gone.
 async fn step(
     relays: &Relays<'_>,
@@ -310,16 +423,26 @@ async fn step(
         .collect();
     kbps.sort_by(f64::total_cmp);
     let mut delays = Vec::new();
+    let mut whole_delays = Vec::new();
     let mut unmatched = 0usize;
     for v in &viewers {
-        for (id, at) in v.rx.arrivals.lock().expect("arrivals").drain(..) {
-            match sent.sent_at(side.dest(), id) {
-                Some(s) => delays.push(at.saturating_duration_since(s)),
+        for a in v.rx.arrivals.lock().expect("arrivals").drain(..) {
+            match sent.sent_at(side.dest(), a.id) {
+                Some(s) => {
+                    let d = a.at.saturating_duration_since(s);
+                    delays.push(d);
+                    if a.whole {
+                        whole_delays.push(d);
+                    }
+                }
                 None => unmatched += 1,
             }
         }
     }
     let delay = Dist::of(&delays);
+    let expected = (f1 - f0) as usize * viewers.len();
+    let whole = whole_delays.len() as f64 / expected.max(1) as f64;
+    let whole_p99 = p99_broken_as_late(&mut whole_delays, expected);
     let min_delivered = delivered.iter().copied().fold(f64::INFINITY, f64::min);
     let mean_delivered = delivered.iter().sum::<f64>() / delivered.len().max(1) as f64;
     let mut failed = Vec::new();
@@ -347,6 +470,7 @@ async fn step(
     if unmatched > 0 {
         eprintln!("      {unmatched} arrivals had no send record");
     }
+    let egress = egress_window(&viewers, sent, side, plan.egress_window).await;
     let s = Step {
         side,
         n,
@@ -359,6 +483,9 @@ async fn step(
         loss: lost as f64 / (pk + lost).max(1) as f64,
         kbps: kbps.get(kbps.len() / 2).copied().unwrap_or(0.0),
         delay,
+        egress,
+        whole,
+        whole_p99,
         bench_cores,
         host_cores,
         host_udp_drops,
@@ -366,7 +493,7 @@ async fn step(
         failed: (!failed.is_empty()).then(|| failed.join("; ")),
     };
     eprintln!(
-        "    {} N={n}: {:.3} cores ({:.4}/viewer), RSS {:.1} MiB, slowest {:.1}% frames, loss {:.2}% (host UDP buffer drops {host_udp_drops}), delay {}, bench {:.2} cores, host {:.2}{}",
+        "    {} N={n}: {:.3} cores ({:.4}/viewer), RSS {:.1} MiB, slowest {:.1}% frames, loss {:.2}% (host UDP buffer drops {host_udp_drops}), delay {}, egress {}, bench {:.2} cores, host {:.2}{}",
         side.name(),
         s.relay_cores,
         s.cores_per_viewer,
@@ -374,6 +501,16 @@ async fn step(
         min_delivered * 100.0,
         s.loss * 100.0,
         delay.map_or("-".into(), |d| format!("p50 {} p99 {}", ms(d.p50), ms(d.p99))),
+        match &s.egress {
+            Ok(e) => format!(
+                "{} ({} of {} frames without an egress time, {} packets captured)",
+                e.delay.map_or("-".into(), |d| format!("p50 {} p99 {}", ms(d.p50), ms(d.p99))),
+                e.missing,
+                e.frames,
+                e.captured
+            ),
+            Err(e) => e.clone(),
+        },
         bench_cores,
         host_cores,
         s.failed.as_ref().map_or(String::new(), |f| format!(" FAILED: {f}"))
@@ -553,7 +690,7 @@ fn write_tables(
     use system_tests::srtp_floor::profile_name;
     let mut md = String::new();
     md.push_str(&format!(
-        "Failure: a step fails when a viewer has no keyframe {} s after joining, the slowest viewer sees < {:.0}% of the frames sent in the window, or the p99 frame delay exceeds {}; a relay's steps stop at its first failure. Delay: from the producer's send of a frame's last packet to that relay, to the arrival at the viewer of the frame's last packet (marker), found by the SEI frame id. Cores/viewer = (relay cores at N − at N=0) / N; viewers/core = 1 / that. SRTP floor: {} with 1200-byte packets, {:.0} packets/s = {:.0} Mbit/s on one core; floor/viewer = cores one viewer's stream costs at that rate.\n\n",
+        "Failure: a step fails when a viewer has no keyframe {} s after joining, the slowest viewer sees < {:.0}% of the frames sent in the window, or the p99 frame delay exceeds {}; a relay's steps stop at its first failure. Delay: from the producer's send of a frame's last packet to that relay, to the arrival at the viewer of the frame's last packet (marker), found by the SEI frame id. Cores/viewer = (relay cores at N − at N=0) / N; viewers/core = 1 / that. SRTP floor: {} with 1200-byte packets, {:.0} packets/s = {:.0} Mbit/s on one core; floor/viewer = cores one viewer's stream costs at that rate. Whole frames: frames that arrived with no packet missing (from the one carrying the frame id to the marker; the load client repairs nothing, for either relay), over the frames sent in the window times the viewers; p99, broken = late: the p99 delay when every frame that did not arrive whole counts as later than any that did (a viewer without it waits for a repair or the next keyframe).\n\n",
         KEY_DEADLINE.as_secs(),
         MIN_DELIVERED * 100.0,
         ms(MAX_P99),
@@ -561,10 +698,10 @@ fn write_tables(
         floor.packets_per_sec,
         floor.mbit_per_sec,
     ));
-    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Delay p50 | Delay p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut data = Vec::new();
     let mut headline = Vec::new();
-    let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 |\n|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster; p99 broken = late: \"ours only\" where only Janus lost more than 1% of its frames):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let kbps = r.clip_bps / 1e3;
         let floor_cpv = floor
@@ -572,7 +709,7 @@ fn write_tables(
             .unwrap_or(f64::NAN);
         for run in &r.runs {
             md.push_str(&format!(
-                "| {} | 0 | {} | {:.3} | | | | RSS {:.1} MiB | | | | | {:.2} | |\n",
+                "| {} | 0 | {} | {:.3} | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
                 r.spec.label,
                 run.side.name(),
                 run.base_cores,
@@ -592,7 +729,7 @@ fn write_tables(
                     continue;
                 };
                 md.push_str(&format!(
-                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {} | {} | {:.2} | {} |\n",
+                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
                     r.spec.label,
                     run.side.name(),
                     s.relay_cores,
@@ -603,8 +740,12 @@ fn write_tables(
                     s.min_delivered * 100.0,
                     s.loss * 100.0,
                     s.host_udp_drops,
+                    s.whole * 100.0,
                     s.delay.map_or("-".into(), |d| ms(d.p50)),
                     s.delay.map_or("-".into(), |d| ms(d.p99)),
+                    broken_late(s),
+                    egress_cell(s, |d| d.p50),
+                    egress_cell(s, |d| d.p99),
                     s.bench_cores,
                     s.failed.as_deref().map_or("ok".to_string(), |f| format!("failed: {f}")),
                 ));
@@ -646,8 +787,16 @@ fn write_tables(
                 d(s.delay, j.delay, |x| x.p50),
                 d(s.delay, j.delay, |x| x.p99),
             );
+            let late = match (s.whole_p99, j.whole_p99) {
+                (Some(a), Some(b)) => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64().max(1e-9)),
+                (Some(_), None) => "ours only".into(),
+                (None, Some(_)) => "Janus only".into(),
+                (None, None) => "neither".into(),
+            };
+            let eg = |x: &Step| x.egress.as_ref().ok().and_then(|e| e.delay);
+            let (e50, e99) = (d(eg(s), eg(j), |x| x.p50), d(eg(s), eg(j), |x| x.p99));
             ratio_md.push_str(&format!(
-                "| {} | {} | {cpv:.2} | {rss:.2} | {p50:.2} | {p99:.2} |\n",
+                "| {} | {} | {cpv:.2} | {rss:.2} | {p50:.2} | {p99:.2} | {late} | {e50:.2} | {e99:.2} |\n",
                 r.spec.label, s.n
             ));
             ratios.push(json!({
@@ -656,6 +805,9 @@ fn write_tables(
                 "rss_per_viewer": rss,
                 "delay_p50": p50,
                 "delay_p99": p99,
+                "p99_broken_as_late": late,
+                "egress_p50": e50,
+                "egress_p99": e99,
             }));
         }
         let join_text = |v: &[Duration]| Dist::of(v).map_or("no sample".into(), |d| d.text());
@@ -763,4 +915,30 @@ fn write_tables(
         }),
     );
     report.table("Relays side by side (section 6)", md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn p99_counts_frames_that_never_arrived_whole_as_the_latest() {
+        // 200 frames expected, all whole: the 198th smallest.
+        let mut all: Vec<Duration> = (1..=200).rev().map(ms).collect();
+        assert_eq!(p99_broken_as_late(&mut all, 200), Some(ms(198)));
+        // Two of 200 missing: rank 198 is still among the whole ones.
+        let mut most: Vec<Duration> = (1..=198).map(ms).collect();
+        assert_eq!(p99_broken_as_late(&mut most, 200), Some(ms(198)));
+        // Three missing: the p99 is a broken frame.
+        let mut fewer: Vec<Duration> = (1..=197).map(ms).collect();
+        assert_eq!(p99_broken_as_late(&mut fewer, 200), None);
+        // More arrivals than frames sent in the window (ones sent before it).
+        let mut extra: Vec<Duration> = (1..=101).map(ms).collect();
+        assert_eq!(p99_broken_as_late(&mut extra, 100), Some(ms(100)));
+        assert_eq!(p99_broken_as_late(&mut [], 0), None);
+    }
 }

@@ -46,8 +46,23 @@ pub struct Rx {
     /// packet starting a keyframe.
     pub first_packet: OnceLock<Duration>,
     pub first_key: OnceLock<Duration>,
-    /// (frame id, arrival of the frame's last packet), while recording.
-    pub arrivals: Mutex<Vec<(u64, Instant)>>,
+    /// Every frame seen while recording.
+    pub arrivals: Mutex<Vec<Arrival>>,
+    /// The SSRC of the video stream, from its first packet.
+    pub video_ssrc: OnceLock<u32>,
+}
+
+/// One frame at one viewer.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The bench's frame id (from the SEI message).
+    pub id: u64,
+    /// The frame's RTP timestamp as this viewer received it.
+    pub rtp_ts: u32,
+    /// When its last packet (marker) was read.
+    pub at: Instant,
+    /// Whether every packet from the one carrying the id to the last arrived.
+    pub whole: bool,
 }
 
 /// Whether viewers keep arrival samples (only inside a measuring window).
@@ -77,7 +92,8 @@ pub async fn peer(api: &API, t0: Instant) -> anyhow::Result<(Arc<RTCPeerConnecti
         async move {
             let mut buf = vec![0u8; 1500];
             let mut last_seq: Option<u16> = None;
-            let mut current: Option<u64> = None;
+            // The frame being received and whether it is still whole.
+            let mut current: Option<(u64, bool)> = None;
             while let Ok((pkt, _)) = track.read(&mut buf).await {
                 if !video {
                     rx.audio_packets.fetch_add(1, Ordering::Relaxed);
@@ -88,30 +104,39 @@ pub async fn peer(api: &API, t0: Instant) -> anyhow::Result<(Arc<RTCPeerConnecti
                     let gap = seq.wrapping_sub(prev);
                     if (2..0x8000).contains(&gap) {
                         rx.lost.fetch_add(u64::from(gap - 1), Ordering::Relaxed);
+                        if let Some((_, whole)) = current.as_mut() {
+                            *whole = false;
+                        }
                     }
                 }
                 if last_seq.is_none() {
                     let _ = rx.first_packet.set(t0.elapsed());
+                    let _ = rx.video_ssrc.set(pkt.header.ssrc);
                 }
                 last_seq = Some(seq);
                 rx.packets.fetch_add(1, Ordering::Relaxed);
                 rx.bytes
                     .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
                 if let Some(id) = frame_id(&pkt.payload) {
-                    current = Some(id);
+                    current = Some((id, true));
                     rx.frames.fetch_add(1, Ordering::Relaxed);
                 }
                 if rx.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
                     let _ = rx.first_key.set(t0.elapsed());
                 }
                 if pkt.header.marker {
-                    if let Some(id) = current.take() {
+                    if let Some((id, whole)) = current.take() {
                         if RECORDING.load(Ordering::Relaxed) {
                             let now = Instant::now();
                             rx.arrivals
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .push((id, now));
+                                .push(Arrival {
+                                    id,
+                                    rtp_ts: pkt.header.timestamp,
+                                    at: now,
+                                    whole,
+                                });
                         }
                     }
                 }

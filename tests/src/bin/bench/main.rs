@@ -15,6 +15,7 @@
 //! and Janus's log, go to `target/bench/logs/`.
 
 mod compare;
+mod egress;
 mod janus;
 mod load;
 mod producer;
@@ -59,6 +60,9 @@ struct Plan {
     /// Section 6: viewer counts per relay, and the measuring window.
     relay_viewers: Vec<usize>,
     relay_window: Duration,
+    /// Section 6: the window that captures relay egress times (after the
+    /// CPU window, since capturing costs the senders).
+    egress_window: Duration,
 }
 
 impl Plan {
@@ -78,6 +82,7 @@ impl Plan {
                 warmup: Duration::from_millis(1500),
                 relay_viewers: vec![1, 5],
                 relay_window: Duration::from_secs(3),
+                egress_window: Duration::from_secs(1),
             }
         } else {
             Self {
@@ -94,6 +99,7 @@ impl Plan {
                 warmup: Duration::from_secs(2),
                 relay_viewers: vec![1, 10, 50, 100],
                 relay_window: Duration::from_secs(8),
+                egress_window: Duration::from_secs(3),
             }
         }
     }
