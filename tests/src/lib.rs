@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod srtp_floor;
+pub mod udp_floor;
 pub mod viewer;
 
 use std::future::Future;

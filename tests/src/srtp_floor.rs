@@ -251,7 +251,7 @@ pub fn measure_case(profile: ProtectionProfile, kind: PacketKind, duration: Dura
 }
 
 /// utime + stime of the calling thread (Linux, 10 ms ticks).
-fn thread_cpu() -> Option<Duration> {
+pub(crate) fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();

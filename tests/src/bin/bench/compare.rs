@@ -541,6 +541,10 @@ pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
     let floor =
         tokio::task::spawn_blocking(move || system_tests::srtp_floor::measure(floor_window))
             .await?;
+    let udp = tokio::task::spawn_blocking(move || system_tests::udp_floor::measure(floor_window))
+        .await?
+        .map_err(|e| report.note(format!("6: UDP send floor not measured: {e}")))
+        .ok();
     let api = load::api()?;
     let mut results = Vec::new();
     for spec in streams(plan.quick) {
@@ -549,7 +553,7 @@ pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
             Err(e) => report.note(format!("6 {}: {e:#}", spec.label)),
         }
     }
-    write_tables(report, plan, &results, &floor);
+    write_tables(report, plan, &results, &floor, udp.as_ref());
     Ok(())
 }
 
@@ -686,6 +690,7 @@ fn write_tables(
     plan: &Plan,
     results: &[StreamResult],
     floor: &system_tests::srtp_floor::SrtpFloor,
+    udp: Option<&system_tests::udp_floor::UdpFloor>,
 ) {
     use system_tests::srtp_floor::profile_name;
     let mut md = String::new();
@@ -698,7 +703,18 @@ fn write_tables(
         floor.packets_per_sec,
         floor.mbit_per_sec,
     ));
-    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    if let Some(u) = udp {
+        md.push_str(&format!(
+            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered); its CPU includes the loopback delivery, as the relays' does. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate): what no relay on this loopback can go below.\n\n",
+            u.sendto.packets_per_sec,
+            system_tests::udp_floor::DATAGRAM,
+            u.sendto.delivered * 100.0,
+            u.gso.packets_per_sec,
+            system_tests::udp_floor::GSO_RUN,
+            u.gso.delivered * 100.0,
+        ));
+    }
+    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut data = Vec::new();
     let mut headline = Vec::new();
     let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster; p99 broken = late: \"ours only\" where only Janus lost more than 1% of its frames):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -707,9 +723,15 @@ fn write_tables(
         let floor_cpv = floor
             .cores_per_viewer(floor.profile, kbps)
             .unwrap_or(f64::NAN);
+        // The send floor adds the viewer's packets (video + 50 Opus/s) at
+        // the GSO rate.
+        let send_cpv = udp.map_or(f64::NAN, |u| {
+            (kbps * 1000.0 / 8.0 / 1200.0 + 50.0) / u.gso.packets_per_sec
+        });
+        let floor2_cpv = floor_cpv + send_cpv;
         for run in &r.runs {
             md.push_str(&format!(
-                "| {} | 0 | {} | {:.3} | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
+                "| {} | 0 | {} | {:.3} | | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
                 r.spec.label,
                 run.side.name(),
                 run.base_cores,
@@ -729,13 +751,14 @@ fn write_tables(
                     continue;
                 };
                 md.push_str(&format!(
-                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
                     r.spec.label,
                     run.side.name(),
                     s.relay_cores,
                     s.cores_per_viewer,
                     1.0 / s.cores_per_viewer.max(1e-6),
                     s.cores_per_viewer / floor_cpv,
+                    s.cores_per_viewer / floor2_cpv,
                     s.rss_mib_per_viewer,
                     s.min_delivered * 100.0,
                     s.loss * 100.0,
@@ -875,6 +898,7 @@ fn write_tables(
             "stream": r.spec.label, "width": r.spec.width, "height": r.spec.height,
             "fps": r.spec.fps, "target_kbps": r.spec.bitrate_kbps,
             "clip_video_bps": r.clip_bps, "srtp_floor_cores_per_viewer": floor_cpv,
+            "srtp_and_send_floor_cores_per_viewer": floor2_cpv,
             "bench_cores_n0": r.bench_base,
             "relays": r.runs.iter().map(|run| json!({
                 "relay": run.side.name(), "n0_cores": run.base_cores, "n0_rss_kib": run.base_rss,
@@ -912,6 +936,14 @@ fn write_tables(
                     "round_trip_ok": c.round_trip_ok,
                 })).collect::<Vec<_>>(),
             },
+            "udp_send_floor": udp.map(|u| json!({
+                "datagram_bytes": system_tests::udp_floor::DATAGRAM,
+                "sendto_packets_per_s": u.sendto.packets_per_sec,
+                "sendto_delivered": u.sendto.delivered,
+                "gso_run": system_tests::udp_floor::GSO_RUN,
+                "gso_packets_per_s": u.gso.packets_per_sec,
+                "gso_delivered": u.gso.delivered,
+            })),
         }),
     );
     report.table("Relays side by side (section 6)", md);

@@ -1,0 +1,173 @@
+//! The kernel's share of a viewer's floor: what one core spends sending
+//! 1200-byte UDP datagrams over loopback, with nothing else done per packet.
+//!
+//! Every relay pays this on top of encryption, and on loopback the sender's
+//! CPU time includes the delivery to the receiving socket as well (the
+//! loopback device hands each packet to the receive path in the sending
+//! thread's softirq). Two ways are measured: one `sendto` per packet (how
+//! webrtc-rs and Janus send) and runs of [`GSO_RUN`] packets to one address
+//! as one `sendmsg` with UDP GSO (how the worker's one UDP port sends). The
+//! receivers (one socket and thread per destination) drain their sockets on
+//! other threads; their time is not counted, and what they miss is.
+
+use std::io::IoSlice;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags, SockaddrIn};
+
+use crate::srtp_floor::thread_cpu;
+
+/// Datagram size: a 1200-byte RTP packet plus the 16-byte GCM tag.
+pub const DATAGRAM: usize = 1216;
+/// Packets per GSO send, as the worker's sender sends a viewer's turn.
+pub const GSO_RUN: usize = 16;
+/// Destinations the sender rotates over.
+const RECEIVERS: usize = 10;
+
+/// One way of sending, measured.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpCase {
+    pub packets: u64,
+    /// Sending thread CPU time (utime + stime).
+    pub cpu: Duration,
+    /// Packets per second of sending-thread CPU.
+    pub packets_per_sec: f64,
+    /// Share of the packets the receivers got.
+    pub delivered: f64,
+}
+
+/// Both ways on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpFloor {
+    pub sendto: UdpCase,
+    pub gso: UdpCase,
+}
+
+/// Measures both ways for `per_case` each.
+pub fn measure(per_case: Duration) -> std::io::Result<UdpFloor> {
+    Ok(UdpFloor {
+        sendto: measure_case(false, per_case)?,
+        gso: measure_case(true, per_case)?,
+    })
+}
+
+fn measure_case(gso: bool, duration: Duration) -> std::io::Result<UdpCase> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut addrs = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..RECEIVERS {
+        let rx = UdpSocket::bind("127.0.0.1:0")?;
+        // Room for bursts (root may exceed rmem_max; if not, the default).
+        let _ = socket::setsockopt(&rx, sockopt::RcvBufForce, &(8 << 20));
+        rx.set_read_timeout(Some(Duration::from_millis(50)))?;
+        addrs.push(rx.local_addr()?);
+        let (stop, received) = (stop.clone(), received.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if rx.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    let sent = std::thread::spawn(move || send_for(&tx, &addrs, gso, duration))
+        .join()
+        .map_err(|_| std::io::Error::other("sender panicked"))??;
+    // Let the receivers drain what is queued, then stop them.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = u64::MAX;
+    while Instant::now() < deadline {
+        let now = received.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = r.join();
+    }
+    let (packets, cpu) = sent;
+    Ok(UdpCase {
+        packets,
+        cpu,
+        packets_per_sec: packets as f64 / cpu.as_secs_f64().max(1e-9),
+        delivered: received.load(Ordering::Relaxed) as f64 / packets.max(1) as f64,
+    })
+}
+
+/// Sends for `duration` of wall time; returns packets sent and the thread's
+/// CPU time. A full socket buffer (`ENOBUFS`/`EAGAIN`) is retried.
+fn send_for(
+    tx: &UdpSocket,
+    to: &[SocketAddr],
+    gso: bool,
+    duration: Duration,
+) -> std::io::Result<(u64, Duration)> {
+    let run = vec![0x5au8; DATAGRAM * GSO_RUN];
+    let dests: Vec<SockaddrIn> = to
+        .iter()
+        .map(|a| match a {
+            SocketAddr::V4(v4) => SockaddrIn::from(*v4),
+            SocketAddr::V6(_) => unreachable!("receivers bind 127.0.0.1"),
+        })
+        .collect();
+    let segment = DATAGRAM as u16;
+    let cpu0 = thread_cpu().ok_or_else(|| std::io::Error::other("no thread CPU time"))?;
+    let start = Instant::now();
+    let mut packets = 0u64;
+    let mut i = 0usize;
+    while start.elapsed() < duration {
+        let dest = &dests[i % dests.len()];
+        i += 1;
+        if gso {
+            let iov = [IoSlice::new(&run)];
+            let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+            match socket::sendmsg(tx.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(dest)) {
+                Ok(_) => packets += GSO_RUN as u64,
+                Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            for _ in 0..GSO_RUN {
+                match socket::sendto(tx.as_raw_fd(), &run[..DATAGRAM], dest, MsgFlags::empty()) {
+                    Ok(_) => packets += 1,
+                    Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let cpu = thread_cpu().unwrap_or(cpu0).saturating_sub(cpu0);
+    Ok((packets, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ways_send_datagrams_that_arrive_and_cost_cpu() {
+        let f = measure(Duration::from_millis(300)).expect("loopback UDP");
+        for (name, c) in [("sendto", f.sendto), ("gso", f.gso)] {
+            eprintln!(
+                "{name}: {} packets, {:?} CPU, {:.0}/s, {:.1}% delivered",
+                c.packets,
+                c.cpu,
+                c.packets_per_sec,
+                c.delivered * 100.0
+            );
+            assert!(c.packets > 0, "{name} sent nothing");
+            assert!(c.delivered > 0.0, "{name}: nothing arrived");
+            assert!(c.delivered <= 1.0, "{name}: more arrived than was sent");
+        }
+    }
+}
