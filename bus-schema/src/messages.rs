@@ -546,6 +546,70 @@ pub struct SessionStats {
     pub input_events: u64,
     /// Input messages refused (view-only senders, malformed packets).
     pub input_refused: u64,
+    /// What an `rtp` source received; absent for other sources (and from
+    /// workers older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp: Option<RtpSourceStats>,
+}
+
+/// Counters of an `rtp` source since it started on this owner, refreshed
+/// by its receive threads every 50 ms or so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RtpSourceStats {
+    pub video: RtpVideoStats,
+    /// Absent without an `audio_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<RtpAudioStats>,
+    /// Keyframe requests from viewers, which cannot reach an RTP sender
+    /// (viewers wait for its next IDR).
+    pub keyframe_requests: u64,
+}
+
+/// The video port of an `rtp` source (H.264, forwarded packet by packet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RtpVideoStats {
+    /// RTP packets of the expected payload type.
+    pub packets: u64,
+    /// Datagrams that are not RTP, another payload type, or malformed H.264.
+    pub bad_packets: u64,
+    /// Packets missing from the sequence.
+    pub lost_packets: u64,
+    /// Packets that came after a later one (or twice), dropped.
+    pub late_packets: u64,
+    /// Payloads relayed to viewers (after re-cutting).
+    pub forwarded_packets: u64,
+    /// Payloads larger than 1200 bytes, cut into FU-A fragments.
+    pub refragmented: u64,
+    /// Access units relayed whole.
+    pub frames: u64,
+    pub keyframes: u64,
+    /// Access units of which nothing was relayed: before the first IDR,
+    /// between a loss and the next IDR, or not starting a picture.
+    pub dropped_frames: u64,
+    /// Access units cut short by loss or a malformed packet after some of
+    /// their packets had gone out.
+    pub cut_frames: u64,
+    /// Access units that ended without a marker bit (a new timestamp came).
+    pub unmarked_frames: u64,
+    /// IDRs that arrived without SPS/PPS and got the remembered ones.
+    pub parameter_sets_inserted: u64,
+    /// New SSRC or sequence jump (a restarted sender).
+    pub restarts: u64,
+}
+
+/// The audio port of an `rtp` source (Opus).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RtpAudioStats {
+    /// RTP packets of the expected payload type.
+    pub packets: u64,
+    /// Datagrams that are not RTP or of another payload type.
+    pub bad_packets: u64,
+    /// Packets missing from the sequence.
+    pub lost_packets: u64,
+    /// Packets that came after a later one (or twice), dropped.
+    pub late_packets: u64,
+    /// New SSRC or sequence jump (a restarted sender).
+    pub restarts: u64,
 }
 
 // ---------------------------------------------------------------- events

@@ -502,6 +502,11 @@ impl RtpOut {
         self.ts = self.ts.wrapping_add(9_000);
     }
 
+    /// Leaves a sequence number out, as a lost packet would.
+    fn skip(&mut self) {
+        self.seq = self.seq.wrapping_add(1);
+    }
+
     /// Sends `payload` with the current timestamp and the next sequence number.
     async fn send(&mut self, payload: &Bytes, marker: bool) {
         use webrtc::util::Marshal;
@@ -684,4 +689,101 @@ async fn rtp_packets_reach_a_viewer_before_their_frame_is_complete() {
     )
     .await;
     let _ = pc.close().await;
+}
+
+/// The `rtp` counters of a session's stats, polled until `done` holds.
+async fn rtp_stats_until(
+    c: &async_nats::Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, Duration::from_secs(10), || async {
+        let r = raw_request(c, &format!("streams.v1.session.{id}.stats"), "{}").await;
+        assert_eq!(r["ok"], json!(true), "{r}");
+        let rtp = r["result"]["rtp"].clone();
+        done(&rtp).then_some(rtp)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtp_sources_packet_loss_and_frame_counters_are_in_the_session_stats() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _w = worker(cfg(&nats));
+    let c = nats.client().await;
+    ready(&c).await;
+
+    // Other sources have no `rtp` counters.
+    let body = r#"{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":100}"#;
+    let r = create(&c, "not-rtp", body).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+    let r = raw_request(&c, "streams.v1.session.not-rtp.stats", "{}").await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert!(r["result"].get("rtp").is_none(), "{r}");
+
+    let (vport, aport) = (free_udp_port(), free_udp_port());
+    let r = create(&c, "rtp-stats", &rtp_spec(vport, Some(aport))).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+
+    // Three whole IDR frames, one losing a packet halfway (after its first
+    // fragments went out), one more.
+    let mut idrs = IdrFrames::new();
+    let mut out = RtpOut::to(vport).await;
+    let mut sent = 0u64;
+    for n in 0..5 {
+        let frame = idrs.next();
+        assert!(frame.len() >= 4, "an IDR of several packets");
+        out.next_frame();
+        for (i, p) in frame.iter().enumerate() {
+            if n == 3 && i == frame.len() / 2 {
+                out.skip();
+                continue;
+            }
+            out.send(p, i + 1 == frame.len()).await;
+            sent += 1;
+        }
+    }
+    // Audio: two Opus packets and a datagram that is not RTP.
+    let audio = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for seq in [1u16, 2] {
+        let mut p = vec![0x80, 111];
+        p.extend(seq.to_be_bytes());
+        p.extend((u32::from(seq) * 960).to_be_bytes());
+        p.extend(0xa0d1_0000u32.to_be_bytes());
+        p.extend([0xfc, 0xff, 0xfe]);
+        audio.send_to(&p, ("127.0.0.1", aport)).await.unwrap();
+    }
+    audio
+        .send_to(b"not rtp", ("127.0.0.1", aport))
+        .await
+        .unwrap();
+
+    let rtp = rtp_stats_until(
+        &c,
+        "rtp-stats",
+        &format!("stats counting the {sent} video packets and 3 audio datagrams sent"),
+        |rtp| {
+            rtp["video"]["packets"] == json!(sent)
+                && rtp["audio"]["packets"] == json!(2)
+                && rtp["audio"]["bad_packets"] == json!(1)
+        },
+    )
+    .await;
+    let video = &rtp["video"];
+    assert_eq!(video["lost_packets"], json!(1), "{rtp}");
+    assert_eq!(
+        video["cut_frames"],
+        json!(1),
+        "the frame with the gap: {rtp}"
+    );
+    assert_eq!(video["dropped_frames"], json!(0), "{rtp}");
+    assert_eq!(video["frames"], json!(4), "{rtp}");
+    assert_eq!(video["keyframes"], json!(4), "{rtp}");
+    assert_eq!(video["bad_packets"], json!(0), "{rtp}");
+    assert_eq!(video["late_packets"], json!(0), "{rtp}");
+    assert_eq!(video["unmarked_frames"], json!(0), "{rtp}");
+    assert_eq!(rtp["audio"]["lost_packets"], json!(0), "{rtp}");
+    assert_eq!(frames(&c, "rtp-stats").await, 4);
 }

@@ -431,6 +431,7 @@ impl Session {
             buttons_down,
             input_events: self.input.accepted,
             input_refused: self.input.refused,
+            rtp: self.source.as_ref().and_then(|s| s.rtp_stats()),
         }
     }
 

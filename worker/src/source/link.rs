@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
+use bus_schema::{RtpAudioStats, RtpSourceStats, RtpVideoStats};
+
 use super::{Media, Overlay, SourceError, SourceExit, STOP_TIMEOUT};
 
 /// Requests from the handle to the source, and counters back.
@@ -17,6 +19,8 @@ struct Control {
     keyframe_wanted: AtomicBool,
     overlay: Mutex<Option<Overlay>>,
     frames_encoded: AtomicU64,
+    /// An RTP source's counters, as its receive threads last wrote them.
+    rtp: Mutex<Option<RtpSourceStats>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,6 +55,21 @@ impl SourceLink {
     /// Counts one encoded video frame.
     pub fn count_frame(&self) {
         self.control.frames_encoded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An RTP source's video counters, for `session.stats`.
+    pub fn set_rtp_video(&self, video: &RtpVideoStats, keyframe_requests: u64) {
+        let mut rtp = lock(&self.control.rtp);
+        let rtp = rtp.get_or_insert_with(RtpSourceStats::default);
+        rtp.video.clone_from(video);
+        rtp.keyframe_requests = keyframe_requests;
+    }
+
+    /// An RTP source's audio counters, for `session.stats`.
+    pub fn set_rtp_audio(&self, audio: &RtpAudioStats) {
+        lock(&self.control.rtp)
+            .get_or_insert_with(RtpSourceStats::default)
+            .audio = Some(audio.clone());
     }
 
     pub fn stop_requested(&self) -> bool {
@@ -220,6 +239,12 @@ impl SourceHandle {
 
     pub fn frames_encoded(&self) -> u64 {
         self.link.control.frames_encoded.load(Ordering::Relaxed)
+    }
+
+    /// What an RTP source received (as of its threads' last check, at most
+    /// about 50 ms old); `None` for other sources.
+    pub fn rtp_stats(&self) -> Option<RtpSourceStats> {
+        lock(&self.link.control.rtp).clone()
     }
 
     /// The source is up as soon as it started, before any frame: a push

@@ -151,16 +151,17 @@ impl Housekeeping {
         }
     }
 
-    /// `true` when the source should stop.
-    fn due(&mut self, link: &SourceLink, now: Instant, timed_out: bool) -> bool {
+    /// Every [`POLL`] (or when a read timed out): whether the source should
+    /// stop; `None` between checks. The caller refreshes its counters then.
+    fn check(&mut self, link: &SourceLink, now: Instant, timed_out: bool) -> Option<bool> {
         if !timed_out && now < self.next_check {
-            return false;
+            return None;
         }
         self.next_check = now + POLL;
         if self.takes_keyframe_requests && link.take_keyframe_request() {
             self.keyframe_requests += 1;
         }
-        link.stop_requested()
+        Some(link.stop_requested())
     }
 
     fn report(&mut self, now: Instant) -> bool {
@@ -193,8 +194,11 @@ fn video_loop(
                 link.count_frame();
             }
         }
-        if house.due(link, now, got.is_none()) {
-            break;
+        if let Some(stop) = house.check(link, now, got.is_none()) {
+            link.set_rtp_video(forwarder.counters(), house.keyframe_requests);
+            if stop {
+                break;
+            }
         }
         if house.report(now) {
             let c = forwarder.counters();
@@ -223,8 +227,11 @@ fn audio_loop(link: &SourceLink, socket: &UdpSocket, mut track: OpusTrack) -> Re
                 seq += 1;
             }
         }
-        if house.due(link, now, got.is_none()) {
-            break;
+        if let Some(stop) = house.check(link, now, got.is_none()) {
+            link.set_rtp_audio(track.counters());
+            if stop {
+                break;
+            }
         }
     }
     tracing::info!(counters = ?track.counters(), "rtp audio source stopped");

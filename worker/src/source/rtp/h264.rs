@@ -55,37 +55,9 @@ const NAL_AUD: u8 = 9;
 /// not a picture we can judge, and is dropped.
 const MAX_HELD: usize = 16;
 
-/// What happened to the stream so far.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct VideoCounters {
-    /// RTP packets of the expected payload type.
-    pub packets: u64,
-    /// Datagrams that are not RTP, another payload type, or malformed H.264.
-    pub bad_packets: u64,
-    /// Packets missing from the sequence.
-    pub lost_packets: u64,
-    /// Packets that came after a later one (or twice), dropped.
-    pub late_packets: u64,
-    /// Payloads out (after refragmenting).
-    pub forwarded_packets: u64,
-    /// Payloads larger than [`MAX_PAYLOAD`], cut into FU-A fragments.
-    pub refragmented: u64,
-    /// Access units forwarded whole.
-    pub frames: u64,
-    pub keyframes: u64,
-    /// Access units of which nothing was forwarded: before the first IDR,
-    /// between a loss and the next IDR, or not starting a picture.
-    pub dropped_frames: u64,
-    /// Access units cut short by loss or a malformed packet after some of
-    /// their packets had gone out.
-    pub cut_frames: u64,
-    /// Access units that ended without a marker bit (a new timestamp came).
-    pub unmarked_frames: u64,
-    /// IDRs that arrived without SPS/PPS and got the remembered ones.
-    pub parameter_sets_inserted: u64,
-    /// New SSRC or sequence jump.
-    pub restarts: u64,
-}
+/// What happened to the stream so far: the wire type of `session.stats`
+/// (`rtp.video`), whose fields say what each counts.
+pub type VideoCounters = bus_schema::RtpVideoStats;
 
 /// What is done with the pending access unit's packets.
 #[derive(Debug)]

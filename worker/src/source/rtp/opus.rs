@@ -5,14 +5,9 @@ use std::ops::Range;
 use super::packet::{RtpHeader, SeqStep, SeqTracker, Timeline};
 use crate::source::{AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE};
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AudioCounters {
-    pub packets: u64,
-    pub bad_packets: u64,
-    pub lost_packets: u64,
-    pub late_packets: u64,
-    pub restarts: u64,
-}
+/// What happened to the stream so far: the wire type of `session.stats`
+/// (`rtp.audio`).
+pub type AudioCounters = bus_schema::RtpAudioStats;
 
 /// One Opus packet found in a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
