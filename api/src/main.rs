@@ -14,21 +14,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     println!("api listening on http://{}", listener.local_addr()?);
-    api::run(config, client, listener, shutdown_signal()).await?;
+    api::run(
+        config,
+        client,
+        listener,
+        bus_schema::connect::shutdown_signal(),
+    )
+    .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
 }

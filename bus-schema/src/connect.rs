@@ -1,8 +1,36 @@
 //! Connecting to NATS the same way in every service: credentials taken
 //! out of the URL (async-nats does not send URL credentials itself), the
 //! first connection retried, reconnection forever, and a URL safe to log.
+//! Also the one way every service learns it should stop
+//! ([`shutdown_signal`]).
 
 use std::time::Duration;
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). A signal that cannot be
+/// listened for never resolves, rather than stopping the service at once.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
 
 /// A NATS URL split into what to dial and how to authenticate.
 #[derive(Clone, PartialEq, Eq)]

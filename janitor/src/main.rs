@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     config.validate()?;
 
-    let mut shutdown = Box::pin(shutdown_signal());
+    let mut shutdown = Box::pin(bus_schema::connect::shutdown_signal());
     let client = tokio::select! {
         client = connect(&config.nats_url) => client?,
         () = &mut shutdown => {
@@ -32,29 +32,4 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     bus_schema::connect::connect(url, "janitor")
         .await
         .map_err(|e| anyhow::anyhow!(e))
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    info!("shutdown requested");
 }

@@ -13,6 +13,12 @@ async fn main() -> anyhow::Result<()> {
     let config = worker::Config::parse();
     let client = worker::connect(&config.nats_url, "worker").await?;
     let factory = Arc::new(worker::source::BuiltinFactory);
-    worker::run(config, client, factory, worker::shutdown_signal()).await?;
+    worker::run(
+        config,
+        client,
+        factory,
+        bus_schema::connect::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
