@@ -47,13 +47,28 @@ pub struct UdpFloor {
     pub gso: UdpCase,
 }
 
-/// Measures both ways for `per_case` each.
+/// Measures both ways, each as the best of [`TRIES`] runs of `per_case`
+/// (a floor is the least the work can cost; a run whose receivers were
+/// descheduled pays for waking them, which is not the sending).
 pub fn measure(per_case: Duration) -> std::io::Result<UdpFloor> {
+    let best = |gso: bool| -> std::io::Result<UdpCase> {
+        let mut best: Option<UdpCase> = None;
+        for _ in 0..TRIES {
+            let c = measure_case(gso, per_case)?;
+            if best.is_none_or(|b| c.packets_per_sec > b.packets_per_sec) {
+                best = Some(c);
+            }
+        }
+        Ok(best.expect("TRIES > 0"))
+    };
     Ok(UdpFloor {
-        sendto: measure_case(false, per_case)?,
-        gso: measure_case(true, per_case)?,
+        sendto: best(false)?,
+        gso: best(true)?,
     })
 }
+
+/// Runs per way; the fastest counts.
+pub const TRIES: usize = 3;
 
 fn measure_case(gso: bool, duration: Duration) -> std::io::Result<UdpCase> {
     let stop = Arc::new(AtomicBool::new(false));

@@ -130,7 +130,8 @@ impl std::fmt::Debug for EncodedAudio {
 #[derive(Clone, Debug)]
 pub enum Media {
     Video(Arc<EncodedVideo>),
-    /// The packets one datagram let go, in order (the RTP source).
+    /// The packets a burst of datagrams let go, in order (the RTP source:
+    /// what one read found queued).
     VideoPackets(Arc<[VideoPacket]>),
     Audio(Arc<EncodedAudio>),
 }

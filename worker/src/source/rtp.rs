@@ -29,7 +29,10 @@
 //! One OS thread per socket, like every source's threads: a blocking
 //! `recv_from` with a short timeout is the cheapest receive there is (no
 //! waker, no task switch) and keeps packet work off the runtime that
-//! drives the viewers. The timeout bounds how long a stop takes.
+//! drives the viewers. The timeout bounds how long a stop takes. After
+//! each blocking read the video thread takes what else is already queued
+//! (without waiting) and publishes it all as one item, so viewers' writers
+//! wake once per burst, not once per packet.
 
 mod h264;
 mod opus;
@@ -47,7 +50,8 @@ pub use h264::{H264Forwarder, VideoCounters, MAX_PAYLOAD};
 pub use opus::{AudioCounters, OpusTrack};
 
 use super::{
-    EncodedAudio, Media, SourceError, SourceFactory, SourceHandle, SourceLink, VIDEO_CLOCK_HZ,
+    EncodedAudio, Media, SourceError, SourceFactory, SourceHandle, SourceLink, VideoPacket,
+    VIDEO_CLOCK_HZ,
 };
 
 /// How long a receive blocks before the thread checks for a stop.
@@ -58,6 +62,10 @@ const RECV_BUFFER: usize = 4 << 20;
 /// Broadcast depth, in datagrams: about three seconds of a 12 Mbit/s
 /// stream (a keyframe alone can be hundreds of packets).
 const MEDIA_CAPACITY: usize = 4096;
+/// Datagrams taken from the video socket at most per published item:
+/// those already queued when the first is read (at most about 32 packets'
+/// processing, some tens of microseconds, delay the first).
+const MAX_BATCH: usize = 32;
 /// How often the counters are logged while media flows.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -131,6 +139,14 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, String> {
     }
 }
 
+/// Receives one more datagram if one is already queued; never waits. Any
+/// error ends the draining (the next blocking [`recv`] reports it).
+fn recv_queued(socket: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    recv(socket.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).ok()
+}
+
 /// Checks for a stop (and counts keyframe requests) every [`POLL`], not
 /// per packet: the stop flag sits behind a mutex.
 struct Housekeeping {
@@ -187,6 +203,12 @@ fn video_loop(
         if let Some(n) = got {
             let frames = forwarder.counters().frames;
             forwarder.push(now, &buf[..n], |p| out.push(p));
+            push_queued(
+                |b| recv_queued(socket, b),
+                &mut buf,
+                &mut forwarder,
+                &mut out,
+            );
             if !out.is_empty() {
                 link.publish(Media::VideoPackets(out.drain(..).collect()));
             }
@@ -207,6 +229,28 @@ fn video_loop(
     }
     tracing::info!(counters = ?forwarder.counters(), keyframe_requests = house.keyframe_requests, "rtp video source stopped");
     Ok(())
+}
+
+/// Datagrams already queued behind the one just read (senders send a frame
+/// as a burst), up to [`MAX_BATCH`] in all, through the forwarder: they go
+/// out in the same item, one wake-up per viewer for the burst instead of
+/// one per packet. `queued` reads one without waiting (`None`: nothing
+/// more). Returns how many were taken.
+fn push_queued(
+    mut queued: impl FnMut(&mut [u8]) -> Option<usize>,
+    buf: &mut [u8],
+    forwarder: &mut H264Forwarder,
+    out: &mut Vec<VideoPacket>,
+) -> usize {
+    let mut taken = 0;
+    while taken + 1 < MAX_BATCH {
+        let Some(n) = queued(buf) else {
+            break;
+        };
+        forwarder.push(Instant::now(), &buf[..n], |p| out.push(p));
+        taken += 1;
+    }
+    taken
 }
 
 fn audio_loop(link: &SourceLink, socket: &UdpSocket, mut track: OpusTrack) -> Result<(), String> {
@@ -236,4 +280,58 @@ fn audio_loop(link: &SourceLink, socket: &UdpSocket, mut track: OpusTrack) -> Re
     }
     tracing::info!(counters = ?track.counters(), "rtp audio source stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RTP packets of payload type 96 whose payload is one IDR slice NAL.
+    fn datagrams(n: u16) -> std::collections::VecDeque<Vec<u8>> {
+        (0..n)
+            .map(|seq| {
+                let mut p = vec![0x80, 96 | 0x80];
+                p.extend(seq.to_be_bytes());
+                p.extend((u32::from(seq) * 3000).to_be_bytes());
+                p.extend(7u32.to_be_bytes());
+                p.extend([0x65, 0x88, 1, 2, 3]);
+                p
+            })
+            .collect()
+    }
+
+    fn take(queue: &mut std::collections::VecDeque<Vec<u8>>, buf: &mut [u8]) -> Option<usize> {
+        let d = queue.pop_front()?;
+        buf[..d.len()].copy_from_slice(&d);
+        Some(d.len())
+    }
+
+    #[test]
+    fn a_read_takes_what_is_queued_behind_it_up_to_the_batch_limit() {
+        let mut buf = vec![0u8; 2048];
+        let mut out = Vec::new();
+
+        // Five queued behind the first read: all five, then the queue is empty.
+        let mut queue = datagrams(5);
+        let mut f = H264Forwarder::new(96, 3000);
+        assert_eq!(
+            push_queued(|b| take(&mut queue, b), &mut buf, &mut f, &mut out),
+            5
+        );
+        assert!(queue.is_empty());
+        assert_eq!(f.counters().packets, 5);
+
+        // More than a batch: the first read plus MAX_BATCH - 1; the rest
+        // waits for the next read.
+        let mut queue = datagrams(100);
+        let mut f = H264Forwarder::new(96, 3000);
+        let taken = push_queued(|b| take(&mut queue, b), &mut buf, &mut f, &mut out);
+        assert_eq!(taken, MAX_BATCH - 1);
+        assert_eq!(queue.len(), 100 - taken);
+        assert_eq!(f.counters().packets, taken as u64);
+
+        // Nothing queued: nothing taken.
+        let mut f = H264Forwarder::new(96, 3000);
+        assert_eq!(push_queued(|_| None, &mut buf, &mut f, &mut out), 0);
+    }
 }

@@ -705,13 +705,14 @@ fn write_tables(
     ));
     if let Some(u) = udp {
         md.push_str(&format!(
-            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered); its CPU includes the loopback delivery, as the relays' does. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate): what no relay on this loopback can go below.\n\n",
+            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered), the best of {} runs each; its CPU includes the loopback delivery, as the relays' does. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate): what no relay on this loopback can go below.\n\n",
             u.sendto.packets_per_sec,
             system_tests::udp_floor::DATAGRAM,
             u.sendto.delivered * 100.0,
             u.gso.packets_per_sec,
             system_tests::udp_floor::GSO_RUN,
             u.gso.delivered * 100.0,
+            system_tests::udp_floor::TRIES,
         ));
     }
     md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
