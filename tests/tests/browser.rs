@@ -273,6 +273,13 @@ async fn a_browser_decodes_through_the_one_batched_udp_port() {
     eprintln!("worker's udp sender: {udp}");
     assert!(udp["packets"].as_u64().unwrap_or(0) > 0, "{udp}");
     assert_eq!(udp["dropped"], json!(0), "{udp}");
+    // The media went out on the worker's own path (it encrypted them with
+    // the keys of the browser's DTLS handshake), not through webrtc-rs's.
+    let direct = udp["direct"].as_u64().unwrap_or(0);
+    assert!(
+        direct > frames,
+        "{udp}: fewer direct packets than frames decoded"
+    );
     b.close().await;
 }
 

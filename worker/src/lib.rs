@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod direct;
 pub mod heartbeat;
 pub mod input;
 pub mod input_state;

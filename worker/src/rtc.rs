@@ -22,6 +22,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::dtls_transport::dtls_transport_state::RTCDtlsTransportState;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
@@ -37,6 +38,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::codecs::h264::H264Payloader;
 use webrtc::rtp::header::Header as RtpHeader;
 use webrtc::rtp::packet::Packet as RtpPacket;
@@ -44,13 +46,19 @@ use webrtc::rtp::packetizer::Payloader;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
-use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpSendParameters};
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
+use crate::direct::{self, DirectOut, OutStream};
 use crate::source::{EncodedVideo, Media, SourceTap};
-use crate::udp_batch::{BatchedUdp, SendCounters};
+use crate::udp_batch::{BatchedUdp, SendCounters, UdpQueue};
+
+/// NACKs queued for a viewer's writer; more are dropped (the viewer asks
+/// again).
+const NACK_QUEUE: usize = 64;
 
 /// How long one sample write may take before the viewer is treated as
 /// stalled and skips to the next keyframe.
@@ -199,6 +207,9 @@ pub struct Engine {
     ice_servers: Vec<IceServer>,
     video_payloads: Arc<PayloadCache>,
     udp_counters: Option<Arc<SendCounters>>,
+    /// With one UDP port: its send queue, for viewers' media sent by the
+    /// worker itself (`crate::direct`).
+    direct: Option<UdpQueue>,
 }
 
 /// RTP payload bytes per video packet: webrtc-rs's outbound RTP MTU
@@ -343,24 +354,19 @@ impl Engine {
             },
             RTPCodecType::Audio,
         )?;
-        // The worker only sends: a NACK responder (with a history of 1024
-        // packets, about 3 s of 720p video, instead of the default 8192 that
-        // cost ~10 MiB per viewer) and sender/receiver reports.
-        let mut registry = Registry::new();
-        registry.add(Box::new(
-            webrtc::interceptor::nack::responder::Responder::builder().with_log2_size(10),
-        ));
-        let registry = configure_rtcp_reports(registry);
         let mut se = SettingEngine::default();
         if !settings.nat_1to1_ips.is_empty() {
             se.set_nat_1to1_ips(settings.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
         }
         let mut udp_counters = None;
+        let mut direct = None;
         if let Some(port) = settings.udp_port {
             // One port for every peer: the worker owns the socket and
-            // batches its sends (crate::udp_batch).
+            // batches its sends (crate::udp_batch), and sends viewers'
+            // media itself (crate::direct).
             let sock = BatchedUdp::new(std::net::UdpSocket::bind(("0.0.0.0", port))?)?;
             udp_counters = Some(sock.counters());
+            direct = Some(sock.queue());
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
                 sock,
             ))));
@@ -391,6 +397,18 @@ impl Engine {
             Some(ICE_FAILED_TIMEOUT),
             Some(ICE_KEEPALIVE_INTERVAL),
         );
+        // The worker only sends. On its own media path (one port) it numbers,
+        // retransmits and reports itself, so webrtc-rs gets no interceptor.
+        // Otherwise: a NACK responder (with a history of 1024 packets, about
+        // 3 s of 720p video, instead of the default 8192 that cost ~10 MiB
+        // per viewer) and sender/receiver reports.
+        let mut registry = Registry::new();
+        if direct.is_none() {
+            registry.add(Box::new(
+                webrtc::interceptor::nack::responder::Responder::builder().with_log2_size(10),
+            ));
+            registry = configure_rtcp_reports(registry);
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
@@ -401,6 +419,7 @@ impl Engine {
             ice_servers: settings.ice_servers.clone(),
             video_payloads: Arc::default(),
             udp_counters,
+            direct,
         })
     }
 
@@ -455,8 +474,23 @@ impl Engine {
             .await?;
 
         // RTCP from the viewer: PLI/FIR ask the source for a keyframe (the
-        // source coalesces concurrent asks into one IDR). Reading RTCP also
-        // feeds the NACK interceptor.
+        // source coalesces concurrent asks into one IDR). NACKs go to the
+        // writer on the direct path; otherwise reading RTCP feeds the NACK
+        // interceptor.
+        let (nack_tx, nacks) = mpsc::channel::<Vec<u16>>(NACK_QUEUE);
+        let sink = match &self.direct {
+            Some(udp) => Sink::Direct(Box::new(Direct {
+                video: video_sender.clone(),
+                audio: audio_sender.clone(),
+                udp: udp.clone(),
+                out: None,
+                nacks,
+            })),
+            None => Sink::Tracks {
+                video: video.clone(),
+                audio: audio.clone(),
+            },
+        };
         {
             let tap = tap.clone();
             let cancel_v = cancel.clone();
@@ -471,6 +505,10 @@ impl Engine {
                         let any = p.as_any();
                         if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                             tap.request_keyframe();
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            let lost = nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                            // A full queue drops the NACK: the viewer asks again.
+                            let _ = nack_tx.try_send(lost);
                         }
                     }
                 }
@@ -584,8 +622,7 @@ impl Engine {
 
         let writer = tokio::spawn(write_media(
             tap,
-            video,
-            audio,
+            sink,
             self.video_payloads.clone(),
             gate,
             cancel.clone(),
@@ -677,32 +714,166 @@ impl Viewer {
     }
 }
 
-/// One viewer's writer: every frame of the shared broadcast to this peer's
-/// tracks. Starts at a keyframe; after falling behind (the broadcast's
-/// bound) or a stalled write, skips to the next keyframe and asks for one.
+/// Where a viewer's writer sends media.
+enum Sink {
+    /// Through webrtc-rs's tracks (a port per peer, or a port range).
+    Tracks {
+        video: Arc<TrackLocalStaticRTP>,
+        audio: Arc<TrackLocalStaticSample>,
+    },
+    /// The worker's own path on the one UDP port (`crate::direct`).
+    Direct(Box<Direct>),
+}
+
+/// A viewer's direct path: started once its DTLS is up.
+struct Direct {
+    video: Arc<RTCRtpSender>,
+    audio: Arc<RTCRtpSender>,
+    udp: UdpQueue,
+    out: Option<DirectOut>,
+    /// Sequence numbers the viewer reported lost (its RTCP reader).
+    nacks: mpsc::Receiver<Vec<u16>>,
+}
+
+impl Direct {
+    /// The path, once the viewer's DTLS is connected; `None` before (media
+    /// for the viewer is dropped until then, as webrtc-rs drops writes to an
+    /// unbound track).
+    async fn ready(&mut self) -> Option<&mut DirectOut> {
+        if self.out.is_none() {
+            if self.video.transport().state() != RTCDtlsTransportState::Connected {
+                return None;
+            }
+            match start_direct(&self.video, &self.audio, &self.udp).await {
+                Ok(out) => self.out = Some(out),
+                Err(e) => {
+                    debug!(error = %e, "direct media path not ready");
+                    return None;
+                }
+            }
+        }
+        self.out.as_mut()
+    }
+}
+
+/// A viewer's direct path from its DTLS keys, selected pair and senders.
+async fn start_direct(
+    video: &RTCRtpSender,
+    audio: &RTCRtpSender,
+    udp: &UdpQueue,
+) -> Result<DirectOut, String> {
+    let transport = video.transport();
+    let (keys, profile) = transport
+        .srtp_keys()
+        .await
+        .ok_or("DTLS gave no SRTP keys")?;
+    let to = transport
+        .ice_transport()
+        .selected_remote_addr()
+        .await
+        .ok_or("no selected candidate pair")?;
+    // SSRC from the sender's encoding; the payload type from the negotiated
+    // codec (one per kind is registered; the encoding's own field is never
+    // set by webrtc-rs 0.17).
+    let stream = |p: RTCRtpSendParameters| {
+        let ssrc = p.encodings.first().map(|e| e.ssrc);
+        let pt = p.rtp_parameters.codecs.first().map(|c| c.payload_type);
+        ssrc.zip(pt)
+            .ok_or("a sender without an encoding or a codec")
+    };
+    let (video_ssrc, video_pt) = stream(video.get_parameters().await)?;
+    let (audio_ssrc, audio_pt) = stream(audio.get_parameters().await)?;
+    let video = OutStream::new(
+        video_ssrc,
+        video_pt,
+        90_000,
+        random_u32() as u16,
+        direct::VIDEO_HISTORY,
+    );
+    let audio = OutStream::new(audio_ssrc, audio_pt, 48_000, random_u32() as u16, 0);
+    DirectOut::new(&keys, profile, to, udp.clone(), video, audio).map_err(|e| e.to_string())
+}
+
+impl Direct {
+    /// Sender reports when due, and the destination refreshed with them
+    /// (the selected candidate pair can change).
+    async fn tick(&mut self, now: std::time::Instant) {
+        let Some(out) = &mut self.out else { return };
+        if !out.report_due(now) {
+            return;
+        }
+        if let Some(to) = self
+            .video
+            .transport()
+            .ice_transport()
+            .selected_remote_addr()
+            .await
+        {
+            out.set_destination(to);
+        }
+        if let Err(e) = out.report(now, std::time::SystemTime::now()) {
+            debug!(error = %e, "sender report");
+        }
+    }
+}
+
+impl Sink {
+    /// The next NACK for the direct path; never for tracks (webrtc-rs's
+    /// NACK responder answers those).
+    async fn nack(&mut self) -> Option<Vec<u16>> {
+        match self {
+            Sink::Direct(d) => d.nacks.recv().await,
+            Sink::Tracks { .. } => std::future::pending().await,
+        }
+    }
+}
+
+/// What wakes a viewer's writer.
+enum Wake {
+    Media(Result<Media, broadcast::error::RecvError>),
+    Nack(Vec<u16>),
+}
+
+/// One viewer's writer: every frame of the shared broadcast to this peer.
+/// Starts at a keyframe; after falling behind (the broadcast's bound) or a
+/// stalled write, skips to the next keyframe and asks for one.
 async fn write_media(
     tap: SourceTap,
-    video: Arc<TrackLocalStaticRTP>,
-    audio: Arc<TrackLocalStaticSample>,
+    mut sink: Sink,
     payloads: Arc<PayloadCache>,
     gate: SendGate,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
     let mut rx = tap.subscribe();
-    // This viewer's video RTP numbering (the track sets SSRC and payload
-    // type): a random start plus the frame's own 90 kHz presentation time,
-    // so any frame rate (and frames a source skipped) keeps true timing.
+    // This viewer's RTP numbering (the track or the direct path sets SSRC
+    // and payload type): a random start plus the frame's own 90 kHz
+    // presentation time, so any frame rate (and frames a source skipped)
+    // keeps true timing.
     let mut seq = random_u32() as u16;
     let ts_base = random_u32();
+    let audio_ts_base = random_u32();
     let mut need_key = true;
     tap.request_keyframe();
     loop {
-        let m = tokio::select! {
-            m = rx.recv() => m,
+        let wake = tokio::select! {
+            m = rx.recv() => Wake::Media(m),
+            Some(lost) = sink.nack() => Wake::Nack(lost),
             _ = cancel.cancelled() => return,
         };
-        if !gate.open(std::time::Instant::now()) {
+        let m = match wake {
+            Wake::Media(m) => m,
+            Wake::Nack(lost) => {
+                if let Sink::Direct(d) = &mut sink {
+                    if let Some(out) = &mut d.out {
+                        out.resend(&lost);
+                    }
+                }
+                continue;
+            }
+        };
+        let now = std::time::Instant::now();
+        if !gate.open(now) {
             // The worker lost its lease: nothing leaves until it is back.
             need_key = true;
             continue;
@@ -712,7 +883,6 @@ async fn write_media(
                 if need_key && !v.keyframe {
                     continue;
                 }
-                need_key = false;
                 let payloads = payloads.payloads(&v);
                 let last = payloads.len().saturating_sub(1);
                 // RTP timestamps wrap at 32 bits; truncation is the wrap.
@@ -721,7 +891,20 @@ async fn write_media(
                     .iter()
                     .enumerate()
                     .map(|(i, p)| (p.clone(), i == last, ts));
-                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
+                match &mut sink {
+                    Sink::Tracks { video, .. } => {
+                        need_key = false;
+                        tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, &mut seq))
+                            .await
+                    }
+                    Sink::Direct(d) => {
+                        let Some(out) = d.ready().await else { continue };
+                        need_key = false;
+                        out.send_video(packets, now);
+                        d.tick(now).await;
+                        Ok(Ok(()))
+                    }
+                }
             }
             Ok(Media::VideoPackets(packets)) => {
                 let from = if need_key {
@@ -732,20 +915,44 @@ async fn write_media(
                 } else {
                     0
                 };
-                need_key = false;
                 let packets = packets[from..].iter().map(|p| {
                     let ts = ts_base.wrapping_add(p.pts_90k as u32);
                     (p.payload.clone(), p.marker, ts)
                 });
-                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
+                match &mut sink {
+                    Sink::Tracks { video, .. } => {
+                        need_key = false;
+                        tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, &mut seq))
+                            .await
+                    }
+                    Sink::Direct(d) => {
+                        let Some(out) = d.ready().await else { continue };
+                        need_key = false;
+                        out.send_video(packets, now);
+                        d.tick(now).await;
+                        Ok(Ok(()))
+                    }
+                }
             }
             Ok(Media::Audio(a)) => {
-                let sample = Sample {
-                    data: Bytes::clone(&a.opus),
-                    duration: Duration::from_millis(20),
-                    ..Default::default()
-                };
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
+                match &mut sink {
+                    Sink::Tracks { audio, .. } => {
+                        let sample = Sample {
+                            data: Bytes::clone(&a.opus),
+                            duration: Duration::from_millis(20),
+                            ..Default::default()
+                        };
+                        let _ =
+                            tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
+                    }
+                    Sink::Direct(d) => {
+                        if let Some(out) = d.ready().await {
+                            let ts = audio_ts_base.wrapping_add(a.pts_48k as u32);
+                            out.send_audio(&a.opus, ts, now);
+                            d.tick(now).await;
+                        }
+                    }
+                }
                 continue;
             }
             Err(RecvError::Lagged(n)) => {

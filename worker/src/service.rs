@@ -197,6 +197,7 @@ fn process_stats(ctx: &std::sync::Weak<Ctx>) -> serde_json::Value {
                     "sends": c.sends.load(Relaxed),
                     "dropped": c.dropped.load(Relaxed),
                     "failed": c.failed.load(Relaxed),
+                    "direct": c.direct.load(Relaxed),
                 })
             });
             (running.len(), viewers, udp)

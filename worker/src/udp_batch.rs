@@ -153,6 +153,10 @@ pub struct SendCounters {
     /// Packets the kernel refused (an address the socket cannot reach,
     /// such as an IPv6 candidate on the IPv4 port; ICE tries every pair).
     pub failed: AtomicU64,
+    /// Packets queued by the worker's own media path (`crate::direct`:
+    /// SRTP it encrypted itself), the rest coming from webrtc-rs (ICE,
+    /// DTLS, SCTP).
+    pub direct: AtomicU64,
 }
 
 #[derive(Default)]
@@ -234,18 +238,63 @@ impl BatchedUdp {
         self.shared.counters.clone()
     }
 
-    /// Queues one packet, or drops and counts it if the queue is full or
-    /// closed.
+    /// A handle that queues packets on this port without owning it.
+    pub fn queue(&self) -> UdpQueue {
+        UdpQueue {
+            shared: self.shared.clone(),
+        }
+    }
+
     fn push(&self, buf: &[u8], to: SocketAddr) {
+        self.queue().push(std::iter::once(buf), to);
+    }
+}
+
+/// Queues packets on a [`BatchedUdp`] port (the worker's own media path,
+/// `crate::direct`); dropping it leaves the port open.
+#[derive(Clone)]
+pub struct UdpQueue {
+    shared: Arc<Shared>,
+}
+
+impl UdpQueue {
+    /// Queues packets of the worker's own media path for one destination
+    /// under one lock, dropping and counting those that do not fit (a full
+    /// or closed queue).
+    pub fn push_all<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) {
+        let queued = self.push(bufs, to);
+        self.shared
+            .counters
+            .direct
+            .fetch_add(queued, Ordering::Relaxed);
+    }
+
+    /// Queues packets; returns how many were queued.
+    fn push<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) -> u64 {
         let mut p = self.shared.lock();
-        if !p.push(buf, to) {
-            drop(p);
-            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        } else if p.idle {
+        let (mut queued, mut dropped) = (0, 0);
+        for buf in bufs {
+            if p.push(buf, to) {
+                queued += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        let wake = p.idle && !p.packets.is_empty();
+        if wake {
             p.idle = false;
-            drop(p);
+        }
+        drop(p);
+        if dropped > 0 {
+            self.shared
+                .counters
+                .dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        if wake {
             self.shared.wake.notify_one();
         }
+        queued
     }
 }
 

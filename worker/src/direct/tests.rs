@@ -1,0 +1,205 @@
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use webrtc::rtcp::sender_report::SenderReport;
+use webrtc::rtp::packet::Packet as RtpPacket;
+use webrtc::srtp::config::SessionKeys;
+use webrtc::srtp::context::Context;
+use webrtc::srtp::protection_profile::ProtectionProfile;
+use webrtc::util::Unmarshal;
+
+use super::*;
+use crate::udp_batch::BatchedUdp;
+
+fn parse(buf: &[u8]) -> RtpPacket {
+    let mut b = buf;
+    RtpPacket::unmarshal(&mut b).expect("valid RTP")
+}
+
+#[test]
+fn packets_are_numbered_from_the_first_seq_across_the_wrap_with_the_streams_ssrc() {
+    let now = Instant::now();
+    let mut s = OutStream::new(0xdead_beef, 102, 90_000, 0xfffe, 16);
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for (i, marker) in [false, false, true].into_iter().enumerate() {
+        let payload = Bytes::from(vec![i as u8; 10 + i]);
+        s.next(&payload, marker, 1000, now, &mut out);
+        let p = parse(&out);
+        assert_eq!(p.header.version, 2);
+        assert_eq!(p.header.ssrc, 0xdead_beef);
+        assert_eq!(p.header.payload_type, 102);
+        assert_eq!(p.header.timestamp, 1000);
+        assert_eq!(p.header.marker, marker);
+        assert_eq!(p.payload, payload);
+        seen.push(p.header.sequence_number);
+    }
+    assert_eq!(seen, [0xfffe, 0xffff, 0]);
+}
+
+#[test]
+fn a_kept_packet_is_sent_again_unchanged_and_an_overwritten_one_is_not() {
+    let now = Instant::now();
+    let mut s = OutStream::new(7, 102, 90_000, 100, 4);
+    let mut out = Vec::new();
+    let mut first = Vec::new();
+    for i in 0..6u8 {
+        s.next(
+            &Bytes::from(vec![i; 20]),
+            i == 5,
+            90 * u32::from(i),
+            now,
+            &mut out,
+        );
+        if i == 2 {
+            first = out.clone();
+        }
+    }
+    // 100 and 101 were overwritten by 104 and 105 (4 slots).
+    assert!(!s.again(100, &mut out));
+    assert!(!s.again(101, &mut out));
+    assert!(s.again(102, &mut out));
+    assert_eq!(out, first, "a retransmission is the same packet");
+    assert!(!s.again(200, &mut out), "never sent");
+    let mut none = OutStream::new(8, 111, 48_000, 0, 0);
+    none.next(&Bytes::from_static(b"x"), false, 0, now, &mut out);
+    assert!(
+        !none.again(0, &mut out),
+        "a stream without history resends nothing"
+    );
+}
+
+#[test]
+fn a_report_carries_the_counts_and_the_rtp_time_the_clock_has_reached() {
+    let t0 = Instant::now();
+    let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut s = OutStream::new(9, 111, 48_000, 0, 0);
+    assert!(s.report(t0, wall).is_none(), "no report before a packet");
+    let mut out = Vec::new();
+    s.next(&Bytes::from(vec![0; 100]), false, 5_000, t0, &mut out);
+    s.next(&Bytes::from(vec![0; 60]), false, 5_960, t0, &mut out);
+    let r = s
+        .report(t0 + Duration::from_millis(500), wall)
+        .expect("a report");
+    assert_eq!(r.ssrc, 9);
+    assert_eq!(r.packet_count, 2);
+    assert_eq!(r.octet_count, 160, "payload octets only");
+    assert_eq!(r.rtp_time, 5_960 + 24_000, "half a second at 48 kHz");
+    assert_eq!(r.ntp_time, ntp(wall));
+}
+
+#[test]
+fn ntp_time_counts_from_1900_with_a_binary_fraction() {
+    assert_eq!(ntp(UNIX_EPOCH), 2_208_988_800 << 32);
+    assert_eq!(
+        ntp(UNIX_EPOCH + Duration::from_millis(1500)),
+        ((2_208_988_800 + 1) << 32) | 0x8000_0000
+    );
+}
+
+fn keys(profile: ProtectionProfile) -> SessionKeys {
+    let key: Vec<u8> = (0..profile.key_len() as u8).collect();
+    let salt: Vec<u8> = (100..100 + profile.salt_len() as u8).collect();
+    SessionKeys {
+        local_master_key: key.clone(),
+        local_master_salt: salt.clone(),
+        remote_master_key: key,
+        remote_master_salt: salt,
+    }
+}
+
+async fn recv(sock: &tokio::net::UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0; 2000];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .expect("a packet within 5 s")
+        .expect("recv");
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test]
+async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
+    for profile in [
+        ProtectionProfile::AeadAes128Gcm,
+        ProtectionProfile::Aes128CmHmacSha1_80,
+    ] {
+        let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let viewer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let keys = keys(profile);
+        let mut out = DirectOut::new(
+            &keys,
+            profile,
+            viewer.local_addr().unwrap(),
+            port.queue(),
+            OutStream::new(1111, 102, 90_000, 10, VIDEO_HISTORY),
+            OutStream::new(2222, 111, 48_000, 500, 0),
+        )
+        .unwrap();
+        let mut rx = Context::new(
+            &keys.remote_master_key,
+            &keys.remote_master_salt,
+            profile,
+            None,
+            None,
+        )
+        .unwrap();
+        let now = Instant::now();
+        let frame: Vec<(Bytes, bool, u32)> = (0..3u8)
+            .map(|i| (Bytes::from(vec![i; 1186]), i == 2, 3000))
+            .collect();
+        out.send_video(frame.clone().into_iter(), now);
+        let mut sealed = Vec::new();
+        for (i, (payload, marker, ts)) in frame.iter().enumerate() {
+            let wire = recv(&viewer).await;
+            let p = parse(&rx.decrypt_rtp(&wire).expect("decrypts"));
+            assert_eq!(p.header.sequence_number, 10 + i as u16);
+            assert_eq!(
+                (&p.payload, p.header.marker, p.header.timestamp),
+                (payload, *marker, *ts)
+            );
+            sealed.push(wire);
+        }
+        out.send_audio(&Bytes::from_static(b"opus"), 960, now);
+        let p = parse(
+            &rx.decrypt_rtp(&recv(&viewer).await)
+                .expect("audio decrypts"),
+        );
+        assert_eq!(
+            (
+                p.header.ssrc,
+                p.header.payload_type,
+                p.header.sequence_number
+            ),
+            (2222, 111, 500)
+        );
+
+        // A NACK for seq 11 gets the same packet again; 99 was never sent.
+        assert_eq!(out.resend(&[11, 99]), 1);
+        assert_eq!(
+            recv(&viewer).await,
+            sealed[1],
+            "the retransmission is the same SRTP packet"
+        );
+
+        assert!(out.report_due(now));
+        out.report(now, SystemTime::now()).unwrap();
+        assert!(!out.report_due(now + Duration::from_millis(10)));
+        let rtcp = rx
+            .decrypt_rtcp(&recv(&viewer).await)
+            .expect("SRTCP decrypts");
+        let pkts = webrtc::rtcp::packet::unmarshal(&mut &rtcp[..]).expect("RTCP");
+        let srs: Vec<(u32, u32)> = pkts
+            .iter()
+            .map(|p| {
+                let sr = p
+                    .as_any()
+                    .downcast_ref::<SenderReport>()
+                    .expect("a sender report");
+                (sr.ssrc, sr.packet_count)
+            })
+            .collect();
+        assert_eq!(srs, [(1111, 3), (2222, 1)]);
+        assert_eq!(out.refused, 0);
+    }
+}
