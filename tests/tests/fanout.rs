@@ -405,3 +405,134 @@ async fn input_from_controllers_and_the_backend_merges_and_bad_packets_are_refus
     })
     .await;
 }
+
+/// What the viewer of [`a_lost_packet_reported_by_a_viewer_on_the_one_port_comes_again_and_both_streams_get_sender_reports`] saw.
+enum Seen {
+    /// A video packet: sequence number and payload.
+    Video(u16, bytes::Bytes),
+    /// A sender report: SSRC, packet count, RTP time.
+    Report(u32, u32, u32),
+    /// The SSRC of a track, as it starts.
+    Track(u32, bool),
+}
+
+/// On the one UDP port the worker sends viewers' media itself (SRTP with
+/// the keys of the viewer's DTLS handshake): a packet the viewer reports
+/// lost in a NACK comes again, the same packet, and the viewer gets RTCP
+/// sender reports for its video and audio streams, as webrtc-rs's NACK
+/// responder and report interceptor gave before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_packet_reported_by_a_viewer_on_the_one_port_comes_again_and_both_streams_get_sender_reports(
+) {
+    use webrtc::rtcp::sender_report::SenderReport;
+    use webrtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+
+    let port = free_udp_port();
+    let (_nats, _w, client, bus, id) =
+        session_with("nack", FAN_SOURCE, |c| c.udp_port = Some(port)).await;
+    let pending = viewer::request(&bus, &id, Role::View)
+        .await
+        .expect("join accepted");
+    // No interceptors (so this viewer sends no NACKs of its own) and no
+    // SRTP replay window, so a packet that comes twice is read twice.
+    let mut se = webrtc::api::setting_engine::SettingEngine::default();
+    se.disable_srtp_replay_protection(true);
+    let api = viewer::api(Interceptors::None, se).expect("api");
+    let pc = viewer::peer(&api).await.expect("peer");
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+    pc.on_track(Box::new(move |track, receiver, _| {
+        let tx = tx.clone();
+        let video = track
+            .codec()
+            .capability
+            .mime_type
+            .to_lowercase()
+            .contains("h264");
+        let _ = tx.send(Seen::Track(track.ssrc(), video));
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok((pkts, _)) = receiver.read_rtcp().await {
+                    for p in pkts {
+                        if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                            let _ = tx.send(Seen::Report(sr.ssrc, sr.packet_count, sr.rtp_time));
+                        }
+                    }
+                }
+            });
+        }
+        Box::pin(async move {
+            if !video {
+                // Audio is read so its RTCP keeps flowing; its packets are not needed.
+                tokio::spawn(async move { while track.read_rtp().await.is_ok() {} });
+                return;
+            }
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                let _ = tx.send(Seen::Video(pkt.header.sequence_number, pkt.payload));
+            }
+        })
+    }));
+    let v = pending
+        .connect(&bus, pc.clone())
+        .await
+        .expect("answer accepted");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut ssrcs = std::collections::HashMap::new(); // ssrc -> video?
+    let mut received: std::collections::HashMap<u16, (bytes::Bytes, usize)> = Default::default();
+    let mut reports: std::collections::HashMap<u32, (u32, u32)> = Default::default();
+    let mut nacked: Option<u16> = None;
+    loop {
+        let got = tokio::time::timeout_at(deadline, seen.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out: nacked {nacked:?} (times seen: {:?}), reports {reports:?}, tracks {ssrcs:?}",
+                    nacked.and_then(|s| received.get(&s)).map(|r| r.1)
+                )
+            })
+            .expect("viewer open");
+        match got {
+            Seen::Track(ssrc, video) => {
+                ssrcs.insert(ssrc, video);
+            }
+            Seen::Report(ssrc, packets, rtp_time) => {
+                reports.insert(ssrc, (packets, rtp_time));
+            }
+            Seen::Video(seq, payload) => {
+                let entry = received.entry(seq).or_insert((payload.clone(), 0));
+                assert_eq!(entry.0, payload, "packet {seq} came again with other bytes");
+                entry.1 += 1;
+                // After 30 packets, report an early one lost.
+                if nacked.is_none() && received.len() >= 30 {
+                    let (&video_ssrc, _) = ssrcs.iter().find(|(_, v)| **v).expect("a video track");
+                    let lost = *received.keys().min().expect("packets");
+                    let nack = TransportLayerNack {
+                        sender_ssrc: 1,
+                        media_ssrc: video_ssrc,
+                        nacks: vec![NackPair {
+                            packet_id: lost,
+                            lost_packets: 0,
+                        }],
+                    };
+                    pc.write_rtcp(&[Box::new(nack)]).await.expect("NACK sent");
+                    nacked = Some(lost);
+                }
+            }
+        }
+        let again = nacked
+            .and_then(|s| received.get(&s))
+            .is_some_and(|r| r.1 >= 2);
+        let both_reported = ssrcs.len() == 2
+            && ssrcs
+                .keys()
+                .all(|s| reports.get(s).is_some_and(|(packets, _)| *packets > 0));
+        if again && both_reported {
+            break;
+        }
+    }
+    let udp = &worker_stats(&client).await["udp"];
+    assert!(udp["direct"].as_u64().unwrap_or(0) > 30, "{udp}");
+    v.leave(&bus).await.expect("left");
+    v.close().await;
+}

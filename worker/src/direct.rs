@@ -187,7 +187,9 @@ pub struct DirectOut {
     pub video: OutStream,
     pub audio: OutStream,
     plain: Vec<u8>,
-    sealed: Vec<Bytes>,
+    /// Encrypted packets waiting to go, end to end, and their lengths.
+    wire: Vec<u8>,
+    lens: Vec<usize>,
     reported_at: Option<Instant>,
     /// Packets the SRTP context refused (not expected: counted for logs).
     pub refused: u64,
@@ -217,7 +219,8 @@ impl DirectOut {
             video,
             audio,
             plain: Vec::with_capacity(1500),
-            sealed: Vec::new(),
+            wire: Vec::new(),
+            lens: Vec::new(),
             reported_at: None,
             refused: 0,
         })
@@ -228,8 +231,8 @@ impl DirectOut {
         self.to = to;
     }
 
-    /// Encrypts and queues video packets (payload, marker, RTP timestamp)
-    /// under one lock of the port's queue.
+    /// Encrypts video packets (payload, marker, RTP timestamp) and sends
+    /// them together ([`UdpQueue::send`]).
     pub fn send_video(&mut self, packets: impl Iterator<Item = (Bytes, bool, u32)>, now: Instant) {
         for (payload, marker, timestamp) in packets {
             self.video
@@ -239,7 +242,7 @@ impl DirectOut {
         self.flush();
     }
 
-    /// Encrypts and queues one audio packet.
+    /// Encrypts and sends one audio packet.
     pub fn send_audio(&mut self, payload: &Bytes, timestamp: u32, now: Instant) {
         self.audio
             .next(payload, false, timestamp, now, &mut self.plain);
@@ -281,22 +284,25 @@ impl DirectOut {
         }
         let plain = webrtc::rtcp::packet::marshal(&reports)?;
         let sealed = self.context.encrypt_rtcp(&plain)?;
-        self.udp.push_all([&sealed[..]], self.to);
+        self.udp.send(&sealed, &[sealed.len()], self.to);
         Ok(())
     }
 
     fn seal_rtp(&mut self) {
         match self.context.encrypt_rtp(&self.plain) {
-            Ok(sealed) => self.sealed.push(sealed),
+            Ok(sealed) => {
+                self.wire.extend_from_slice(&sealed);
+                self.lens.push(sealed.len());
+            }
             Err(_) => self.refused += 1,
         }
     }
 
     fn flush(&mut self) {
-        if !self.sealed.is_empty() {
-            self.udp
-                .push_all(self.sealed.iter().map(|b| &b[..]), self.to);
-            self.sealed.clear();
+        if !self.lens.is_empty() {
+            self.udp.send(&self.wire, &self.lens, self.to);
+            self.wire.clear();
+            self.lens.clear();
         }
     }
 }

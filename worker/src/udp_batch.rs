@@ -190,6 +190,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     counters: Arc<SendCounters>,
+    socket: Arc<tokio::net::UdpSocket>,
+    state: quinn_udp::UdpSocketState,
 }
 
 impl Shared {
@@ -223,13 +225,14 @@ impl BatchedUdp {
             pending: Mutex::default(),
             wake: Condvar::new(),
             counters: Arc::default(),
+            socket: socket.clone(),
+            state,
         });
         {
-            let socket = socket.clone();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("udp-send".into())
-                .spawn(move || send_loop(&socket, &state, &shared))?;
+                .spawn(move || send_loop(&shared))?;
         }
         Ok(Self { socket, shared })
     }
@@ -258,6 +261,60 @@ pub struct UdpQueue {
 }
 
 impl UdpQueue {
+    /// Sends a viewer's packets, laid end to end in `wire` with lengths
+    /// `lens`, to `to`. When the sender thread is idle with nothing queued
+    /// and they fit one turn ([`PACKETS_PER_TURN`]: a P-frame of a 720p
+    /// stream), the caller sends them at once, in GSO runs without
+    /// waiting, and spares the thread's wake-up; otherwise (a keyframe, a
+    /// busy port, a full socket buffer) they are queued behind what is
+    /// waiting, so each destination's order holds either way.
+    pub fn send(&self, wire: &[u8], lens: &[usize], to: SocketAddr) {
+        let at_once = lens.len() <= PACKETS_PER_TURN && {
+            let p = self.shared.lock();
+            p.idle && p.packets.is_empty() && !p.closed
+        };
+        let mut queued = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for &len in lens {
+            queued.push(Queued { to, start, len });
+            start += len;
+        }
+        let mut sent = 0;
+        if at_once {
+            let max = self.shared.state.max_gso_segments();
+            for run in runs(&queued, max) {
+                let transmit = quinn_udp::Transmit {
+                    destination: run.to,
+                    ecn: None,
+                    contents: &wire[run.start..run.end],
+                    segment_size: (run.count > 1).then_some(run.segment),
+                    src_ip: None,
+                };
+                let c = &self.shared.counters;
+                match self
+                    .shared
+                    .state
+                    .try_send((&*self.shared.socket).into(), &transmit)
+                {
+                    Ok(()) => {
+                        c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
+                        c.sends.fetch_add(1, Ordering::Relaxed);
+                        c.direct.fetch_add(run.count as u64, Ordering::Relaxed);
+                        sent += run.count;
+                    }
+                    // A full buffer or a refused GSO send: the thread
+                    // takes the rest (it waits, and falls back to single
+                    // packets).
+                    Err(_) => break,
+                }
+            }
+        }
+        if sent < lens.len() {
+            let rest = &queued[sent..];
+            self.push_all(rest.iter().map(|q| &wire[q.start..q.start + q.len]), to);
+        }
+    }
+
     /// Queues packets of the worker's own media path for one destination
     /// under one lock, dropping and counting those that do not fit (a full
     /// or closed queue).
@@ -306,7 +363,8 @@ impl Drop for BatchedUdp {
 
 /// The sender thread: takes everything queued, sends it run by run, and
 /// reuses the buffers.
-fn send_loop(socket: &tokio::net::UdpSocket, state: &quinn_udp::UdpSocketState, shared: &Shared) {
+fn send_loop(shared: &Shared) {
+    let (socket, state) = (&*shared.socket, &shared.state);
     let mut batch = Pending::default();
     loop {
         {
@@ -639,6 +697,69 @@ mod tests {
         let sends = c.sends.load(Ordering::Relaxed);
         assert!(sends >= 1 && sends <= u64::from(n), "{sends} sends");
         println!("{n} packets in {sends} sends");
+    }
+
+    /// Waits (with a deadline) until the sender thread is idle with
+    /// nothing queued.
+    async fn until_idle(q: &UdpQueue) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let p = q.shared.lock();
+                if p.idle && p.packets.is_empty() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sender thread never went idle"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_frame_to_an_idle_port_goes_out_from_the_caller_and_a_large_one_is_queued_in_order(
+    ) {
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let q = sender.queue();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let frame = |first: u32, count: u32| {
+            let (mut wire, mut lens) = (Vec::new(), Vec::new());
+            for n in first..first + count {
+                let len = if n == first + count - 1 { 500 } else { 1200 };
+                let mut p = vec![0x33; len];
+                p[..4].copy_from_slice(&n.to_be_bytes());
+                wire.extend_from_slice(&p);
+                lens.push(len);
+            }
+            (wire, lens)
+        };
+        let c = sender.counters();
+        until_idle(&q).await;
+        let (wire, lens) = frame(0, 10);
+        q.send(&wire, &lens, to);
+        // Sent before `send` returned: by the caller, in one GSO run.
+        assert_eq!(c.packets.load(Ordering::Relaxed), 10);
+        assert_eq!(c.sends.load(Ordering::Relaxed), 1);
+        // More than a turn: queued for the thread, which paces it.
+        let (wire, lens) = frame(10, 40);
+        q.send(&wire, &lens, to);
+        let mut buf = vec![0u8; 2000];
+        for n in 0..50u32 {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+                .await
+                .expect("a packet arrives")
+                .unwrap();
+            assert_eq!(buf[..4], n.to_be_bytes(), "packet {n} in order");
+            assert_eq!(got, if n == 9 || n == 49 { 500 } else { 1200 });
+        }
+        assert_eq!(c.direct.load(Ordering::Relaxed), 50);
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
