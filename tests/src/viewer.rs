@@ -69,6 +69,16 @@ pub async fn peer(api: &API) -> anyhow::Result<Arc<RTCPeerConnection>> {
     ))
 }
 
+/// Whether a received track is the H.264 video (else Opus audio).
+pub fn is_video(track: &TrackRemote) -> bool {
+    track
+        .codec()
+        .capability
+        .mime_type
+        .to_lowercase()
+        .contains("h264")
+}
+
 /// Spawns `read(track, video)` for each track `pc` receives; `video` is
 /// whether the track is H.264.
 pub fn on_tracks<F, Fut>(pc: &RTCPeerConnection, read: F)
@@ -80,12 +90,7 @@ where
     pc.on_track(Box::new(move |track, _, _| {
         let read = read.clone();
         Box::pin(async move {
-            let video = track
-                .codec()
-                .capability
-                .mime_type
-                .to_lowercase()
-                .contains("h264");
+            let video = is_video(&track);
             tokio::spawn(read(track, video));
         })
     }));

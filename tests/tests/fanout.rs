@@ -442,12 +442,7 @@ async fn a_lost_packet_reported_by_a_viewer_on_the_one_port_comes_again_and_both
     let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     pc.on_track(Box::new(move |track, receiver, _| {
         let tx = tx.clone();
-        let video = track
-            .codec()
-            .capability
-            .mime_type
-            .to_lowercase()
-            .contains("h264");
+        let video = viewer::is_video(&track);
         let _ = tx.send(Seen::Track(track.ssrc(), video));
         {
             let tx = tx.clone();

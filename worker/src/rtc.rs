@@ -818,6 +818,27 @@ impl Direct {
 }
 
 impl Sink {
+    /// Sends video packets (payload, marker, RTP timestamp); `None` while
+    /// the direct path waits for DTLS (nothing was sent). `seq` numbers
+    /// them on tracks (the direct path numbers its own).
+    async fn video(
+        &mut self,
+        packets: impl Iterator<Item = (Bytes, bool, u32)>,
+        seq: &mut u16,
+        now: std::time::Instant,
+    ) -> Option<Result<Result<(), webrtc::Error>, tokio::time::error::Elapsed>> {
+        match self {
+            Sink::Tracks { video, .. } => {
+                Some(tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, seq)).await)
+            }
+            Sink::Direct(d) => {
+                d.ready().await?.send_video(packets, now);
+                d.tick(now).await;
+                Some(Ok(Ok(())))
+            }
+        }
+    }
+
     /// The next NACK for the direct path; never for tracks (webrtc-rs's
     /// NACK responder answers those).
     async fn nack(&mut self) -> Option<Vec<u16>> {
@@ -891,20 +912,11 @@ async fn write_media(
                     .iter()
                     .enumerate()
                     .map(|(i, p)| (p.clone(), i == last, ts));
-                match &mut sink {
-                    Sink::Tracks { video, .. } => {
-                        need_key = false;
-                        tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, &mut seq))
-                            .await
-                    }
-                    Sink::Direct(d) => {
-                        let Some(out) = d.ready().await else { continue };
-                        need_key = false;
-                        out.send_video(packets, now);
-                        d.tick(now).await;
-                        Ok(Ok(()))
-                    }
-                }
+                let Some(written) = sink.video(packets, &mut seq, now).await else {
+                    continue;
+                };
+                need_key = false;
+                written
             }
             Ok(Media::VideoPackets(packets)) => {
                 let from = if need_key {
@@ -919,20 +931,11 @@ async fn write_media(
                     let ts = ts_base.wrapping_add(p.pts_90k as u32);
                     (p.payload.clone(), p.marker, ts)
                 });
-                match &mut sink {
-                    Sink::Tracks { video, .. } => {
-                        need_key = false;
-                        tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, &mut seq))
-                            .await
-                    }
-                    Sink::Direct(d) => {
-                        let Some(out) = d.ready().await else { continue };
-                        need_key = false;
-                        out.send_video(packets, now);
-                        d.tick(now).await;
-                        Ok(Ok(()))
-                    }
-                }
+                let Some(written) = sink.video(packets, &mut seq, now).await else {
+                    continue;
+                };
+                need_key = false;
+                written
             }
             Ok(Media::Audio(a)) => {
                 match &mut sink {

@@ -261,58 +261,21 @@ pub struct UdpQueue {
 }
 
 impl UdpQueue {
-    /// Sends a viewer's packets, laid end to end in `wire` with lengths
-    /// `lens`, to `to`. When the sender thread is idle with nothing queued
-    /// and they fit one turn ([`PACKETS_PER_TURN`]: a P-frame of a 720p
-    /// stream), the caller sends them at once, in GSO runs without
-    /// waiting, and spares the thread's wake-up; otherwise (a keyframe, a
-    /// busy port, a full socket buffer) they are queued behind what is
-    /// waiting, so each destination's order holds either way.
+    /// Queues a viewer's packets, laid end to end in `wire` with lengths
+    /// `lens`, for `to` under one lock (the sender thread batches them with
+    /// the other viewers'). Sending small frames from the caller when the
+    /// thread was idle spared its wake-up, but the bench's RTP fan-out then
+    /// cost 1.6× the CPU per viewer (docs/profile.md), so it was dropped.
     pub fn send(&self, wire: &[u8], lens: &[usize], to: SocketAddr) {
-        let at_once = lens.len() <= PACKETS_PER_TURN && {
-            let p = self.shared.lock();
-            p.idle && p.packets.is_empty() && !p.closed
-        };
-        let mut queued = Vec::with_capacity(lens.len());
         let mut start = 0;
-        for &len in lens {
-            queued.push(Queued { to, start, len });
-            start += len;
-        }
-        let mut sent = 0;
-        if at_once {
-            let max = self.shared.state.max_gso_segments();
-            for run in runs(&queued, max) {
-                let transmit = quinn_udp::Transmit {
-                    destination: run.to,
-                    ecn: None,
-                    contents: &wire[run.start..run.end],
-                    segment_size: (run.count > 1).then_some(run.segment),
-                    src_ip: None,
-                };
-                let c = &self.shared.counters;
-                match self
-                    .shared
-                    .state
-                    .try_send((&*self.shared.socket).into(), &transmit)
-                {
-                    Ok(()) => {
-                        c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
-                        c.sends.fetch_add(1, Ordering::Relaxed);
-                        c.direct.fetch_add(run.count as u64, Ordering::Relaxed);
-                        sent += run.count;
-                    }
-                    // A full buffer or a refused GSO send: the thread
-                    // takes the rest (it waits, and falls back to single
-                    // packets).
-                    Err(_) => break,
-                }
-            }
-        }
-        if sent < lens.len() {
-            let rest = &queued[sent..];
-            self.push_all(rest.iter().map(|q| &wire[q.start..q.start + q.len]), to);
-        }
+        self.push_all(
+            lens.iter().map(|&len| {
+                let p = &wire[start..start + len];
+                start += len;
+                p
+            }),
+            to,
+        );
     }
 
     /// Queues packets of the worker's own media path for one destination
@@ -699,28 +662,8 @@ mod tests {
         println!("{n} packets in {sends} sends");
     }
 
-    /// Waits (with a deadline) until the sender thread is idle with
-    /// nothing queued.
-    async fn until_idle(q: &UdpQueue) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            {
-                let p = q.shared.lock();
-                if p.idle && p.packets.is_empty() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sender thread never went idle"
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-
     #[tokio::test]
-    async fn a_small_frame_to_an_idle_port_goes_out_from_the_caller_and_a_large_one_is_queued_in_order(
-    ) {
+    async fn packets_laid_end_to_end_arrive_as_datagrams_in_order_counted_as_direct() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let q = sender.queue();
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -728,7 +671,9 @@ mod tests {
             .set_recv_buffer_size(4 << 20)
             .unwrap();
         let to = rx.local_addr().unwrap();
-        let frame = |first: u32, count: u32| {
+        // Two frames: 10 packets and 40 (more than a turn), each ending
+        // with a short packet, numbered in their first bytes.
+        for (first, count) in [(0u32, 10u32), (10, 40)] {
             let (mut wire, mut lens) = (Vec::new(), Vec::new());
             for n in first..first + count {
                 let len = if n == first + count - 1 { 500 } else { 1200 };
@@ -737,18 +682,8 @@ mod tests {
                 wire.extend_from_slice(&p);
                 lens.push(len);
             }
-            (wire, lens)
-        };
-        let c = sender.counters();
-        until_idle(&q).await;
-        let (wire, lens) = frame(0, 10);
-        q.send(&wire, &lens, to);
-        // Sent before `send` returned: by the caller, in one GSO run.
-        assert_eq!(c.packets.load(Ordering::Relaxed), 10);
-        assert_eq!(c.sends.load(Ordering::Relaxed), 1);
-        // More than a turn: queued for the thread, which paces it.
-        let (wire, lens) = frame(10, 40);
-        q.send(&wire, &lens, to);
+            q.send(&wire, &lens, to);
+        }
         let mut buf = vec![0u8; 2000];
         for n in 0..50u32 {
             let got = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
@@ -758,6 +693,7 @@ mod tests {
             assert_eq!(buf[..4], n.to_be_bytes(), "packet {n} in order");
             assert_eq!(got, if n == 9 || n == 49 { 500 } else { 1200 });
         }
+        let c = sender.counters();
         assert_eq!(c.direct.load(Ordering::Relaxed), 50);
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
     }
