@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use webrtc::rtcp::packet::Packet as RtcpPacket;
 use webrtc::rtcp::sender_report::SenderReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::srtp::config::SessionKeys;
 use webrtc::srtp::context::Context;
 use webrtc::srtp::protection_profile::ProtectionProfile;
@@ -34,6 +35,11 @@ pub const VIDEO_HISTORY: usize = 1024;
 /// How often a viewer gets RTCP sender reports (lip sync and round-trip
 /// time in the browser); webrtc-rs's interceptor sent one a second too.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Packets one NACK may ask for again. A browser's NACK lists the few
+/// packets it misses; a crafted one could list the whole history, or one
+/// packet hundreds of times, for a single small RTCP packet.
+pub const MAX_NACKED: usize = 128;
 
 /// RTP header length without CSRCs or extensions, as written here.
 const RTP_HEADER: usize = 12;
@@ -158,6 +164,18 @@ impl OutStream {
         out.extend_from_slice(&self.ssrc.to_be_bytes());
         out.extend_from_slice(payload);
     }
+}
+
+/// The sequence numbers a NACK asks for: each once, at most [`MAX_NACKED`]
+/// (the first ones listed).
+pub fn nacked(nack: &TransportLayerNack) -> Vec<u16> {
+    let mut seen = std::collections::HashSet::new();
+    nack.nacks
+        .iter()
+        .flat_map(|n| n.packet_list())
+        .filter(|s| seen.insert(*s))
+        .take(MAX_NACKED)
+        .collect()
 }
 
 /// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900 in the

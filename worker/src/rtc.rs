@@ -506,7 +506,7 @@ impl Engine {
                         if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                             tap.request_keyframe();
                         } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                            let lost = nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                            let lost = direct::nacked(nack);
                             // A full queue drops the NACK: the viewer asks again.
                             let _ = nack_tx.try_send(lost);
                         }

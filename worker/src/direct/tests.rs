@@ -89,6 +89,38 @@ fn a_report_carries_the_counts_and_the_rtp_time_the_clock_has_reached() {
 }
 
 #[test]
+fn a_nack_asks_for_each_packet_once_and_for_at_most_the_cap() {
+    use webrtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+    let nack = |pairs: Vec<NackPair>| TransportLayerNack {
+        sender_ssrc: 1,
+        media_ssrc: 2,
+        nacks: pairs,
+    };
+    // 10 and the bitmask's 11 and 13; then 10 again and 11 again.
+    let pairs = vec![
+        NackPair {
+            packet_id: 10,
+            lost_packets: 0b101,
+        },
+        NackPair {
+            packet_id: 10,
+            lost_packets: 0b1,
+        },
+    ];
+    assert_eq!(nacked(&nack(pairs)), [10, 11, 13]);
+    // A crafted NACK listing 400 packets (17 per pair) gets the cap.
+    let many: Vec<NackPair> = (0..400u16 / 17 + 1)
+        .map(|i| NackPair {
+            packet_id: i * 17,
+            lost_packets: 0xffff,
+        })
+        .collect();
+    let asked = nacked(&nack(many));
+    assert_eq!(asked.len(), MAX_NACKED);
+    assert_eq!(asked[..3], [0, 1, 2]);
+}
+
+#[test]
 fn ntp_time_counts_from_1900_with_a_binary_fraction() {
     assert_eq!(ntp(UNIX_EPOCH), 2_208_988_800 << 32);
     assert_eq!(
