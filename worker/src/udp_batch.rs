@@ -10,7 +10,10 @@
 //! to one address as a single `sendmsg` with UDP generic segmentation
 //! offload (GSO, through quinn-udp), which the kernel or the NIC cuts into
 //! datagrams. A frame written to one viewer is such a run. Receiving is
-//! unchanged (the mux reads the socket itself).
+//! unchanged (the mux reads the socket itself). The worker's own media path
+//! (`crate::direct`) queues its SRTP on the same queue through a
+//! [`UdpQueue`] handle, so webrtc-rs's packets and the worker's share one
+//! order per destination.
 //!
 //! The queue is bounded: past [`MAX_QUEUED_BYTES`] packets are dropped and
 //! counted, as a full NIC queue would drop them (NACK and keyframe requests
