@@ -754,6 +754,27 @@ impl Direct {
         }
         self.out.as_mut()
     }
+
+    /// Sender reports when due, and the destination refreshed with them
+    /// (the selected candidate pair can change).
+    async fn tick(&mut self, now: std::time::Instant) {
+        let Some(out) = &mut self.out else { return };
+        if !out.report_due(now) {
+            return;
+        }
+        if let Some(to) = self
+            .video
+            .transport()
+            .ice_transport()
+            .selected_remote_addr()
+            .await
+        {
+            out.set_destination(to);
+        }
+        if let Err(e) = out.report(now, std::time::SystemTime::now()) {
+            debug!(error = %e, "sender report");
+        }
+    }
 }
 
 /// A viewer's direct path from its DTLS keys, selected pair and senders.
@@ -794,29 +815,6 @@ async fn start_direct(
     DirectOut::new(&keys, profile, to, udp.clone(), video, audio).map_err(|e| e.to_string())
 }
 
-impl Direct {
-    /// Sender reports when due, and the destination refreshed with them
-    /// (the selected candidate pair can change).
-    async fn tick(&mut self, now: std::time::Instant) {
-        let Some(out) = &mut self.out else { return };
-        if !out.report_due(now) {
-            return;
-        }
-        if let Some(to) = self
-            .video
-            .transport()
-            .ice_transport()
-            .selected_remote_addr()
-            .await
-        {
-            out.set_destination(to);
-        }
-        if let Err(e) = out.report(now, std::time::SystemTime::now()) {
-            debug!(error = %e, "sender report");
-        }
-    }
-}
-
 impl Sink {
     /// Sends video packets (payload, marker, RTP timestamp); `None` while
     /// the direct path waits for DTLS (nothing was sent). `seq` numbers
@@ -835,6 +833,36 @@ impl Sink {
                 d.ready().await?.send_video(packets, now);
                 d.tick(now).await;
                 Some(Ok(Ok(())))
+            }
+        }
+    }
+
+    /// Sends one Opus packet (a 20 ms sample on tracks; on the direct path
+    /// `timestamp` at 48 kHz), dropped while the direct path waits for DTLS.
+    async fn audio(&mut self, opus: &Bytes, timestamp: u32, now: std::time::Instant) {
+        match self {
+            Sink::Tracks { audio, .. } => {
+                let sample = Sample {
+                    data: Bytes::clone(opus),
+                    duration: Duration::from_millis(20),
+                    ..Default::default()
+                };
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
+            }
+            Sink::Direct(d) => {
+                if let Some(out) = d.ready().await {
+                    out.send_audio(opus, timestamp, now);
+                    d.tick(now).await;
+                }
+            }
+        }
+    }
+
+    /// Sends again the video packets a NACK asked for (direct path only).
+    fn resend(&mut self, lost: &[u16]) {
+        if let Sink::Direct(d) = self {
+            if let Some(out) = &mut d.out {
+                out.resend(lost);
             }
         }
     }
@@ -885,11 +913,7 @@ async fn write_media(
         let m = match wake {
             Wake::Media(m) => m,
             Wake::Nack(lost) => {
-                if let Sink::Direct(d) = &mut sink {
-                    if let Some(out) = &mut d.out {
-                        out.resend(&lost);
-                    }
-                }
+                sink.resend(&lost);
                 continue;
             }
         };
@@ -938,24 +962,8 @@ async fn write_media(
                 written
             }
             Ok(Media::Audio(a)) => {
-                match &mut sink {
-                    Sink::Tracks { audio, .. } => {
-                        let sample = Sample {
-                            data: Bytes::clone(&a.opus),
-                            duration: Duration::from_millis(20),
-                            ..Default::default()
-                        };
-                        let _ =
-                            tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
-                    }
-                    Sink::Direct(d) => {
-                        if let Some(out) = d.ready().await {
-                            let ts = audio_ts_base.wrapping_add(a.pts_48k as u32);
-                            out.send_audio(&a.opus, ts, now);
-                            d.tick(now).await;
-                        }
-                    }
-                }
+                let ts = audio_ts_base.wrapping_add(a.pts_48k as u32);
+                sink.audio(&a.opus, ts, now).await;
                 continue;
             }
             Err(RecvError::Lagged(n)) => {

@@ -210,7 +210,6 @@ impl Shared {
 
 /// A UDP socket whose sends are queued and batched (see the module docs).
 pub struct BatchedUdp {
-    socket: Arc<tokio::net::UdpSocket>,
     shared: Arc<Shared>,
 }
 
@@ -237,7 +236,7 @@ impl BatchedUdp {
                 .name("udp-send".into())
                 .spawn(move || send_loop(&shared))?;
         }
-        Ok(Self { socket, shared })
+        Ok(Self { shared })
     }
 
     pub fn counters(&self) -> Arc<SendCounters> {
@@ -284,7 +283,7 @@ impl UdpQueue {
     /// Queues packets of the worker's own media path for one destination
     /// under one lock, dropping and counting those that do not fit (a full
     /// or closed queue).
-    pub fn push_all<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) {
+    fn push_all<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) {
         let queued = self.push(bufs, to);
         self.shared
             .counters
@@ -454,19 +453,19 @@ fn wait_writable(socket: &tokio::net::UdpSocket, timeout_ms: u16) -> io::Result<
 #[async_trait::async_trait]
 impl Conn for BatchedUdp {
     async fn connect(&self, addr: SocketAddr) -> webrtc::util::Result<()> {
-        Conn::connect(&*self.socket, addr).await
+        Conn::connect(&*self.shared.socket, addr).await
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
-        Conn::recv(&*self.socket, buf).await
+        Conn::recv(&*self.shared.socket, buf).await
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
-        Conn::recv_from(&*self.socket, buf).await
+        Conn::recv_from(&*self.shared.socket, buf).await
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
-        Conn::send(&*self.socket, buf).await
+        Conn::send(&*self.shared.socket, buf).await
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc::util::Result<usize> {
@@ -477,7 +476,7 @@ impl Conn for BatchedUdp {
     }
 
     fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
-        Conn::local_addr(&*self.socket)
+        Conn::local_addr(&*self.shared.socket)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
