@@ -5,7 +5,7 @@
 //! packet beyond encrypting and sending it, docs/profile.md).
 //!
 //! webrtc-rs still does ICE, DTLS, SCTP and the viewer's RTCP (PLI, FIR,
-//! NACK reach the writer through `read_rtcp`). The SRTP keys are the ones
+//! NACK reach the fan-out through `read_rtcp`). The SRTP keys are the ones
 //! its DTLS handshake derived, read through the two accessors the vendored
 //! webrtc-rs adds (vendor/README.md). Packets go to the selected candidate
 //! pair's remote address through the port's send queue
@@ -13,7 +13,9 @@
 //! leave by, so the viewer sees one 5-tuple.
 //!
 //! [`OutStream`] is the pure part (numbering, history, report counters);
-//! [`DirectOut`] adds the SRTP context and the destination.
+//! [`DirectOut`] adds the SRTP context and the destination, and seals
+//! packets into an [`Outbox`]. A session's viewers share one fan-out task
+//! that owns their `DirectOut`s (`crate::fanout`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -196,18 +198,60 @@ pub enum DirectError {
     Rtcp(#[from] webrtc::rtcp::Error),
 }
 
+/// Encrypted packets waiting to go, laid end to end, each with its length
+/// and destination: what one [`UdpQueue::send`] queues under one lock
+/// (a session's fan-out fills it for all its viewers, `crate::fanout`).
+#[derive(Default)]
+pub struct Outbox {
+    wire: Vec<u8>,
+    packets: Vec<(usize, SocketAddr)>,
+}
+
+impl Outbox {
+    fn push(&mut self, sealed: &[u8], to: SocketAddr) {
+        self.wire.extend_from_slice(sealed);
+        self.packets.push((sealed.len(), to));
+    }
+
+    /// Packets waiting.
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// The packets waiting, in order, with their destinations.
+    pub fn packets(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        let mut start = 0;
+        self.packets.iter().map(move |&(len, to)| {
+            let p = &self.wire[start..start + len];
+            start += len;
+            (p, to)
+        })
+    }
+
+    /// Queues everything on the port and empties the outbox (its buffers
+    /// are kept for the next round).
+    pub fn flush(&mut self, udp: &UdpQueue) {
+        if !self.packets.is_empty() {
+            udp.send(&self.wire, &self.packets);
+            self.wire.clear();
+            self.packets.clear();
+        }
+    }
+}
+
 /// A viewer's direct media path: both streams, one SRTP context (RTP and
-/// RTCP keep separate indices in it), and where packets go.
+/// RTCP keep separate indices in it), and where packets go. Sealed packets
+/// go into the caller's [`Outbox`].
 pub struct DirectOut {
     context: Context,
     to: SocketAddr,
-    udp: UdpQueue,
     pub video: OutStream,
     pub audio: OutStream,
     plain: Vec<u8>,
-    /// Encrypted packets waiting to go, end to end, and their lengths.
-    wire: Vec<u8>,
-    lens: Vec<usize>,
     reported_at: Option<Instant>,
     /// Packets the SRTP context refused (not expected: counted for logs).
     pub refused: u64,
@@ -219,7 +263,6 @@ impl DirectOut {
         keys: &SessionKeys,
         profile: ProtectionProfile,
         to: SocketAddr,
-        udp: UdpQueue,
         video: OutStream,
         audio: OutStream,
     ) -> Result<Self, DirectError> {
@@ -233,52 +276,55 @@ impl DirectOut {
         Ok(Self {
             context,
             to,
-            udp,
             video,
             audio,
             plain: Vec::with_capacity(1500),
-            wire: Vec::new(),
-            lens: Vec::new(),
             reported_at: None,
             refused: 0,
         })
     }
 
-    /// Where packets go (the selected candidate pair can change).
+    /// Where packets go.
+    pub fn destination(&self) -> SocketAddr {
+        self.to
+    }
+
+    /// Sends packets elsewhere (the selected candidate pair can change).
     pub fn set_destination(&mut self, to: SocketAddr) {
         self.to = to;
     }
 
-    /// Encrypts video packets (payload, marker, RTP timestamp) and sends
-    /// them together ([`UdpQueue::send`]).
-    pub fn send_video(&mut self, packets: impl Iterator<Item = (Bytes, bool, u32)>, now: Instant) {
+    /// Encrypts video packets (payload, marker, RTP timestamp) into `out`.
+    pub fn send_video<'a>(
+        &mut self,
+        packets: impl Iterator<Item = (&'a Bytes, bool, u32)>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         for (payload, marker, timestamp) in packets {
             self.video
-                .next(&payload, marker, timestamp, now, &mut self.plain);
-            self.seal_rtp();
+                .next(payload, marker, timestamp, now, &mut self.plain);
+            self.seal_rtp(out);
         }
-        self.flush();
     }
 
-    /// Encrypts and sends one audio packet.
-    pub fn send_audio(&mut self, payload: &Bytes, timestamp: u32, now: Instant) {
+    /// Encrypts one audio packet into `out`.
+    pub fn send_audio(&mut self, payload: &Bytes, timestamp: u32, now: Instant, out: &mut Outbox) {
         self.audio
             .next(payload, false, timestamp, now, &mut self.plain);
-        self.seal_rtp();
-        self.flush();
+        self.seal_rtp(out);
     }
 
-    /// Sends the video packets a viewer reported lost again, those still
-    /// kept. Returns how many were sent.
-    pub fn resend(&mut self, seqs: &[u16]) -> usize {
+    /// Encrypts again into `out` the video packets a viewer reported lost,
+    /// those still kept. Returns how many.
+    pub fn resend(&mut self, seqs: &[u16], out: &mut Outbox) -> usize {
         let mut sent = 0;
         for &seq in seqs {
             if self.video.again(seq, &mut self.plain) {
-                self.seal_rtp();
+                self.seal_rtp(out);
                 sent += 1;
             }
         }
-        self.flush();
         sent
     }
 
@@ -288,39 +334,34 @@ impl DirectOut {
             .is_none_or(|at| now.saturating_duration_since(at) >= REPORT_EVERY)
     }
 
-    /// Sends one compound RTCP packet with a sender report per stream that
-    /// has sent anything.
-    pub fn report(&mut self, now: Instant, wall: SystemTime) -> Result<(), DirectError> {
-        self.reported_at = Some(now);
+    /// Encrypts into `out` one compound RTCP packet with a sender report
+    /// per stream that has sent anything (nothing before the first packet).
+    pub fn report(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        out: &mut Outbox,
+    ) -> Result<(), DirectError> {
         let reports: Vec<Box<dyn RtcpPacket + Send + Sync>> = [&self.video, &self.audio]
             .into_iter()
             .filter_map(|s| s.report(now, wall))
             .map(|r| Box::new(r) as Box<dyn RtcpPacket + Send + Sync>)
             .collect();
         if reports.is_empty() {
+            // Still due: the first report follows the first packet.
             return Ok(());
         }
+        self.reported_at = Some(now);
         let plain = webrtc::rtcp::packet::marshal(&reports)?;
         let sealed = self.context.encrypt_rtcp(&plain)?;
-        self.udp.send(&sealed, &[sealed.len()], self.to);
+        out.push(&sealed, self.to);
         Ok(())
     }
 
-    fn seal_rtp(&mut self) {
+    fn seal_rtp(&mut self, out: &mut Outbox) {
         match self.context.encrypt_rtp(&self.plain) {
-            Ok(sealed) => {
-                self.wire.extend_from_slice(&sealed);
-                self.lens.push(sealed.len());
-            }
+            Ok(sealed) => out.push(&sealed, self.to),
             Err(_) => self.refused += 1,
-        }
-    }
-
-    fn flush(&mut self) {
-        if !self.lens.is_empty() {
-            self.udp.send(&self.wire, &self.lens, self.to);
-            self.wire.clear();
-            self.lens.clear();
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod core;
 pub mod direct;
+pub mod fanout;
 pub mod heartbeat;
 pub mod input;
 pub mod input_state;

@@ -53,12 +53,9 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 use crate::direct::{self, DirectOut, OutStream};
+use crate::fanout::FanoutHandle;
 use crate::source::{EncodedVideo, Media, SourceTap};
 use crate::udp_batch::{BatchedUdp, SendCounters, UdpQueue};
-
-/// NACKs queued for a viewer's writer; more are dropped (the viewer asks
-/// again).
-const NACK_QUEUE: usize = 64;
 
 /// How long one sample write may take before the viewer is treated as
 /// stalled and skips to the next keyframe.
@@ -283,7 +280,7 @@ fn mux_ip() -> Option<std::net::IpAddr> {
 
 /// A random 32-bit start for a viewer's RTP sequence number and timestamp
 /// (RFC 3550 §5.1), from the std hasher's random keys.
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -432,14 +429,29 @@ impl Engine {
         &self.ice_servers
     }
 
-    /// Creates a viewer's peer connection, starts its writer, and returns
-    /// the viewer with the SDP offer to send to the browser.
+    /// A session's fan-out on the worker's own media path (`crate::fanout`),
+    /// with one UDP port only; `None` otherwise (each viewer then has its
+    /// own writer on webrtc-rs's tracks).
+    pub fn fanout(&self, tap: SourceTap, gate: SendGate) -> Option<FanoutHandle> {
+        let udp = self.direct.clone()?;
+        Some(FanoutHandle::spawn(
+            tap,
+            gate,
+            self.video_payloads.clone(),
+            udp,
+        ))
+    }
+
+    /// Creates a viewer's peer connection, starts its writer (or, given the
+    /// session's fan-out, joins it once DTLS is up), and returns the viewer
+    /// with the SDP offer to send to the browser.
     pub async fn viewer(
         &self,
         peer: PeerId,
         role: Role,
         tap: SourceTap,
         gate: SendGate,
+        fanout: Option<&FanoutHandle>,
         events: mpsc::Sender<ViewerEvent>,
     ) -> Result<(Viewer, String), RtcError> {
         let config = RTCConfiguration {
@@ -475,25 +487,14 @@ impl Engine {
 
         // RTCP from the viewer: PLI/FIR ask the source for a keyframe (the
         // source coalesces concurrent asks into one IDR). NACKs go to the
-        // writer on the direct path; otherwise reading RTCP feeds the NACK
-        // interceptor.
-        let (nack_tx, nacks) = mpsc::channel::<Vec<u16>>(NACK_QUEUE);
-        let sink = match &self.direct {
-            Some(udp) => Sink::Direct(Box::new(Direct {
-                video: video_sender.clone(),
-                audio: audio_sender.clone(),
-                udp: udp.clone(),
-                out: None,
-                nacks,
-            })),
-            None => Sink::Tracks {
-                video: video.clone(),
-                audio: audio.clone(),
-            },
-        };
+        // session's fan-out on the direct path; otherwise reading RTCP feeds
+        // the NACK interceptor.
+        let direct = fanout.map(|f| (f.clone(), f.member_id()));
         {
             let tap = tap.clone();
             let cancel_v = cancel.clone();
+            let direct = direct.clone();
+            let video_sender = video_sender.clone();
             tokio::spawn(async move {
                 loop {
                     let r = tokio::select! {
@@ -506,14 +507,15 @@ impl Engine {
                         if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                             tap.request_keyframe();
                         } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                            let lost = direct::nacked(nack);
-                            // A full queue drops the NACK: the viewer asks again.
-                            let _ = nack_tx.try_send(lost);
+                            if let Some((fanout, id)) = &direct {
+                                fanout.nack(*id, direct::nacked(nack));
+                            }
                         }
                     }
                 }
             });
             let cancel = cancel.clone();
+            let audio_sender = audio_sender.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -595,14 +597,18 @@ impl Engine {
                 })
             }));
         }
+        // Connected means ICE and DTLS are up: the direct path can start.
+        let connected = Arc::new(tokio::sync::Notify::new());
         {
             let events = events.clone();
             let peer = peer.clone();
             let tap = tap.clone();
+            let connected = connected.clone();
             pc.on_peer_connection_state_change(Box::new(move |s: RTCPeerConnectionState| {
                 if s == RTCPeerConnectionState::Connected {
                     // A joining viewer gets a keyframe at once.
                     tap.request_keyframe();
+                    connected.notify_one();
                 }
                 let events = events.clone();
                 let peer = peer.clone();
@@ -620,13 +626,24 @@ impl Engine {
             .map(|d| d.sdp)
             .unwrap_or_default();
 
-        let writer = tokio::spawn(write_media(
-            tap,
-            sink,
-            self.video_payloads.clone(),
-            gate,
-            cancel.clone(),
-        ));
+        let writer = match direct {
+            Some((fanout, id)) => tokio::spawn(join_fanout(
+                video_sender,
+                audio_sender,
+                fanout,
+                id,
+                connected,
+                cancel.clone(),
+            )),
+            None => tokio::spawn(write_media(
+                tap,
+                video,
+                audio,
+                self.video_payloads.clone(),
+                gate,
+                cancel.clone(),
+            )),
+        };
         Ok((
             Viewer {
                 pc,
@@ -714,76 +731,59 @@ impl Viewer {
     }
 }
 
-/// Where a viewer's writer sends media.
-enum Sink {
-    /// Through webrtc-rs's tracks (a port per peer, or a port range).
-    Tracks {
-        video: Arc<TrackLocalStaticRTP>,
-        audio: Arc<TrackLocalStaticSample>,
-    },
-    /// The worker's own path on the one UDP port (`crate::direct`).
-    Direct(Box<Direct>),
-}
-
-/// A viewer's direct path: started once its DTLS is up.
-struct Direct {
+/// A viewer on its session's fan-out (`crate::fanout`): once the viewer's
+/// DTLS is up, hands the fan-out its direct path (keys, SSRCs, payload
+/// types, destination), then keeps the destination current (the selected
+/// candidate pair can change) until the viewer closes, which ends the
+/// membership. Media for the viewer is not sealed before that, as webrtc-rs
+/// drops writes to an unbound track.
+async fn join_fanout(
     video: Arc<RTCRtpSender>,
     audio: Arc<RTCRtpSender>,
-    udp: UdpQueue,
-    out: Option<DirectOut>,
-    /// Sequence numbers the viewer reported lost (its RTCP reader).
-    nacks: mpsc::Receiver<Vec<u16>>,
-}
-
-impl Direct {
-    /// The path, once the viewer's DTLS is connected; `None` before (media
-    /// for the viewer is dropped until then, as webrtc-rs drops writes to an
-    /// unbound track).
-    async fn ready(&mut self) -> Option<&mut DirectOut> {
-        if self.out.is_none() {
-            if self.video.transport().state() != RTCDtlsTransportState::Connected {
-                return None;
-            }
-            match start_direct(&self.video, &self.audio, &self.udp).await {
-                Ok(out) => self.out = Some(out),
-                Err(e) => {
-                    debug!(error = %e, "direct media path not ready");
-                    return None;
-                }
-            }
+    fanout: FanoutHandle,
+    id: u64,
+    connected: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let out = loop {
+        tokio::select! {
+            _ = connected.notified() => {}
+            _ = cancel.cancelled() => return,
         }
-        self.out.as_mut()
+        match start_direct(&video, &audio).await {
+            Ok(out) => break out,
+            // Waits for the next time the connection comes up.
+            Err(e) => warn!(error = %e, "direct media path could not start"),
+        }
+    };
+    let mut to = out.destination();
+    if !fanout.join(id, out, cancel.clone()).await {
+        return;
     }
-
-    /// Sender reports when due, and the destination refreshed with them
-    /// (the selected candidate pair can change).
-    async fn tick(&mut self, now: std::time::Instant) {
-        let Some(out) = &mut self.out else { return };
-        if !out.report_due(now) {
-            return;
+    let mut every = tokio::time::interval(direct::REPORT_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cancel.cancelled() => return,
         }
-        if let Some(to) = self
-            .video
+        let selected = video
             .transport()
             .ice_transport()
             .selected_remote_addr()
-            .await
-        {
-            out.set_destination(to);
-        }
-        if let Err(e) = out.report(now, std::time::SystemTime::now()) {
-            debug!(error = %e, "sender report");
+            .await;
+        if let Some(now) = selected.filter(|now| *now != to) {
+            to = now;
+            fanout.set_destination(id, to).await;
         }
     }
 }
 
 /// A viewer's direct path from its DTLS keys, selected pair and senders.
-async fn start_direct(
-    video: &RTCRtpSender,
-    audio: &RTCRtpSender,
-    udp: &UdpQueue,
-) -> Result<DirectOut, String> {
+async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<DirectOut, String> {
     let transport = video.transport();
+    if transport.state() != RTCDtlsTransportState::Connected {
+        return Err("DTLS is not connected".into());
+    }
     let (keys, profile) = transport
         .srtp_keys()
         .await
@@ -812,113 +812,36 @@ async fn start_direct(
         direct::VIDEO_HISTORY,
     );
     let audio = OutStream::new(audio_ssrc, audio_pt, 48_000, random_u32() as u16, 0);
-    DirectOut::new(&keys, profile, to, udp.clone(), video, audio).map_err(|e| e.to_string())
+    DirectOut::new(&keys, profile, to, video, audio).map_err(|e| e.to_string())
 }
 
-impl Sink {
-    /// Sends video packets (payload, marker, RTP timestamp); `None` while
-    /// the direct path waits for DTLS (nothing was sent). `seq` numbers
-    /// them on tracks (the direct path numbers its own).
-    async fn video(
-        &mut self,
-        packets: impl Iterator<Item = (Bytes, bool, u32)>,
-        seq: &mut u16,
-        now: std::time::Instant,
-    ) -> Option<Result<Result<(), webrtc::Error>, tokio::time::error::Elapsed>> {
-        match self {
-            Sink::Tracks { video, .. } => {
-                Some(tokio::time::timeout(WRITE_TIMEOUT, write_video(video, packets, seq)).await)
-            }
-            Sink::Direct(d) => {
-                d.ready().await?.send_video(packets, now);
-                d.tick(now).await;
-                Some(Ok(Ok(())))
-            }
-        }
-    }
-
-    /// Sends one Opus packet (a 20 ms sample on tracks; on the direct path
-    /// `timestamp` at 48 kHz), dropped while the direct path waits for DTLS.
-    async fn audio(&mut self, opus: &Bytes, timestamp: u32, now: std::time::Instant) {
-        match self {
-            Sink::Tracks { audio, .. } => {
-                let sample = Sample {
-                    data: Bytes::clone(opus),
-                    duration: Duration::from_millis(20),
-                    ..Default::default()
-                };
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
-            }
-            Sink::Direct(d) => {
-                if let Some(out) = d.ready().await {
-                    out.send_audio(opus, timestamp, now);
-                    d.tick(now).await;
-                }
-            }
-        }
-    }
-
-    /// Sends again the video packets a NACK asked for (direct path only).
-    fn resend(&mut self, lost: &[u16]) {
-        if let Sink::Direct(d) = self {
-            if let Some(out) = &mut d.out {
-                out.resend(lost);
-            }
-        }
-    }
-
-    /// The next NACK for the direct path; never for tracks (webrtc-rs's
-    /// NACK responder answers those).
-    async fn nack(&mut self) -> Option<Vec<u16>> {
-        match self {
-            Sink::Direct(d) => d.nacks.recv().await,
-            Sink::Tracks { .. } => std::future::pending().await,
-        }
-    }
-}
-
-/// What wakes a viewer's writer.
-enum Wake {
-    Media(Result<Media, broadcast::error::RecvError>),
-    Nack(Vec<u16>),
-}
-
-/// One viewer's writer: every frame of the shared broadcast to this peer.
-/// Starts at a keyframe; after falling behind (the broadcast's bound) or a
-/// stalled write, skips to the next keyframe and asks for one.
+/// One viewer's writer on webrtc-rs's tracks (a port per peer, or a port
+/// range): every frame of the shared broadcast to this peer. Starts at a
+/// keyframe; after falling behind (the broadcast's bound) or a stalled
+/// write, skips to the next keyframe and asks for one.
 async fn write_media(
     tap: SourceTap,
-    mut sink: Sink,
+    video: Arc<TrackLocalStaticRTP>,
+    audio: Arc<TrackLocalStaticSample>,
     payloads: Arc<PayloadCache>,
     gate: SendGate,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
     let mut rx = tap.subscribe();
-    // This viewer's RTP numbering (the track or the direct path sets SSRC
-    // and payload type): a random start plus the frame's own 90 kHz
-    // presentation time, so any frame rate (and frames a source skipped)
-    // keeps true timing.
+    // This viewer's RTP numbering (the track sets SSRC and payload type): a
+    // random start plus the frame's own 90 kHz presentation time, so any
+    // frame rate (and frames a source skipped) keeps true timing.
     let mut seq = random_u32() as u16;
     let ts_base = random_u32();
-    let audio_ts_base = random_u32();
     let mut need_key = true;
     tap.request_keyframe();
     loop {
-        let wake = tokio::select! {
-            m = rx.recv() => Wake::Media(m),
-            Some(lost) = sink.nack() => Wake::Nack(lost),
+        let m = tokio::select! {
+            m = rx.recv() => m,
             _ = cancel.cancelled() => return,
         };
-        let m = match wake {
-            Wake::Media(m) => m,
-            Wake::Nack(lost) => {
-                sink.resend(&lost);
-                continue;
-            }
-        };
-        let now = std::time::Instant::now();
-        if !gate.open(now) {
+        if !gate.open(std::time::Instant::now()) {
             // The worker lost its lease: nothing leaves until it is back.
             need_key = true;
             continue;
@@ -936,11 +859,8 @@ async fn write_media(
                     .iter()
                     .enumerate()
                     .map(|(i, p)| (p.clone(), i == last, ts));
-                let Some(written) = sink.video(packets, &mut seq, now).await else {
-                    continue;
-                };
                 need_key = false;
-                written
+                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
             }
             Ok(Media::VideoPackets(packets)) => {
                 let from = if need_key {
@@ -955,15 +875,16 @@ async fn write_media(
                     let ts = ts_base.wrapping_add(p.pts_90k as u32);
                     (p.payload.clone(), p.marker, ts)
                 });
-                let Some(written) = sink.video(packets, &mut seq, now).await else {
-                    continue;
-                };
                 need_key = false;
-                written
+                tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await
             }
             Ok(Media::Audio(a)) => {
-                let ts = audio_ts_base.wrapping_add(a.pts_48k as u32);
-                sink.audio(&a.opus, ts, now).await;
+                let sample = Sample {
+                    data: Bytes::clone(&a.opus),
+                    duration: Duration::from_millis(20),
+                    ..Default::default()
+                };
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, audio.write_sample(&sample)).await;
                 continue;
             }
             Err(RecvError::Lagged(n)) => {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::core::SessionClock;
+use crate::fanout::FanoutHandle;
 use crate::input_state::{InputState, BACKEND_VIEWER};
 use crate::rtc::{Viewer, ViewerEvent};
 use crate::source::{Media, SourceExit, SourceHandle};
@@ -105,6 +106,9 @@ pub struct Session {
     clock: SessionClock,
     source: Option<SourceHandle>,
     viewers: HashMap<PeerId, Viewer>,
+    /// The viewers' fan-out on the worker's own media path (one UDP port),
+    /// started with the first viewer.
+    fanout: Option<FanoutHandle>,
     viewer_count: Arc<AtomicU32>,
     paused: Arc<AtomicBool>,
     suspended_since: Option<Instant>,
@@ -147,6 +151,7 @@ impl Session {
             clock,
             source: Some(source),
             viewers: HashMap::new(),
+            fanout: None,
             viewer_count,
             paused,
             suspended_since: None,
@@ -289,6 +294,8 @@ impl Session {
             Outcome::Fenced | Outcome::LeaseLost => EndReason::WorkerLost,
         };
         self.close_viewers(end_reason).await;
+        // The fan-out task ends once its viewers' tasks have too.
+        self.fanout = None;
         if let Some(source) = self.source.take() {
             source.stop().await;
         }
@@ -465,6 +472,13 @@ impl Session {
         let Some(source) = self.source.as_ref() else {
             return Err(self.ended_error());
         };
+        let gate = crate::rtc::SendGate {
+            paused: self.paused.clone(),
+            lease: self.ctx.lease_gate.clone(),
+        };
+        if self.fanout.is_none() {
+            self.fanout = self.ctx.engine.fanout(source.tap(), gate.clone());
+        }
         let (viewer, offer) = self
             .ctx
             .engine
@@ -472,10 +486,8 @@ impl Session {
                 join.peer.clone(),
                 join.role,
                 source.tap(),
-                crate::rtc::SendGate {
-                    paused: self.paused.clone(),
-                    lease: self.ctx.lease_gate.clone(),
-                },
+                gate,
+                self.fanout.as_ref(),
                 self.viewer_tx.clone(),
             )
             .await

@@ -251,7 +251,7 @@ impl BatchedUdp {
     }
 
     fn push(&self, buf: &[u8], to: SocketAddr) {
-        self.queue().push(std::iter::once(buf), to);
+        self.queue().push(std::iter::once((buf, to)));
     }
 }
 
@@ -263,28 +263,25 @@ pub struct UdpQueue {
 }
 
 impl UdpQueue {
-    /// Queues a viewer's packets, laid end to end in `wire` with lengths
-    /// `lens`, for `to` under one lock (the sender thread batches them with
-    /// the other viewers'). Sending small frames from the caller when the
-    /// thread was idle spared its wake-up, but the bench's RTP fan-out then
-    /// cost 1.6× the CPU per viewer (docs/profile.md), so it was dropped.
-    pub fn send(&self, wire: &[u8], lens: &[usize], to: SocketAddr) {
+    /// Queues packets laid end to end in `wire`, each with its length and
+    /// destination (a session's viewers, `crate::direct::Outbox`), under
+    /// one lock; the sender thread batches each destination's run. Sending
+    /// small frames from the caller when the thread was idle spared its
+    /// wake-up, but the bench's RTP fan-out then cost 1.6× the CPU per
+    /// viewer (docs/profile.md), so it was dropped.
+    pub fn send(&self, wire: &[u8], packets: &[(usize, SocketAddr)]) {
         let mut start = 0;
-        self.push_all(
-            lens.iter().map(|&len| {
-                let p = &wire[start..start + len];
-                start += len;
-                p
-            }),
-            to,
-        );
+        self.push_all(packets.iter().map(|&(len, to)| {
+            let p = &wire[start..start + len];
+            start += len;
+            (p, to)
+        }));
     }
 
-    /// Queues packets of the worker's own media path for one destination
-    /// under one lock, dropping and counting those that do not fit (a full
-    /// or closed queue).
-    fn push_all<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) {
-        let queued = self.push(bufs, to);
+    /// Queues packets of the worker's own media path under one lock,
+    /// dropping and counting those that do not fit (a full or closed queue).
+    fn push_all<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) {
+        let queued = self.push(bufs);
         self.shared
             .counters
             .direct
@@ -292,10 +289,10 @@ impl UdpQueue {
     }
 
     /// Queues packets; returns how many were queued.
-    fn push<'a>(&self, bufs: impl IntoIterator<Item = &'a [u8]>, to: SocketAddr) -> u64 {
+    fn push<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) -> u64 {
         let mut p = self.shared.lock();
         let (mut queued, mut dropped) = (0, 0);
-        for buf in bufs {
+        for (buf, to) in bufs {
             if p.push(buf, to) {
                 queued += 1;
             } else {
@@ -668,35 +665,45 @@ mod tests {
     async fn packets_laid_end_to_end_arrive_as_datagrams_in_order_counted_as_direct() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let q = sender.queue();
-        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        socket2::SockRef::from(&rx)
-            .set_recv_buffer_size(4 << 20)
-            .unwrap();
-        let to = rx.local_addr().unwrap();
+        let mut viewers = Vec::new();
+        for _ in 0..2 {
+            let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket2::SockRef::from(&rx)
+                .set_recv_buffer_size(4 << 20)
+                .unwrap();
+            viewers.push(rx);
+        }
         // Two frames: 10 packets and 40 (more than a turn), each ending
-        // with a short packet, numbered in their first bytes.
+        // with a short packet, numbered in their first bytes; in each send
+        // both viewers' copies interleave, as a session's fan-out lays them.
         for (first, count) in [(0u32, 10u32), (10, 40)] {
-            let (mut wire, mut lens) = (Vec::new(), Vec::new());
+            let (mut wire, mut packets) = (Vec::new(), Vec::new());
             for n in first..first + count {
                 let len = if n == first + count - 1 { 500 } else { 1200 };
-                let mut p = vec![0x33; len];
-                p[..4].copy_from_slice(&n.to_be_bytes());
-                wire.extend_from_slice(&p);
-                lens.push(len);
+                for (v, rx) in viewers.iter().enumerate() {
+                    let mut p = vec![0x33; len];
+                    p[..4].copy_from_slice(&n.to_be_bytes());
+                    p[4] = v as u8;
+                    wire.extend_from_slice(&p);
+                    packets.push((len, rx.local_addr().unwrap()));
+                }
             }
-            q.send(&wire, &lens, to);
+            q.send(&wire, &packets);
         }
         let mut buf = vec![0u8; 2000];
-        for n in 0..50u32 {
-            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
-                .await
-                .expect("a packet arrives")
-                .unwrap();
-            assert_eq!(buf[..4], n.to_be_bytes(), "packet {n} in order");
-            assert_eq!(got, if n == 9 || n == 49 { 500 } else { 1200 });
+        for (v, rx) in viewers.iter().enumerate() {
+            for n in 0..50u32 {
+                let got = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+                    .await
+                    .expect("a packet arrives")
+                    .unwrap();
+                assert_eq!(buf[..4], n.to_be_bytes(), "packet {n} in order");
+                assert_eq!(buf[4], v as u8, "packet {n} reached its own viewer");
+                assert_eq!(got, if n == 9 || n == 49 { 500 } else { 1200 });
+            }
         }
         let c = sender.counters();
-        assert_eq!(c.direct.load(Ordering::Relaxed), 50);
+        assert_eq!(c.direct.load(Ordering::Relaxed), 100);
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
     }
 

@@ -163,11 +163,11 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             &keys,
             profile,
             viewer.local_addr().unwrap(),
-            port.queue(),
             OutStream::new(1111, 102, 90_000, 10, VIDEO_HISTORY),
             OutStream::new(2222, 111, 48_000, 500, 0),
         )
         .unwrap();
+        let (udp, mut outbox) = (port.queue(), Outbox::default());
         let mut rx = Context::new(
             &keys.remote_master_key,
             &keys.remote_master_salt,
@@ -180,7 +180,8 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         let frame: Vec<(Bytes, bool, u32)> = (0..3u8)
             .map(|i| (Bytes::from(vec![i; 1186]), i == 2, 3000))
             .collect();
-        out.send_video(frame.clone().into_iter(), now);
+        out.send_video(frame.iter().map(|(p, m, t)| (p, *m, *t)), now, &mut outbox);
+        outbox.flush(&udp);
         let mut sealed = Vec::new();
         for (i, (payload, marker, ts)) in frame.iter().enumerate() {
             let wire = recv(&viewer).await;
@@ -192,7 +193,8 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             );
             sealed.push(wire);
         }
-        out.send_audio(&Bytes::from_static(b"opus"), 960, now);
+        out.send_audio(&Bytes::from_static(b"opus"), 960, now, &mut outbox);
+        outbox.flush(&udp);
         let p = parse(
             &rx.decrypt_rtp(&recv(&viewer).await)
                 .expect("audio decrypts"),
@@ -207,7 +209,8 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         );
 
         // A NACK for seq 11 gets the same packet again; 99 was never sent.
-        assert_eq!(out.resend(&[11, 99]), 1);
+        assert_eq!(out.resend(&[11, 99], &mut outbox), 1);
+        outbox.flush(&udp);
         assert_eq!(
             recv(&viewer).await,
             sealed[1],
@@ -215,7 +218,8 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         );
 
         assert!(out.report_due(now));
-        out.report(now, SystemTime::now()).unwrap();
+        out.report(now, SystemTime::now(), &mut outbox).unwrap();
+        outbox.flush(&udp);
         assert!(!out.report_due(now + Duration::from_millis(10)));
         let rtcp = rx
             .decrypt_rtcp(&recv(&viewer).await)

@@ -1,0 +1,316 @@
+//! A session's fan-out on the worker's own media path (one UDP port,
+//! `crate::direct`): one task per session takes each item of the source's
+//! broadcast once, seals it for every viewer whose DTLS is up, and queues
+//! all of it on the port under one lock.
+//!
+//! Before, each viewer had its own writer task: every RTP burst woke N
+//! tasks, each took the broadcast's slot, sealed its copy and took the
+//! port's queue lock (docs/profile.md: wake-ups and tokio's park/unpark
+//! were a quarter of the worker's time). One task is safe against the
+//! fan-out invariant (a slow viewer never delays the others) because
+//! nothing here waits on a viewer: sealing is bounded work and queueing
+//! never blocks (a full queue drops, as a full NIC queue would).
+//!
+//! [`Fanout`] is the pure part (who gets what: keyframe starts, RTP times,
+//! NACK answers, sender reports); [`run`] is its driver and
+//! [`FanoutHandle`] how viewers join it. The task owns every member's SRTP
+//! context; a viewer's own task only waits for DTLS, hands its path over,
+//! and keeps its destination current.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::direct::{DirectOut, Outbox};
+use crate::rtc::{random_u32, PayloadCache, SendGate};
+use crate::source::{Media, SourceTap};
+use crate::udp_batch::UdpQueue;
+
+/// NACKs from all of a session's viewers waiting for the fan-out; past
+/// this a NACK is dropped and the viewer asks again.
+const NACK_QUEUE: usize = 1024;
+
+/// Joins and destination changes waiting for the fan-out.
+const CONTROL_QUEUE: usize = 256;
+
+/// One viewer in the fan-out.
+struct Member {
+    id: u64,
+    out: DirectOut,
+    /// The viewer's own token: closing the viewer ends its membership.
+    left: CancellationToken,
+    /// Nothing goes out until a keyframe starts (after joining, or a skip).
+    need_key: bool,
+    /// Random offsets of this viewer's RTP timestamps (RFC 3550).
+    video_ts_base: u32,
+    audio_ts_base: u32,
+}
+
+/// The viewers of one session on the direct path, and the packets sealed
+/// for them waiting to be queued.
+#[derive(Default)]
+pub struct Fanout {
+    members: Vec<Member>,
+    outbox: Outbox,
+}
+
+impl Fanout {
+    /// Adds a viewer; its video starts at the next keyframe. `ts_bases`
+    /// offset its video (90 kHz) and audio (48 kHz) RTP timestamps.
+    pub fn join(&mut self, id: u64, out: DirectOut, left: CancellationToken, ts_bases: (u32, u32)) {
+        self.members.retain(|m| m.id != id);
+        self.members.push(Member {
+            id,
+            out,
+            left,
+            need_key: true,
+            video_ts_base: ts_bases.0,
+            audio_ts_base: ts_bases.1,
+        });
+    }
+
+    /// Drops the viewers that have closed; returns how many remain.
+    pub fn prune(&mut self) -> usize {
+        self.members.retain(|m| !m.left.is_cancelled());
+        self.members.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every viewer's video waits for the next keyframe (the fan-out fell
+    /// behind the broadcast, or the session may not send).
+    pub fn restart_at_keyframe(&mut self) {
+        for m in &mut self.members {
+            m.need_key = true;
+        }
+    }
+
+    /// Seals one broadcast item for every viewer that takes it.
+    pub fn media(&mut self, media: &Media, payloads: &PayloadCache, now: Instant) {
+        let outbox = &mut self.outbox;
+        match media {
+            Media::Video(v) => {
+                let payloads = payloads.payloads(v);
+                let last = payloads.len().saturating_sub(1);
+                for m in &mut self.members {
+                    if m.need_key && !v.keyframe {
+                        continue;
+                    }
+                    m.need_key = false;
+                    // RTP timestamps wrap at 32 bits; truncation is the wrap.
+                    let ts = m.video_ts_base.wrapping_add(v.pts_90k as u32);
+                    let packets = payloads.iter().enumerate().map(|(i, p)| (p, i == last, ts));
+                    m.out.send_video(packets, now, outbox);
+                }
+            }
+            Media::VideoPackets(packets) => {
+                let key = packets.iter().position(|p| p.keyframe_start);
+                for m in &mut self.members {
+                    let from = match (m.need_key, key) {
+                        (false, _) => 0,
+                        (true, Some(i)) => i,
+                        (true, None) => continue,
+                    };
+                    m.need_key = false;
+                    let base = m.video_ts_base;
+                    let packets = packets[from..]
+                        .iter()
+                        .map(|p| (&p.payload, p.marker, base.wrapping_add(p.pts_90k as u32)));
+                    m.out.send_video(packets, now, outbox);
+                }
+            }
+            Media::Audio(a) => {
+                for m in &mut self.members {
+                    let ts = m.audio_ts_base.wrapping_add(a.pts_48k as u32);
+                    m.out.send_audio(&a.opus, ts, now, outbox);
+                }
+            }
+        }
+    }
+
+    /// Seals again the video packets viewer `id` reported lost, those still
+    /// kept; returns how many.
+    pub fn resend(&mut self, id: u64, lost: &[u16]) -> usize {
+        match self.members.iter_mut().find(|m| m.id == id) {
+            Some(m) => m.out.resend(lost, &mut self.outbox),
+            None => 0,
+        }
+    }
+
+    /// Viewer `id`'s packets go to `to` from now on.
+    pub fn set_destination(&mut self, id: u64, to: SocketAddr) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.out.set_destination(to);
+        }
+    }
+
+    /// Seals a sender report for every viewer that is due one.
+    pub fn reports(&mut self, now: Instant, wall: SystemTime) {
+        for m in &mut self.members {
+            if m.out.report_due(now) {
+                if let Err(e) = m.out.report(now, wall, &mut self.outbox) {
+                    debug!(error = %e, "sender report");
+                }
+            }
+        }
+    }
+
+    /// What was sealed since the last flush.
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+}
+
+/// What viewers' tasks tell the fan-out.
+enum Control {
+    Join {
+        id: u64,
+        out: Box<DirectOut>,
+        left: CancellationToken,
+    },
+    Destination {
+        id: u64,
+        to: SocketAddr,
+    },
+}
+
+/// How a session's viewers reach its fan-out task. The task ends when the
+/// session and all its viewers have dropped their handles.
+#[derive(Clone)]
+pub struct FanoutHandle {
+    control: mpsc::Sender<Control>,
+    nacks: mpsc::Sender<(u64, Vec<u16>)>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl FanoutHandle {
+    /// Starts a session's fan-out task (inside a tokio runtime).
+    pub fn spawn(
+        tap: SourceTap,
+        gate: SendGate,
+        payloads: Arc<PayloadCache>,
+        udp: UdpQueue,
+    ) -> Self {
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (nacks, nacks_rx) = mpsc::channel(NACK_QUEUE);
+        tokio::spawn(run(tap, gate, payloads, udp, control_rx, nacks_rx));
+        Self {
+            control,
+            nacks,
+            next_id: Arc::default(),
+        }
+    }
+
+    /// An id for a new viewer of this fan-out.
+    pub fn member_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands viewer `id`'s direct path to the fan-out; its membership ends
+    /// when `left` is cancelled. `false` if the fan-out has ended.
+    pub async fn join(&self, id: u64, out: DirectOut, left: CancellationToken) -> bool {
+        let join = Control::Join {
+            id,
+            out: Box::new(out),
+            left,
+        };
+        self.control.send(join).await.is_ok()
+    }
+
+    /// Viewer `id`'s selected candidate pair changed.
+    pub async fn set_destination(&self, id: u64, to: SocketAddr) {
+        let _ = self.control.send(Control::Destination { id, to }).await;
+    }
+
+    /// Viewer `id` reported these video packets lost. Never waits: a full
+    /// queue drops the NACK (the viewer asks again).
+    pub fn nack(&self, id: u64, lost: Vec<u16>) {
+        let _ = self.nacks.try_send((id, lost));
+    }
+}
+
+/// The next broadcast item, or never while nobody is subscribed.
+async fn next_media(
+    rx: &mut Option<broadcast::Receiver<Media>>,
+) -> Result<Media, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The fan-out task: subscribed to the broadcast while it has viewers.
+async fn run(
+    tap: SourceTap,
+    gate: SendGate,
+    payloads: Arc<PayloadCache>,
+    udp: UdpQueue,
+    mut control: mpsc::Receiver<Control>,
+    mut nacks: mpsc::Receiver<(u64, Vec<u16>)>,
+) {
+    use broadcast::error::RecvError;
+    let mut fan = Fanout::default();
+    let mut rx = None;
+    loop {
+        let media = tokio::select! {
+            m = next_media(&mut rx) => m,
+            c = control.recv() => {
+                match c {
+                    None => return,
+                    Some(Control::Join { id, out, left }) => {
+                        fan.join(id, *out, left, (random_u32(), random_u32()));
+                        if rx.is_none() {
+                            rx = Some(tap.subscribe());
+                        }
+                        tap.request_keyframe();
+                    }
+                    Some(Control::Destination { id, to }) => fan.set_destination(id, to),
+                }
+                continue;
+            }
+            Some((id, lost)) = nacks.recv() => {
+                fan.resend(id, &lost);
+                fan.outbox().flush(&udp);
+                continue;
+            }
+        };
+        let now = Instant::now();
+        match media {
+            Ok(m) if gate.open(now) => {
+                fan.media(&m, &payloads, now);
+                fan.reports(now, SystemTime::now());
+            }
+            // The session is suspended or the worker lost its lease:
+            // nothing leaves, and each viewer restarts at a keyframe.
+            Ok(_) => fan.restart_at_keyframe(),
+            Err(RecvError::Lagged(n)) => {
+                debug!(
+                    skipped = n,
+                    "fan-out behind the broadcast; skipping to the next keyframe"
+                );
+                fan.restart_at_keyframe();
+                tap.request_keyframe();
+            }
+            Err(RecvError::Closed) => return,
+        }
+        fan.outbox().flush(&udp);
+        if fan.prune() == 0 {
+            // Nobody left: stop taking the broadcast until someone joins.
+            rx = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use webrtc::rtp::packet::Packet as RtpPacket;
+use webrtc::srtp::config::SessionKeys;
+use webrtc::srtp::context::Context;
+use webrtc::srtp::protection_profile::ProtectionProfile;
+use webrtc::util::Unmarshal;
+
+use super::*;
+use crate::direct::{OutStream, VIDEO_HISTORY};
+use crate::source::{EncodedAudio, VideoPacket};
+
+const PROFILE: ProtectionProfile = ProtectionProfile::AeadAes128Gcm;
+
+/// A viewer of the tests: its keys (from `seed`), address and decryptor.
+struct Viewer {
+    id: u64,
+    to: SocketAddr,
+    rx: Context,
+    left: CancellationToken,
+}
+
+fn keys(seed: u8) -> SessionKeys {
+    let key: Vec<u8> = (0..PROFILE.key_len() as u8).map(|b| b ^ seed).collect();
+    let salt: Vec<u8> = (0..PROFILE.salt_len() as u8)
+        .map(|b| b.wrapping_add(seed))
+        .collect();
+    SessionKeys {
+        local_master_key: key.clone(),
+        local_master_salt: salt.clone(),
+        remote_master_key: key,
+        remote_master_salt: salt,
+    }
+}
+
+/// Joins viewer `id` (port 10000 + id, video SSRC 100 + id, first seq
+/// 1000 × id, both timestamp offsets 10 000 × id).
+fn join(fan: &mut Fanout, id: u64) -> Viewer {
+    let k = keys(id as u8);
+    let to: SocketAddr = ([127, 0, 0, 1], 10_000 + id as u16).into();
+    let out = DirectOut::new(
+        &k,
+        PROFILE,
+        to,
+        OutStream::new(
+            100 + id as u32,
+            102,
+            90_000,
+            1000 * id as u16,
+            VIDEO_HISTORY,
+        ),
+        OutStream::new(200 + id as u32, 111, 48_000, 0, 0),
+    )
+    .unwrap();
+    let left = CancellationToken::new();
+    let base = 10_000 * id as u32;
+    fan.join(id, out, left.clone(), (base, base));
+    let rx = Context::new(
+        &k.remote_master_key,
+        &k.remote_master_salt,
+        PROFILE,
+        None,
+        None,
+    )
+    .unwrap();
+    Viewer { id, to, rx, left }
+}
+
+/// A burst of RTP input: `n` packets of one access unit at `pts`, the
+/// first a keyframe start if `key`, numbered in their first payload byte
+/// from `first`.
+fn burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
+    let packets: Vec<VideoPacket> = (0..n)
+        .map(|i| VideoPacket {
+            payload: Bytes::from(vec![first + i; 100]),
+            pts_90k: pts,
+            marker: i == n - 1,
+            keyframe_start: key && i == 0,
+            arrived_at: Instant::now(),
+        })
+        .collect();
+    Media::VideoPackets(packets.into())
+}
+
+/// What the outbox holds for `v`, decrypted, and empties it of nothing
+/// (the caller clears it with [`take`]).
+fn received(fan: &mut Fanout, v: &mut Viewer) -> Vec<RtpPacket> {
+    let to = v.to;
+    fan.outbox()
+        .packets()
+        .filter(|(_, dest)| *dest == to)
+        .map(|(wire, _)| {
+            let plain =
+                v.rx.decrypt_rtp(wire)
+                    .expect("decrypts with the viewer's keys");
+            RtpPacket::unmarshal(&mut &plain[..]).expect("RTP")
+        })
+        .collect()
+}
+
+/// Empties the outbox (as the driver's flush does) and returns how many
+/// packets it held.
+fn take(fan: &mut Fanout) -> usize {
+    let n = fan.outbox().len();
+    *fan.outbox() = Outbox::default();
+    n
+}
+
+fn first_bytes(packets: &[RtpPacket]) -> Vec<u8> {
+    packets.iter().map(|p| p.payload[0]).collect()
+}
+
+#[test]
+fn a_viewer_joining_mid_stream_starts_at_the_next_keyframe_start_in_a_burst() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    // The tail of one access unit, then a keyframe starting mid-burst.
+    let mut packets: Vec<VideoPacket> = Vec::new();
+    if let Media::VideoPackets(p) = burst(0, 2, 0, false) {
+        packets.extend(p.iter().map(clone_packet));
+    }
+    if let Media::VideoPackets(p) = burst(2, 3, 3000, true) {
+        packets.extend(p.iter().map(clone_packet));
+    }
+    fan.media(&Media::VideoPackets(packets.into()), &payloads, now);
+    let got = received(&mut fan, &mut a);
+    assert_eq!(first_bytes(&got), [2, 3, 4], "from the keyframe start on");
+    assert_eq!(
+        got.iter()
+            .map(|p| p.header.sequence_number)
+            .collect::<Vec<_>>(),
+        [1000, 1001, 1002]
+    );
+    assert!(got.iter().all(|p| p.header.timestamp == 10_000 + 3000));
+    assert_eq!(got.iter().map(|p| p.header.ssrc).max(), Some(101));
+    take(&mut fan);
+
+    // B joins: a burst without a keyframe goes to A only.
+    let mut b = join(&mut fan, 2);
+    fan.media(&burst(5, 2, 6000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [5, 6]);
+    assert!(
+        received(&mut fan, &mut b).is_empty(),
+        "B waits for a keyframe"
+    );
+    take(&mut fan);
+
+    fan.media(&burst(7, 2, 9000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [7, 8]);
+    let got_b = received(&mut fan, &mut b);
+    assert_eq!(first_bytes(&got_b), [7, 8]);
+    assert_eq!(got_b[0].header.sequence_number, 2000, "B's own numbering");
+    assert_eq!(got_b[0].header.timestamp, 20_000 + 9000, "B's own offset");
+    assert_eq!(take(&mut fan), 4);
+}
+
+fn clone_packet(p: &VideoPacket) -> VideoPacket {
+    VideoPacket {
+        payload: p.payload.clone(),
+        pts_90k: p.pts_90k,
+        marker: p.marker,
+        keyframe_start: p.keyframe_start,
+        arrived_at: p.arrived_at,
+    }
+}
+
+#[test]
+fn whole_frames_go_to_viewers_from_a_keyframe_with_the_marker_on_the_last_packet() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    let frame = |keyframe: bool, pts: u64| {
+        // SPS, PPS and a slice too big for one packet (FU-A).
+        let mut annexb = Vec::new();
+        for nal in [&[0x67u8, 1, 2][..], &[0x68, 3], &[0x65; 3000][..]] {
+            annexb.extend_from_slice(&[0, 0, 0, 1]);
+            annexb.extend_from_slice(nal);
+        }
+        Media::Video(Arc::new(crate::source::EncodedVideo {
+            seq: 0,
+            pts_90k: pts,
+            keyframe,
+            annexb: Bytes::from(annexb),
+            width: 16,
+            height: 16,
+            captured_at: now,
+        }))
+    };
+    fan.media(&frame(false, 0), &payloads, now);
+    assert_eq!(take(&mut fan), 0, "nothing before a keyframe");
+    fan.media(&frame(true, 3000), &payloads, now);
+    let got = received(&mut fan, &mut a);
+    assert!(got.len() >= 3, "STAP-A and FU-A packets: {}", got.len());
+    let markers: Vec<bool> = got.iter().map(|p| p.header.marker).collect();
+    assert_eq!(markers.iter().filter(|m| **m).count(), 1);
+    assert!(markers[markers.len() - 1], "the marker on the last packet");
+    take(&mut fan);
+    fan.media(&frame(false, 6000), &payloads, now);
+    assert!(take(&mut fan) > 0, "then every frame");
+}
+
+#[test]
+fn a_closed_viewer_leaves_at_the_next_prune_and_gets_nothing_more() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    let mut b = join(&mut fan, 2);
+    fan.media(&burst(0, 2, 0, true), &payloads, now);
+    assert_eq!(take(&mut fan), 4);
+    b.left.cancel();
+    assert_eq!(fan.prune(), 1);
+    fan.media(&burst(2, 2, 3000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [2, 3]);
+    assert!(received(&mut fan, &mut b).is_empty());
+    a.left.cancel();
+    assert_eq!(fan.prune(), 0);
+    assert!(fan.is_empty());
+}
+
+#[test]
+fn a_nack_is_answered_to_its_own_viewer_with_the_same_packet() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    let b = join(&mut fan, 2);
+    fan.media(&burst(0, 3, 0, true), &payloads, now);
+    let sealed: Vec<Vec<u8>> = fan
+        .outbox()
+        .packets()
+        .filter(|(_, to)| *to == b.to)
+        .map(|(w, _)| w.to_vec())
+        .collect();
+    take(&mut fan);
+    // B lost its second packet (seq 2001) and asks for one never sent.
+    assert_eq!(fan.resend(b.id, &[2001, 2500]), 1);
+    let again: Vec<(Vec<u8>, SocketAddr)> = fan
+        .outbox()
+        .packets()
+        .map(|(w, to)| (w.to_vec(), to))
+        .collect();
+    assert_eq!(
+        again,
+        [(sealed[1].clone(), b.to)],
+        "the same SRTP packet, to B only"
+    );
+    take(&mut fan);
+    assert_eq!(fan.resend(99, &[1001]), 0, "an unknown viewer gets nothing");
+    assert!(received(&mut fan, &mut a).is_empty());
+}
+
+#[test]
+fn after_a_skip_every_viewer_restarts_at_a_keyframe_and_audio_keeps_flowing() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    fan.media(&burst(0, 2, 0, true), &payloads, now);
+    take(&mut fan);
+    fan.restart_at_keyframe();
+    fan.media(&burst(2, 2, 3000, false), &payloads, now);
+    assert_eq!(take(&mut fan), 0, "no video until a keyframe");
+    let audio = Media::Audio(Arc::new(EncodedAudio {
+        seq: 0,
+        pts_48k: 960,
+        opus: Bytes::from_static(b"opus"),
+        captured_at: now,
+    }));
+    fan.media(&audio, &payloads, now);
+    let got = received(&mut fan, &mut a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (
+            got[0].header.ssrc,
+            got[0].header.payload_type,
+            got[0].header.timestamp
+        ),
+        (201, 111, 10_000 + 960)
+    );
+    take(&mut fan);
+    fan.media(&burst(4, 2, 6000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [4, 5]);
+}
+
+#[test]
+fn each_viewer_gets_a_sender_report_a_second_at_its_current_destination() {
+    let payloads = PayloadCache::default();
+    let t0 = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    let b = join(&mut fan, 2);
+    fan.reports(t0, SystemTime::now());
+    assert_eq!(take(&mut fan), 0, "no report before anything was sent");
+    fan.media(&burst(0, 1, 0, true), &payloads, t0);
+    take(&mut fan);
+    let moved: SocketAddr = ([127, 0, 0, 1], 20_001).into();
+    fan.set_destination(a.id, moved);
+    fan.reports(t0, SystemTime::now());
+    let dests: Vec<SocketAddr> = fan.outbox().packets().map(|(_, to)| to).collect();
+    assert_eq!(
+        dests,
+        [moved, b.to],
+        "one report each, A's at its new address"
+    );
+    let (wire, _) = fan.outbox().packets().next().unwrap();
+    let rtcp = a.rx.decrypt_rtcp(wire).expect("SRTCP decrypts");
+    assert!(!rtcp.is_empty());
+    take(&mut fan);
+    fan.reports(t0 + Duration::from_millis(500), SystemTime::now());
+    assert_eq!(take(&mut fan), 0, "not twice within a second");
+    fan.reports(t0 + Duration::from_secs(1), SystemTime::now());
+    assert_eq!(take(&mut fan), 2);
+}
