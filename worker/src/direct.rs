@@ -236,8 +236,7 @@ impl Outbox {
     /// are kept for the next round).
     pub fn flush(&mut self, udp: &UdpQueue) {
         if !self.packets.is_empty() {
-            udp.send(&self.wire, &self.packets);
-            self.wire.clear();
+            udp.send(&mut self.wire, &self.packets);
             self.packets.clear();
         }
     }

@@ -189,6 +189,25 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// Takes `wire` (packets laid end to end, `packets` their lengths and
+    /// destinations) as the queue's buffer if nothing is waiting and it
+    /// fits, giving back the queue's empty buffer; `None` otherwise.
+    fn take_whole(&mut self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) -> Option<u64> {
+        if self.closed || !self.packets.is_empty() || wire.len() > MAX_QUEUED_BYTES {
+            return None;
+        }
+        self.bytes.clear();
+        std::mem::swap(&mut self.bytes, wire);
+        let mut start = 0;
+        for &(len, to) in packets {
+            self.packets.push(Queued { to, start, len });
+            start += len;
+        }
+        Some(packets.len() as u64)
+    }
+}
+
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
@@ -265,23 +284,30 @@ pub struct UdpQueue {
 impl UdpQueue {
     /// Queues packets laid end to end in `wire`, each with its length and
     /// destination (a session's viewers, `crate::direct::Outbox`), under
-    /// one lock; the sender thread batches each destination's run. Sending
-    /// small frames from the caller when the thread was idle spared its
-    /// wake-up, but the bench's RTP fan-out then cost 1.6× the CPU per
-    /// viewer (docs/profile.md), so it was dropped.
-    pub fn send(&self, wire: &[u8], packets: &[(usize, SocketAddr)]) {
-        let mut start = 0;
-        self.push_all(packets.iter().map(|&(len, to)| {
-            let p = &wire[start..start + len];
-            start += len;
-            (p, to)
-        }));
-    }
-
-    /// Queues packets of the worker's own media path under one lock,
-    /// dropping and counting those that do not fit (a full or closed queue).
-    fn push_all<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) {
-        let queued = self.push(bufs);
+    /// one lock, and leaves `wire` empty; the sender thread batches each
+    /// destination's run. When nothing is waiting, the queue takes `wire`'s
+    /// buffer whole and gives its own empty one back (no copy); otherwise
+    /// the bytes are appended. Sending small frames from the caller when
+    /// the thread was idle spared its wake-up, but the bench's RTP fan-out
+    /// then cost 1.6× the CPU per viewer (docs/profile.md), so it was
+    /// dropped.
+    pub fn send(&self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) {
+        let queued = self.queue(|p| {
+            if let Some(n) = p.take_whole(wire, packets) {
+                return (n, 0);
+            }
+            let (mut queued, mut dropped, mut start) = (0, 0, 0);
+            for &(len, to) in packets {
+                if p.push(&wire[start..start + len], to) {
+                    queued += 1;
+                } else {
+                    dropped += 1;
+                }
+                start += len;
+            }
+            (queued, dropped)
+        });
+        wire.clear();
         self.shared
             .counters
             .direct
@@ -290,15 +316,25 @@ impl UdpQueue {
 
     /// Queues packets; returns how many were queued.
     fn push<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) -> u64 {
-        let mut p = self.shared.lock();
-        let (mut queued, mut dropped) = (0, 0);
-        for (buf, to) in bufs {
-            if p.push(buf, to) {
-                queued += 1;
-            } else {
-                dropped += 1;
+        self.queue(|p| {
+            let (mut queued, mut dropped) = (0, 0);
+            for (buf, to) in bufs {
+                if p.push(buf, to) {
+                    queued += 1;
+                } else {
+                    dropped += 1;
+                }
             }
-        }
+            (queued, dropped)
+        })
+    }
+
+    /// Runs `add` (which returns packets queued and dropped) under the
+    /// queue's lock, counts the drops and wakes the sender thread if it
+    /// waits; returns how many were queued.
+    fn queue(&self, add: impl FnOnce(&mut Pending) -> (u64, u64)) -> u64 {
+        let mut p = self.shared.lock();
+        let (queued, dropped) = add(&mut p);
         let wake = p.idle && !p.packets.is_empty();
         if wake {
             p.idle = false;
@@ -688,7 +724,8 @@ mod tests {
                     packets.push((len, rx.local_addr().unwrap()));
                 }
             }
-            q.send(&wire, &packets);
+            q.send(&mut wire, &packets);
+            assert!(wire.is_empty(), "the queue took the bytes");
         }
         let mut buf = vec![0u8; 2000];
         for (v, rx) in viewers.iter().enumerate() {
@@ -721,5 +758,51 @@ mod tests {
         p.bytes.clear();
         p.packets.clear();
         assert!(!p.push(&[1], addr(1)), "a closed queue takes nothing");
+    }
+
+    #[test]
+    fn an_idle_queue_takes_a_whole_buffer_and_a_busy_one_does_not() {
+        let mut p = Pending::default();
+        p.bytes.reserve(4096);
+        let mut wire = vec![1u8; 300];
+        wire.extend_from_slice(&[2u8; 200]);
+        let packets = [(300, addr(1)), (200, addr(2))];
+        assert_eq!(p.take_whole(&mut wire, &packets), Some(2));
+        assert!(
+            wire.is_empty() && wire.capacity() >= 4096,
+            "the queue's buffer came back"
+        );
+        assert_eq!(p.bytes.len(), 500);
+        assert_eq!(
+            p.packets,
+            [
+                Queued {
+                    to: addr(1),
+                    start: 0,
+                    len: 300
+                },
+                Queued {
+                    to: addr(2),
+                    start: 300,
+                    len: 200
+                },
+            ]
+        );
+        let mut more = vec![3u8; 100];
+        assert_eq!(
+            p.take_whole(&mut more, &[(100, addr(1))]),
+            None,
+            "packets are waiting: appended instead"
+        );
+        assert_eq!(more.len(), 100, "left as it was");
+        p.packets.clear();
+        p.bytes.clear();
+        let mut too_big = vec![0u8; MAX_QUEUED_BYTES + 1];
+        assert_eq!(
+            p.take_whole(&mut too_big, &[(MAX_QUEUED_BYTES + 1, addr(1))]),
+            None
+        );
+        p.closed = true;
+        assert_eq!(p.take_whole(&mut more, &[(100, addr(1))]), None, "closed");
     }
 }

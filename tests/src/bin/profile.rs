@@ -474,6 +474,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     let nats = NatsServer::start().await;
     let mut config = worker::Config::for_tests(&nats.url());
+    config.max_viewers = config.max_viewers.max(a.viewers as u32);
     if a.one_port {
         config.udp_port = Some(system_tests::free_udp_port());
     }
