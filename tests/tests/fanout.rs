@@ -531,3 +531,39 @@ async fn a_lost_packet_reported_by_a_viewer_on_the_one_port_comes_again_and_both
     v.leave(&bus).await.expect("left");
     v.close().await;
 }
+
+/// On the one UDP port a session's viewers share one fan-out task, which
+/// stops taking the broadcast when its last viewer leaves and takes it
+/// again for the next: a viewer joining a session everyone has left
+/// decodes the stream, twice over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_one_port_a_viewer_joining_after_the_last_one_left_gets_the_stream() {
+    let port = free_udp_port();
+    let (_nats, _w, client, bus, id) =
+        session_with("again", FAN_SOURCE, |c| c.udp_port = Some(port)).await;
+    for round in 1..=3 {
+        let v = join(&bus, &id).await;
+        wait_for(
+            &format!("viewer {round} to decode a picture"),
+            Duration::from_secs(30),
+            || async { (*v.counters.decoded.lock().unwrap() == Some((320, 240))).then_some(()) },
+        )
+        .await;
+        v.rtc.leave(&bus).await.expect("leave accepted");
+        let _ = v.rtc.pc.close().await;
+        wait_for(
+            &format!("the worker to drop viewer {round}"),
+            Duration::from_secs(30),
+            || async {
+                stats(&client, "again").await["viewers"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let udp = &worker_stats(&client).await["udp"];
+    assert!(udp["direct"].as_u64().unwrap_or(0) > 0, "{udp}");
+}

@@ -45,6 +45,15 @@ const MAX_GSO_BYTES: usize = 64_000;
 /// frame completes at about the same time.
 const PACKETS_PER_TURN: usize = 16;
 
+/// Most `sendmsg` calls a caller of [`UdpQueue::send`] makes itself. A burst
+/// for a few viewers leaves at once from the fan-out's own thread, without
+/// waking the sender thread (less CPU and delay at small N: bench section
+/// 6, docs/benchmarks.md); a burst for more goes to the sender thread, so
+/// that sending one burst and sealing the next overlap on two cores
+/// (sending 50 viewers' bursts inline raised the egress p99 from 0.22–0.24×
+/// Janus's to 0.58–0.82×).
+const SEND_NOW_MAX_RUNS: usize = 16;
+
 /// The shortest time between two turns of one destination: 16 packets per
 /// 200 µs is 780 Mbit/s, more than any stream and about a gigabit link's
 /// pace, yet spreads a 1080p keyframe of 200 packets over 2.5 ms instead
@@ -287,11 +296,13 @@ impl UdpQueue {
     /// one lock, and leaves `wire` empty; the sender thread batches each
     /// destination's run. When nothing is waiting, the queue takes `wire`'s
     /// buffer whole and gives its own empty one back (no copy); otherwise
-    /// the bytes are appended. Sending small frames from the caller when
-    /// the thread was idle spared its wake-up, but the bench's RTP fan-out
-    /// then cost 1.6× the CPU per viewer (docs/profile.md), so it was
-    /// dropped.
+    /// the bytes are appended. A small burst is sent from the caller's
+    /// thread instead when the sender thread is idle ([`Self::send_now`]).
     pub fn send(&self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) {
+        if self.send_now(wire, packets) {
+            wire.clear();
+            return;
+        }
         let queued = self.queue(|p| {
             if let Some(n) = p.take_whole(wire, packets) {
                 return (n, 0);
@@ -312,6 +323,71 @@ impl UdpQueue {
             .counters
             .direct
             .fetch_add(queued, Ordering::Relaxed);
+    }
+
+    /// Sends a whole outbox from the caller's thread when the sender thread
+    /// waits with nothing queued, no destination has more than one turn of
+    /// packets (a burst of RTP input, not a keyframe to be paced) and it
+    /// takes at most [`SEND_NOW_MAX_RUNS`] sends: spares the thread's
+    /// wake-up and hand-off. What the socket does not take at once is
+    /// queued, in order. `false` (nothing sent) otherwise.
+    fn send_now(&self, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
+        if packets.len() > SEND_NOW_MAX_RUNS * PACKETS_PER_TURN {
+            return false;
+        }
+        {
+            let p = self.shared.lock();
+            if p.closed || !p.idle || !p.packets.is_empty() {
+                return false;
+            }
+        }
+        let mut start = 0;
+        let queued: Vec<Queued> = packets
+            .iter()
+            .map(|&(len, to)| {
+                let q = Queued { to, start, len };
+                start += len;
+                q
+            })
+            .collect();
+        let state = &self.shared.state;
+        let rounds = schedule(&queued, state.max_gso_segments(), PACKETS_PER_TURN);
+        let [round] = rounds.as_slice() else {
+            return false;
+        };
+        if round.len() > SEND_NOW_MAX_RUNS {
+            return false;
+        }
+        let c = &self.shared.counters;
+        for (i, run) in round.iter().enumerate() {
+            let transmit = quinn_udp::Transmit {
+                destination: run.to,
+                ecn: None,
+                contents: &wire[run.start..run.end],
+                segment_size: (run.count > 1).then_some(run.segment),
+                src_ip: None,
+            };
+            if state
+                .try_send((&*self.shared.socket).into(), &transmit)
+                .is_err()
+            {
+                // A full socket buffer (or GSO refused): the thread sends
+                // the rest, waiting for room or packet by packet.
+                let rest = round[i..].iter().flat_map(|r| {
+                    (0..r.count).map(move |k| {
+                        let s = r.start + k * r.segment;
+                        (&wire[s..(s + r.segment).min(r.end)], r.to)
+                    })
+                });
+                let n = self.push(rest);
+                c.direct.fetch_add(n, Ordering::Relaxed);
+                return true;
+            }
+            c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
+            c.sends.fetch_add(1, Ordering::Relaxed);
+            c.direct.fetch_add(run.count as u64, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Queues packets; returns how many were queued.
@@ -804,5 +880,37 @@ mod tests {
         );
         p.closed = true;
         assert_eq!(p.take_whole(&mut more, &[(100, addr(1))]), None, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_small_burst_to_an_idle_port_leaves_before_send_returns() {
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sender.shared.lock().idle {
+            assert!(Instant::now() < deadline, "the sender thread never waited");
+            std::thread::yield_now();
+        }
+        let mut wire = vec![5u8; 3 * 1000];
+        sender.queue().send(&mut wire, &[(1000, to); 3]);
+        let c = sender.counters();
+        assert_eq!(
+            (
+                c.packets.load(Ordering::Relaxed),
+                c.sends.load(Ordering::Relaxed)
+            ),
+            (3, 1),
+            "sent by the caller as one GSO run, before send returned"
+        );
+        assert_eq!(c.direct.load(Ordering::Relaxed), 3);
+        let mut buf = vec![0u8; 2000];
+        for _ in 0..3 {
+            let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+                .await
+                .expect("a packet arrives")
+                .unwrap();
+            assert_eq!(n, 1000);
+        }
     }
 }
