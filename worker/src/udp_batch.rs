@@ -51,7 +51,7 @@ const PACKETS_PER_TURN: usize = 16;
 /// 6, docs/benchmarks.md); a burst for more goes to the sender thread, so
 /// that sending one burst and sealing the next overlap on two cores
 /// (sending 50 viewers' bursts inline raised the egress p99 from 0.22–0.24×
-/// Janus's to 0.58–0.82×).
+/// Janus's to 0.53–0.82×).
 const SEND_NOW_MAX_RUNS: usize = 16;
 
 /// The shortest time between two turns of one destination: 16 packets per
