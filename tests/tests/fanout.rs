@@ -270,11 +270,17 @@ async fn twenty_viewers(
         v.rtc.leave(&bus).await.expect("leave accepted");
         let _ = v.rtc.pc.close().await;
     }
+    all_dropped(&client, "fan").await;
+    candidates
+}
+
+/// Waits until the worker has dropped every viewer of session `id`.
+async fn all_dropped(client: &async_nats::Client, id: &str) {
     wait_for(
-        "the worker to drop every viewer",
+        &format!("the worker to drop every viewer of {id}"),
         Duration::from_secs(30),
         || async {
-            stats(&client, "fan").await["viewers"]
+            stats(client, id).await["viewers"]
                 .as_array()
                 .unwrap()
                 .is_empty()
@@ -282,7 +288,6 @@ async fn twenty_viewers(
         },
     )
     .await;
-    candidates
 }
 
 async fn input_channel(v: &TestViewer) -> Arc<webrtc::data_channel::RTCDataChannel> {
@@ -551,18 +556,7 @@ async fn on_the_one_port_a_viewer_joining_after_the_last_one_left_gets_the_strea
         .await;
         v.rtc.leave(&bus).await.expect("leave accepted");
         let _ = v.rtc.pc.close().await;
-        wait_for(
-            &format!("the worker to drop viewer {round}"),
-            Duration::from_secs(30),
-            || async {
-                stats(&client, "again").await["viewers"]
-                    .as_array()
-                    .unwrap()
-                    .is_empty()
-                    .then_some(())
-            },
-        )
-        .await;
+        all_dropped(&client, "again").await;
     }
     let udp = &worker_stats(&client).await["udp"];
     assert!(udp["direct"].as_u64().unwrap_or(0) > 0, "{udp}");

@@ -84,6 +84,19 @@ struct Run {
     count: usize,
 }
 
+impl Run {
+    /// The run's `sendmsg`, its bytes taken from `bytes` (the batch's buffer).
+    fn transmit<'a>(&self, bytes: &'a [u8]) -> quinn_udp::Transmit<'a> {
+        quinn_udp::Transmit {
+            destination: self.to,
+            ecn: None,
+            contents: &bytes[self.start..self.end],
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        }
+    }
+}
+
 /// Groups queued packets (contiguous in the buffer, in queue order) into
 /// GSO runs: consecutive packets to one address, each as long as the run's
 /// first except the last, which may be shorter; at most `max_segments`
@@ -360,13 +373,7 @@ impl UdpQueue {
         }
         let c = &self.shared.counters;
         for (i, run) in round.iter().enumerate() {
-            let transmit = quinn_udp::Transmit {
-                destination: run.to,
-                ecn: None,
-                contents: &wire[run.start..run.end],
-                segment_size: (run.count > 1).then_some(run.segment),
-                src_ip: None,
-            };
+            let transmit = run.transmit(wire);
             if state
                 .try_send((&*self.shared.socket).into(), &transmit)
                 .is_err()
@@ -483,14 +490,7 @@ fn send_run(
     bytes: &[u8],
     run: &Run,
 ) {
-    let transmit = quinn_udp::Transmit {
-        destination: run.to,
-        ecn: None,
-        contents: &bytes[run.start..run.end],
-        segment_size: (run.count > 1).then_some(run.segment),
-        src_ip: None,
-    };
-    match send_one(socket, state, &transmit) {
+    match send_one(socket, state, &run.transmit(bytes)) {
         Ok(()) => {
             c.packets.fetch_add(run.count as u64, Ordering::Relaxed);
             c.sends.fetch_add(1, Ordering::Relaxed);

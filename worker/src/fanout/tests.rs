@@ -86,8 +86,8 @@ fn burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
     Media::VideoPackets(packets.into())
 }
 
-/// What the outbox holds for `v`, decrypted, and empties it of nothing
-/// (the caller clears it with [`take`]).
+/// What the outbox holds for `v`, decrypted; the outbox is left as it is
+/// ([`take`] empties it).
 fn received(fan: &mut Fanout, v: &mut Viewer) -> Vec<RtpPacket> {
     let to = v.to;
     fan.outbox()
