@@ -80,10 +80,6 @@ impl Fanout {
         self.members.len()
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }

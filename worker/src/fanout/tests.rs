@@ -70,11 +70,11 @@ fn join(fan: &mut Fanout, id: u64) -> Viewer {
     Viewer { id, to, rx, left }
 }
 
-/// A burst of RTP input: `n` packets of one access unit at `pts`, the
-/// first a keyframe start if `key`, numbered in their first payload byte
-/// from `first`.
-fn burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
-    let packets: Vec<VideoPacket> = (0..n)
+/// The packets of a burst of RTP input: `n` packets of one access unit at
+/// `pts`, the first a keyframe start if `key`, numbered in their first
+/// payload byte from `first`.
+fn packets(first: u8, n: u8, pts: u64, key: bool) -> Vec<VideoPacket> {
+    (0..n)
         .map(|i| VideoPacket {
             payload: Bytes::from(vec![first + i; 100]),
             pts_90k: pts,
@@ -82,8 +82,12 @@ fn burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
             keyframe_start: key && i == 0,
             arrived_at: Instant::now(),
         })
-        .collect();
-    Media::VideoPackets(packets.into())
+        .collect()
+}
+
+/// [`packets`] as one broadcast item.
+fn burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
+    Media::VideoPackets(packets(first, n, pts, key).into())
 }
 
 /// What the outbox holds for `v`, decrypted; the outbox is left as it is
@@ -121,14 +125,9 @@ fn a_viewer_joining_mid_stream_starts_at_the_next_keyframe_start_in_a_burst() {
     let mut fan = Fanout::default();
     let mut a = join(&mut fan, 1);
     // The tail of one access unit, then a keyframe starting mid-burst.
-    let mut packets: Vec<VideoPacket> = Vec::new();
-    if let Media::VideoPackets(p) = burst(0, 2, 0, false) {
-        packets.extend(p.iter().map(clone_packet));
-    }
-    if let Media::VideoPackets(p) = burst(2, 3, 3000, true) {
-        packets.extend(p.iter().map(clone_packet));
-    }
-    fan.media(&Media::VideoPackets(packets.into()), &payloads, now);
+    let mut mixed = packets(0, 2, 0, false);
+    mixed.extend(packets(2, 3, 3000, true));
+    fan.media(&Media::VideoPackets(mixed.into()), &payloads, now);
     let got = received(&mut fan, &mut a);
     assert_eq!(first_bytes(&got), [2, 3, 4], "from the keyframe start on");
     assert_eq!(
@@ -158,16 +157,6 @@ fn a_viewer_joining_mid_stream_starts_at_the_next_keyframe_start_in_a_burst() {
     assert_eq!(got_b[0].header.sequence_number, 2000, "B's own numbering");
     assert_eq!(got_b[0].header.timestamp, 20_000 + 9000, "B's own offset");
     assert_eq!(take(&mut fan), 4);
-}
-
-fn clone_packet(p: &VideoPacket) -> VideoPacket {
-    VideoPacket {
-        payload: p.payload.clone(),
-        pts_90k: p.pts_90k,
-        marker: p.marker,
-        keyframe_start: p.keyframe_start,
-        arrived_at: p.arrived_at,
-    }
 }
 
 #[test]
