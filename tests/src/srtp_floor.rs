@@ -1,7 +1,12 @@
 //! The SRTP floor: how many RTP packets one core encrypts per second with
-//! the SRTP code of the webrtc-rs build the worker uses (`webrtc::srtp`,
-//! 0.17). A viewer can never cost less than encrypting its packets, so the
-//! relay's CPU per viewer is quoted as a multiple of this.
+//! the SRTP code of this build. A viewer can never cost less than
+//! encrypting its packets, so the relay's CPU per viewer is quoted as a
+//! multiple of this. Two sealers are measured: the worker's own, which
+//! writes each packet into a buffer and seals it there
+//! (`worker::direct::srtp`, what the worker's one-port path uses), and
+//! webrtc-rs's (`webrtc::srtp` 0.17, `Context::encrypt_rtp`, what a track
+//! or the SRTCP of a viewer uses). The headline floor is the faster one,
+//! the worker's own.
 //!
 //! Which profile a viewer uses is decided in the DTLS handshake. The worker
 //! offers (`a=setup:actpass`), so the viewer answers as the DTLS client and
@@ -20,12 +25,35 @@ use std::time::{Duration, Instant};
 
 use webrtc::srtp::context::Context;
 use webrtc::srtp::protection_profile::ProtectionProfile;
+use worker::direct::srtp::RtpSealer;
 
 /// The two profiles viewers negotiate with the worker.
 pub const PROFILES: [ProtectionProfile; 2] = [
     ProtectionProfile::AeadAes128Gcm,
     ProtectionProfile::Aes128CmHmacSha1_80,
 ];
+
+/// Which SRTP code seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealer {
+    /// `worker::direct::srtp`: the packet is written into a buffer (as into
+    /// the worker's outbox) and sealed there.
+    InPlace,
+    /// webrtc-srtp's `Context::encrypt_rtp` on the marshalled packet
+    /// (header parse, encrypt, tag, a new buffer per packet).
+    WebrtcSrtp,
+}
+
+impl Sealer {
+    pub const ALL: [Sealer; 2] = [Sealer::InPlace, Sealer::WebrtcSrtp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sealer::InPlace => "in place (worker::direct::srtp)",
+            Sealer::WebrtcSrtp => "webrtc-srtp 0.17 Context",
+        }
+    }
+}
 
 /// A packet like the worker's writer sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +89,10 @@ impl PacketKind {
     }
 }
 
-/// One profile and packet size, encrypted on one thread.
+/// One sealer, profile and packet size, encrypted on one thread.
 #[derive(Debug, Clone)]
 pub struct FloorCase {
+    pub sealer: Sealer,
     pub profile: ProtectionProfile,
     pub kind: PacketKind,
     pub packets: u64,
@@ -85,30 +114,48 @@ pub struct FloorCase {
 /// The floor on this machine.
 #[derive(Debug, Clone)]
 pub struct SrtpFloor {
-    /// The headline case: the profile the bench's webrtc-rs viewers
-    /// negotiate (AEAD_AES_128_GCM) with 1200-byte video packets.
+    /// The headline case: the faster sealer (the worker's own), the
+    /// profile the bench's webrtc-rs viewers negotiate (AEAD_AES_128_GCM),
+    /// 1200-byte video packets.
+    pub sealer: Sealer,
     pub profile: ProtectionProfile,
     pub packets_per_sec: f64,
     pub mbit_per_sec: f64,
     /// Whether the CPU advertises AES-NI (`aes` in /proc/cpuinfo); the
     /// RustCrypto `aes` crate detects and uses it at run time.
     pub aes_ni: bool,
-    /// Every profile × packet kind.
+    /// Every sealer × profile × packet kind.
     pub cases: Vec<FloorCase>,
 }
 
 impl SrtpFloor {
-    pub fn case(&self, profile: ProtectionProfile, kind: PacketKind) -> Option<&FloorCase> {
+    pub fn case(
+        &self,
+        sealer: Sealer,
+        profile: ProtectionProfile,
+        kind: PacketKind,
+    ) -> Option<&FloorCase> {
         self.cases
             .iter()
-            .find(|c| c.profile as u8 == profile as u8 && c.kind == kind)
+            .find(|c| c.sealer == sealer && c.profile as u8 == profile as u8 && c.kind == kind)
     }
 
-    /// Cores one viewer needs, at this floor, for a stream of `video_kbps`
-    /// of H.264 (sent as 1200-byte packets) plus Opus at 50 packets/s.
+    /// Cores one viewer needs, at the headline sealer's floor, for a stream
+    /// of `video_kbps` of H.264 (sent as 1200-byte packets) plus Opus at 50
+    /// packets/s.
     pub fn cores_per_viewer(&self, profile: ProtectionProfile, video_kbps: f64) -> Option<f64> {
-        let v = self.case(profile, PacketKind::VideoFuA)?;
-        let a = self.case(profile, PacketKind::Opus)?;
+        self.cores_per_viewer_with(self.sealer, profile, video_kbps)
+    }
+
+    /// The same with `sealer`.
+    pub fn cores_per_viewer_with(
+        &self,
+        sealer: Sealer,
+        profile: ProtectionProfile,
+        video_kbps: f64,
+    ) -> Option<f64> {
+        let v = self.case(sealer, profile, PacketKind::VideoFuA)?;
+        let a = self.case(sealer, profile, PacketKind::Opus)?;
         let video_pps = video_kbps * 1000.0 / 8.0 / PacketKind::VideoFuA.rtp_len() as f64;
         Some(video_pps / v.packets_per_sec + 50.0 / a.packets_per_sec)
     }
@@ -135,17 +182,20 @@ pub fn cpu_has_aes_ni() -> bool {
         .unwrap_or(false)
 }
 
-/// Measures every profile × packet kind for `per_case` each (four cases,
-/// so the call takes about four times `per_case`).
+/// Measures every sealer × profile × packet kind for `per_case` each
+/// (eight cases, so the call takes about eight times `per_case`).
 pub fn measure(per_case: Duration) -> SrtpFloor {
     let mut cases = Vec::new();
-    for profile in PROFILES {
-        for kind in [PacketKind::VideoFuA, PacketKind::Opus] {
-            cases.push(measure_case(profile, kind, per_case));
+    for sealer in Sealer::ALL {
+        for profile in PROFILES {
+            for kind in [PacketKind::VideoFuA, PacketKind::Opus] {
+                cases.push(measure_case(sealer, profile, kind, per_case));
+            }
         }
     }
     let head = cases[0].clone();
     SrtpFloor {
+        sealer: head.sealer,
         profile: head.profile,
         packets_per_sec: head.packets_per_sec,
         mbit_per_sec: head.mbit_per_sec,
@@ -195,15 +245,26 @@ fn set_seq(p: &mut [u8], seq: u16) {
     p[2..4].copy_from_slice(&seq.to_be_bytes());
 }
 
-/// Encrypts `kind` packets with `profile` on this thread for `duration`,
-/// the way `webrtc::srtp::session::Session::write` does: `encrypt_rtp` on
-/// the marshalled packet (header parse, encrypt, tag, one allocation).
-pub fn measure_case(profile: ProtectionProfile, kind: PacketKind, duration: Duration) -> FloorCase {
+/// Encrypts `kind` packets with `profile` on this thread for `duration`:
+/// with [`Sealer::WebrtcSrtp`] the way `webrtc::srtp::session::Session::write`
+/// does, with [`Sealer::InPlace`] the way the worker's outbox does (the
+/// packet copied into a reused buffer, sealed there).
+pub fn measure_case(
+    sealer: Sealer,
+    profile: ProtectionProfile,
+    kind: PacketKind,
+    duration: Duration,
+) -> FloorCase {
     let mut tx = context(profile);
+    let (key, salt) = keys(profile);
+    let in_place = RtpSealer::new(profile, &key, &salt)
+        .expect("valid SRTP key and salt lengths")
+        .filter(|_| sealer == Sealer::InPlace);
+    let mut wire = Vec::with_capacity(1500);
+    let mut last = bytes::Bytes::new();
     let mut buf = packet(kind, 0, 0);
     let first_plain = buf.clone();
-    let mut first_sealed = None;
-    let mut last_sealed = bytes::Bytes::new();
+    let mut first_sealed: Option<Vec<u8>> = None;
     let mut seq: u16 = 0;
     let mut packets: u64 = 0;
     let mut bytes_out: u64 = 0;
@@ -214,18 +275,30 @@ pub fn measure_case(profile: ProtectionProfile, kind: PacketKind, duration: Dura
     while elapsed < duration {
         for _ in 0..256 {
             set_seq(&mut buf, seq);
-            let sealed = tx.encrypt_rtp(&buf).expect("encrypt");
+            let sealed: &[u8] = match &in_place {
+                Some(s) => {
+                    wire.clear();
+                    wire.extend_from_slice(&buf);
+                    // Below one rollover (as the context, renewed below).
+                    s.seal(&mut wire, 0, 12, 0);
+                    &wire
+                }
+                None => {
+                    last = tx.encrypt_rtp(&buf).expect("encrypt");
+                    &last
+                }
+            };
             bytes_out += sealed.len() as u64;
             if packets == 0 {
-                first_sealed = Some(sealed.clone());
+                first_sealed = Some(sealed.to_vec());
             }
+            std::hint::black_box(sealed);
             packets += 1;
             seq = seq.wrapping_add(1);
             if seq == 0 {
                 // Stay below one rollover so the receiver check is simple.
                 tx = context(profile);
             }
-            last_sealed = std::hint::black_box(sealed);
         }
         elapsed = start.elapsed();
     }
@@ -234,11 +307,13 @@ pub fn measure_case(profile: ProtectionProfile, kind: PacketKind, duration: Dura
         _ => None,
     };
     set_seq(&mut buf, seq.wrapping_sub(1));
+    let last_sealed: &[u8] = if in_place.is_some() { &wire } else { &last };
     let round_trip_ok = first_sealed
-        .map(|s| decrypts_to(profile, &[(&s, &first_plain), (&last_sealed, &buf)]))
+        .map(|s| decrypts_to(profile, &[(&s, &first_plain), (last_sealed, &buf)]))
         .unwrap_or(false);
     let secs = cpu.unwrap_or(elapsed).as_secs_f64();
     FloorCase {
+        sealer,
         profile,
         kind,
         packets,
@@ -275,9 +350,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_floor_encrypts_packets_a_receiver_decrypts_for_both_profiles() {
+    fn the_floor_encrypts_packets_a_receiver_decrypts_for_both_sealers_and_profiles() {
         let floor = measure(Duration::from_millis(50));
-        assert_eq!(floor.cases.len(), 4);
+        assert_eq!(floor.cases.len(), 8);
         for c in &floor.cases {
             assert!(c.packets >= 256, "{c:?}");
             assert!(
@@ -298,6 +373,7 @@ mod tests {
             );
         }
         assert_eq!(floor.profile as u8, ProtectionProfile::AeadAes128Gcm as u8);
+        assert_eq!(floor.sealer, Sealer::InPlace);
         let cores = floor
             .cores_per_viewer(ProtectionProfile::Aes128CmHmacSha1_80, 4000.0)
             .unwrap();

@@ -30,6 +30,8 @@ use webrtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::udp_batch::UdpQueue;
 
+pub mod srtp;
+
 /// Video packets kept per viewer for retransmission on NACK: about 2.5 s of
 /// 720p at 4 Mbit/s, as the NACK responder the webrtc-rs path used kept.
 pub const VIDEO_HISTORY: usize = 1024;
@@ -52,6 +54,9 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 #[derive(Clone)]
 struct Sent {
     seq: u16,
+    /// The rollover counter the packet was sealed with (SRTP's index is
+    /// `roc << 16 | seq`).
+    roc: u32,
     timestamp: u32,
     marker: bool,
     payload: Bytes,
@@ -64,6 +69,8 @@ pub struct OutStream {
     payload_type: u8,
     clock_rate: u32,
     seq: u16,
+    /// How often `seq` has wrapped (SRTP's rollover counter, RFC 3711).
+    roc: u32,
     history: Vec<Option<Sent>>,
     packets: u32,
     octets: u32,
@@ -86,6 +93,7 @@ impl OutStream {
             payload_type: payload_type & 0x7f,
             clock_rate,
             seq: first_seq,
+            roc: 0,
             history: vec![None; history],
             packets: 0,
             octets: 0,
@@ -97,8 +105,8 @@ impl OutStream {
         self.ssrc
     }
 
-    /// Numbers the next packet, keeps it, and writes its plaintext RTP
-    /// (header and payload) into `out`.
+    /// Numbers the next packet, keeps it, and appends its plaintext RTP
+    /// (header and payload) to `out`. Returns its rollover counter.
     pub fn next(
         &mut self,
         payload: &Bytes,
@@ -106,14 +114,18 @@ impl OutStream {
         timestamp: u32,
         now: Instant,
         out: &mut Vec<u8>,
-    ) {
-        let seq = self.seq;
+    ) -> u32 {
+        let (seq, roc) = (self.seq, self.roc);
         self.seq = seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.roc = self.roc.wrapping_add(1);
+        }
         self.write(seq, timestamp, marker, payload, out);
         if !self.history.is_empty() {
             let slot = seq as usize % self.history.len();
             self.history[slot] = Some(Sent {
                 seq,
+                roc,
                 timestamp,
                 marker,
                 payload: payload.clone(),
@@ -122,20 +134,22 @@ impl OutStream {
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(payload.len() as u32);
         self.last = Some((timestamp, now));
+        roc
     }
 
-    /// Writes the packet numbered `seq` again into `out`, if it is still
-    /// kept; a retransmission is the same packet (RFC 4585 NACK without RTX).
-    pub fn again(&self, seq: u16, out: &mut Vec<u8>) -> bool {
+    /// Appends the packet numbered `seq` again to `out`, if it is still
+    /// kept, and returns its rollover counter; a retransmission is the same
+    /// packet (RFC 4585 NACK without RTX).
+    pub fn again(&self, seq: u16, out: &mut Vec<u8>) -> Option<u32> {
         if self.history.is_empty() {
-            return false;
+            return None;
         }
         match &self.history[seq as usize % self.history.len()] {
             Some(s) if s.seq == seq => {
                 self.write(s.seq, s.timestamp, s.marker, &s.payload, out);
-                true
+                Some(s.roc)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -157,7 +171,6 @@ impl OutStream {
     }
 
     fn write(&self, seq: u16, timestamp: u32, marker: bool, payload: &[u8], out: &mut Vec<u8>) {
-        out.clear();
         out.reserve(RTP_HEADER + payload.len());
         out.push(0x80); // version 2, no padding, extension or CSRCs
         out.push(u8::from(marker) << 7 | self.payload_type);
@@ -196,6 +209,8 @@ pub enum DirectError {
     Srtp(#[from] webrtc::srtp::Error),
     #[error("RTCP: {0}")]
     Rtcp(#[from] webrtc::rtcp::Error),
+    #[error("SRTP keys: {0}")]
+    Keys(#[from] srtp::KeyLengths),
 }
 
 /// Encrypted packets waiting to go, laid end to end, each with its length
@@ -211,6 +226,20 @@ impl Outbox {
     fn push(&mut self, sealed: &[u8], to: SocketAddr) {
         self.wire.extend_from_slice(sealed);
         self.packets.push((sealed.len(), to));
+    }
+
+    /// Adds the packet `write` appends to the buffer (given where it
+    /// starts) for `to`, if it returns `true`; otherwise drops what it
+    /// wrote. Whether a packet went in.
+    fn append(&mut self, to: SocketAddr, write: impl FnOnce(&mut Vec<u8>, usize) -> bool) -> bool {
+        let start = self.wire.len();
+        if write(&mut self.wire, start) {
+            self.packets.push((self.wire.len() - start, to));
+            true
+        } else {
+            self.wire.truncate(start);
+            false
+        }
     }
 
     /// Packets waiting.
@@ -242,18 +271,62 @@ impl Outbox {
     }
 }
 
-/// A viewer's direct media path: both streams, one SRTP context (RTP and
-/// RTCP keep separate indices in it), and where packets go. Sealed packets
-/// go into the caller's [`Outbox`].
+/// A viewer's direct media path: both streams, their SRTP, and where
+/// packets go. Sealed packets go into the caller's [`Outbox`].
 pub struct DirectOut {
-    context: Context,
+    seal: Seal,
     to: SocketAddr,
     pub video: OutStream,
     pub audio: OutStream,
-    plain: Vec<u8>,
     reported_at: Option<Instant>,
-    /// Packets the SRTP context refused (not expected: counted for logs).
-    pub refused: u64,
+}
+
+/// A viewer's SRTP: RTP sealed in place in the outbox for the two profiles
+/// viewers negotiate ([`srtp`]), otherwise by webrtc-srtp's context, which
+/// also seals RTCP (RTP and RTCP keep separate indices).
+struct Seal {
+    in_place: Option<srtp::RtpSealer>,
+    context: Context,
+    /// Plaintext for the context.
+    plain: Vec<u8>,
+    /// Packets the context refused (not expected: counted for logs).
+    refused: u64,
+}
+
+impl Seal {
+    /// Seals the RTP packet `write` appends to a buffer (returning its
+    /// rollover counter, or `None` having written nothing) into `out`, for
+    /// `to`. Whether a packet went in.
+    fn rtp(
+        &mut self,
+        out: &mut Outbox,
+        to: SocketAddr,
+        write: impl FnOnce(&mut Vec<u8>) -> Option<u32>,
+    ) -> bool {
+        if let Some(sealer) = &self.in_place {
+            return out.append(to, |wire, start| {
+                let Some(roc) = write(wire) else {
+                    return false;
+                };
+                sealer.seal(wire, start, RTP_HEADER, roc);
+                true
+            });
+        }
+        self.plain.clear();
+        if write(&mut self.plain).is_none() {
+            return false;
+        }
+        match self.context.encrypt_rtp(&self.plain) {
+            Ok(sealed) => {
+                out.push(&sealed, to);
+                true
+            }
+            Err(_) => {
+                self.refused += 1;
+                false
+            }
+        }
+    }
 }
 
 impl DirectOut {
@@ -272,14 +345,19 @@ impl DirectOut {
             None,
             None,
         )?;
+        let in_place =
+            srtp::RtpSealer::new(profile, &keys.local_master_key, &keys.local_master_salt)?;
         Ok(Self {
-            context,
+            seal: Seal {
+                in_place,
+                context,
+                plain: Vec::with_capacity(1500),
+                refused: 0,
+            },
             to,
             video,
             audio,
-            plain: Vec::with_capacity(1500),
             reported_at: None,
-            refused: 0,
         })
     }
 
@@ -293,6 +371,16 @@ impl DirectOut {
         self.to = to;
     }
 
+    /// Packets the SRTP context refused (not expected: counted for logs).
+    pub fn refused(&self) -> u64 {
+        self.seal.refused
+    }
+
+    /// Whether RTP is sealed in place ([`srtp`]) rather than by webrtc-srtp.
+    pub fn seals_in_place(&self) -> bool {
+        self.seal.in_place.is_some()
+    }
+
     /// Encrypts video packets (payload, marker, RTP timestamp) into `out`.
     pub fn send_video<'a>(
         &mut self,
@@ -301,30 +389,28 @@ impl DirectOut {
         out: &mut Outbox,
     ) {
         for (payload, marker, timestamp) in packets {
-            self.video
-                .next(payload, marker, timestamp, now, &mut self.plain);
-            self.seal_rtp(out);
+            let video = &mut self.video;
+            self.seal.rtp(out, self.to, |buf| {
+                Some(video.next(payload, marker, timestamp, now, buf))
+            });
         }
     }
 
     /// Encrypts one audio packet into `out`.
     pub fn send_audio(&mut self, payload: &Bytes, timestamp: u32, now: Instant, out: &mut Outbox) {
-        self.audio
-            .next(payload, false, timestamp, now, &mut self.plain);
-        self.seal_rtp(out);
+        let audio = &mut self.audio;
+        self.seal.rtp(out, self.to, |buf| {
+            Some(audio.next(payload, false, timestamp, now, buf))
+        });
     }
 
     /// Encrypts again into `out` the video packets a viewer reported lost,
     /// those still kept. Returns how many.
     pub fn resend(&mut self, seqs: &[u16], out: &mut Outbox) -> usize {
-        let mut sent = 0;
-        for &seq in seqs {
-            if self.video.again(seq, &mut self.plain) {
-                self.seal_rtp(out);
-                sent += 1;
-            }
-        }
-        sent
+        let video = &self.video;
+        seqs.iter()
+            .filter(|&&seq| self.seal.rtp(out, self.to, |buf| video.again(seq, buf)))
+            .count()
     }
 
     /// Whether a sender report is due.
@@ -352,16 +438,9 @@ impl DirectOut {
         }
         self.reported_at = Some(now);
         let plain = webrtc::rtcp::packet::marshal(&reports)?;
-        let sealed = self.context.encrypt_rtcp(&plain)?;
+        let sealed = self.seal.context.encrypt_rtcp(&plain)?;
         out.push(&sealed, self.to);
         Ok(())
-    }
-
-    fn seal_rtp(&mut self, out: &mut Outbox) {
-        match self.context.encrypt_rtp(&self.plain) {
-            Ok(sealed) => out.push(&sealed, self.to),
-            Err(_) => self.refused += 1,
-        }
     }
 }
 

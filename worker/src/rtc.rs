@@ -812,7 +812,9 @@ async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<Dire
         direct::VIDEO_HISTORY,
     );
     let audio = OutStream::new(audio_ssrc, audio_pt, 48_000, random_u32() as u16, 0);
-    DirectOut::new(&keys, profile, to, video, audio).map_err(|e| e.to_string())
+    let out = DirectOut::new(&keys, profile, to, video, audio).map_err(|e| e.to_string())?;
+    debug!(?profile, in_place = out.seals_in_place(), %to, "direct media path");
+    Ok(out)
 }
 
 /// One viewer's writer on webrtc-rs's tracks (a port per peer, or a port

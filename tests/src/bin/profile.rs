@@ -415,15 +415,16 @@ fn srtp_table(floor: &SrtpFloor, kbps: u32) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "SRTP floor, one thread, webrtc::srtp 0.17 (RustCrypto; AES-NI in /proc/cpuinfo: {}), per CPU second of the thread:\n",
+        "SRTP floor, one thread, RustCrypto ciphers (AES-NI in /proc/cpuinfo: {}), per CPU second of the thread; the worker seals in place:\n",
         if floor.aes_ni { "yes" } else { "no" }
     );
-    let _ = writeln!(t, "| profile | packet | packets/s | Mbit/s out |");
-    let _ = writeln!(t, "|---|---|---|---|");
+    let _ = writeln!(t, "| sealer | profile | packet | packets/s | Mbit/s out |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
     for c in &floor.cases {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.0} |",
+            c.sealer.name(),
             profile_name(c.profile),
             c.kind.name(),
             c.packets_per_sec,
@@ -435,7 +436,8 @@ fn srtp_table(floor: &SrtpFloor, kbps: u32) -> String {
         if let Some(cores) = floor.cores_per_viewer(p, kbps as f64) {
             let _ = writeln!(
                 t,
-                "floor per viewer at {kbps} kbit/s video + Opus 50 packets/s, {}: {cores:.5} cores",
+                "floor per viewer at {kbps} kbit/s video + Opus 50 packets/s, {}, {}: {cores:.5} cores",
+                floor.sealer.name(),
                 profile_name(p)
             );
         }

@@ -21,10 +21,11 @@ fn packets_are_numbered_from_the_first_seq_across_the_wrap_with_the_streams_ssrc
     let now = Instant::now();
     let mut s = OutStream::new(0xdead_beef, 102, 90_000, 0xfffe, 16);
     let mut out = Vec::new();
-    let mut seen = Vec::new();
+    let (mut seen, mut rocs) = (Vec::new(), Vec::new());
     for (i, marker) in [false, false, true].into_iter().enumerate() {
         let payload = Bytes::from(vec![i as u8; 10 + i]);
-        s.next(&payload, marker, 1000, now, &mut out);
+        out.clear();
+        rocs.push(s.next(&payload, marker, 1000, now, &mut out));
         let p = parse(&out);
         assert_eq!(p.header.version, 2);
         assert_eq!(p.header.ssrc, 0xdead_beef);
@@ -35,6 +36,10 @@ fn packets_are_numbered_from_the_first_seq_across_the_wrap_with_the_streams_ssrc
         seen.push(p.header.sequence_number);
     }
     assert_eq!(seen, [0xfffe, 0xffff, 0]);
+    assert_eq!(rocs, [0, 0, 1], "the rollover counter counts the wrap");
+    // A retransmission keeps the rollover counter it was first sent with.
+    assert_eq!(s.again(0xffff, &mut out), Some(0));
+    assert_eq!(s.again(0, &mut out), Some(1));
 }
 
 #[test]
@@ -44,6 +49,7 @@ fn a_kept_packet_is_sent_again_unchanged_and_an_overwritten_one_is_not() {
     let mut out = Vec::new();
     let mut first = Vec::new();
     for i in 0..6u8 {
+        out.clear();
         s.next(
             &Bytes::from(vec![i; 20]),
             i == 5,
@@ -56,15 +62,18 @@ fn a_kept_packet_is_sent_again_unchanged_and_an_overwritten_one_is_not() {
         }
     }
     // 100 and 101 were overwritten by 104 and 105 (4 slots).
-    assert!(!s.again(100, &mut out));
-    assert!(!s.again(101, &mut out));
-    assert!(s.again(102, &mut out));
+    out.clear();
+    assert_eq!(s.again(100, &mut out), None);
+    assert_eq!(s.again(101, &mut out), None);
+    assert!(out.is_empty(), "nothing written for a packet not kept");
+    assert_eq!(s.again(102, &mut out), Some(0));
     assert_eq!(out, first, "a retransmission is the same packet");
-    assert!(!s.again(200, &mut out), "never sent");
+    assert_eq!(s.again(200, &mut out), None, "never sent");
     let mut none = OutStream::new(8, 111, 48_000, 0, 0);
     none.next(&Bytes::from_static(b"x"), false, 0, now, &mut out);
-    assert!(
-        !none.again(0, &mut out),
+    assert_eq!(
+        none.again(0, &mut out),
+        None,
         "a stream without history resends nothing"
     );
 }
@@ -167,6 +176,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             OutStream::new(2222, 111, 48_000, 500, 0),
         )
         .unwrap();
+        assert!(out.seals_in_place(), "{profile:?} is sealed in the outbox");
         let (udp, mut outbox) = (port.queue(), Outbox::default());
         let mut rx = Context::new(
             &keys.remote_master_key,
@@ -236,6 +246,6 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             })
             .collect();
         assert_eq!(srs, [(1111, 3), (2222, 1)]);
-        assert_eq!(out.refused, 0);
+        assert_eq!(out.refused(), 0);
     }
 }

@@ -695,13 +695,21 @@ fn write_tables(
     use system_tests::srtp_floor::profile_name;
     let mut md = String::new();
     md.push_str(&format!(
-        "Failure: a step fails when a viewer has no keyframe {} s after joining, the slowest viewer sees < {:.0}% of the frames sent in the window, or the p99 frame delay exceeds {}; a relay's steps stop at its first failure. Delay: from the producer's send of a frame's last packet to that relay, to the arrival at the viewer of the frame's last packet (marker), found by the SEI frame id. Cores/viewer = (relay cores at N − at N=0) / N; viewers/core = 1 / that. SRTP floor: {} with 1200-byte packets, {:.0} packets/s = {:.0} Mbit/s on one core; floor/viewer = cores one viewer's stream costs at that rate. Whole frames: frames that arrived with no packet missing (from the one carrying the frame id to the marker; the load client repairs nothing, for either relay), over the frames sent in the window times the viewers; p99, broken = late: the p99 delay when every frame that did not arrive whole counts as later than any that did (a viewer without it waits for a repair or the next keyframe).\n\n",
+        "Failure: a step fails when a viewer has no keyframe {} s after joining, the slowest viewer sees < {:.0}% of the frames sent in the window, or the p99 frame delay exceeds {}; a relay's steps stop at its first failure. Delay: from the producer's send of a frame's last packet to that relay, to the arrival at the viewer of the frame's last packet (marker), found by the SEI frame id. Cores/viewer = (relay cores at N − at N=0) / N; viewers/core = 1 / that. SRTP floor: {}, sealed {}, with 1200-byte packets, {:.0} packets/s = {:.0} Mbit/s on one core (webrtc-srtp's `Context`: {:.0} packets/s); floor/viewer = cores one viewer's stream costs at that rate. Whole frames: frames that arrived with no packet missing (from the one carrying the frame id to the marker; the load client repairs nothing, for either relay), over the frames sent in the window times the viewers; p99, broken = late: the p99 delay when every frame that did not arrive whole counts as later than any that did (a viewer without it waits for a repair or the next keyframe).\n\n",
         KEY_DEADLINE.as_secs(),
         MIN_DELIVERED * 100.0,
         ms(MAX_P99),
         profile_name(floor.profile),
+        floor.sealer.name(),
         floor.packets_per_sec,
         floor.mbit_per_sec,
+        floor
+            .case(
+                system_tests::srtp_floor::Sealer::WebrtcSrtp,
+                floor.profile,
+                system_tests::srtp_floor::PacketKind::VideoFuA
+            )
+            .map_or(f64::NAN, |c| c.packets_per_sec),
     ));
     if let Some(u) = udp {
         md.push_str(&format!(
@@ -928,10 +936,12 @@ fn write_tables(
             "streams": data,
             "srtp_floor": {
                 "profile": profile_name(floor.profile),
+                "sealer": floor.sealer.name(),
                 "packets_per_s": floor.packets_per_sec,
                 "mbit_per_s": floor.mbit_per_sec,
                 "aes_ni": floor.aes_ni,
                 "cases": floor.cases.iter().map(|c| json!({
+                    "sealer": c.sealer.name(),
                     "profile": profile_name(c.profile), "kind": c.kind.name(),
                     "packets_per_s": c.packets_per_sec, "mbit_per_s": c.mbit_per_sec,
                     "round_trip_ok": c.round_trip_ok,
