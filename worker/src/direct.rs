@@ -12,8 +12,9 @@
 //! ([`crate::udp_batch::UdpQueue`]), the socket webrtc-rs's own packets
 //! leave by, so the viewer sees one 5-tuple.
 //!
-//! [`OutStream`] is the pure part (numbering, history, report counters);
-//! [`DirectOut`] adds the SRTP context and the destination, and seals
+//! [`OutStream`] is the pure part (numbering, rollover, history, report counters);
+//! [`DirectOut`] adds the SRTP (RTP sealed in place by [`srtp`], RTCP by
+//! webrtc-srtp's context) and the destination, and seals
 //! packets into an [`Outbox`]. A session's viewers share one fan-out task
 //! that owns their `DirectOut`s (`crate::fanout`).
 
