@@ -464,6 +464,26 @@ pub async fn subscribe(
     sub
 }
 
+/// The next heartbeat of `worker` on `sub` (a subscription to heartbeats),
+/// skipping other workers'; panics after 15 s without one. A worker starts
+/// its heartbeats after its service, so one heartbeat means it answers on
+/// its own subjects.
+pub async fn heartbeat_from(sub: &mut async_nats::Subscriber, worker: &str) -> serde_json::Value {
+    use futures::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no heartbeat from {worker} within 15 s"))
+            .expect("subscription open");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("heartbeat JSON");
+        if v["worker"] == worker {
+            return v;
+        }
+    }
+}
+
 /// Starts the `api` binary listening on `127.0.0.1:port` (a restarted api
 /// comes back on the address its pages know) and waits until `/healthz`
 /// answers. `envs` adds to `API_LISTEN` (e.g. `NATS_URL`,

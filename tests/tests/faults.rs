@@ -85,19 +85,6 @@ fn viewers(s: &Value) -> usize {
     s["viewers"].as_array().map_or(0, Vec::len)
 }
 
-async fn heartbeat_from(sub: &mut async_nats::Subscriber, worker: &str) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("a heartbeat from {worker} in time"))
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&m.payload).expect("heartbeat JSON");
-        if v["worker"] == worker {
-            return v;
-        }
-    }
-}
-
 /// Every session event (`started`, `ended`, `moved`; viewer events are
 /// left out) seen on the bus since the collector started, in arrival order.
 struct Events {

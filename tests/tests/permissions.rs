@@ -297,21 +297,6 @@ fn ok(v: &Value) -> &Value {
     &v["result"]
 }
 
-async fn heartbeat_from(sub: &mut async_nats::Subscriber, worker: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no heartbeat from {worker} within 15 s"))
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&m.payload).expect("heartbeat JSON");
-        if v["worker"] == worker {
-            return v;
-        }
-    }
-}
-
 async fn next_msg(sub: &mut async_nats::Subscriber, what: &str) -> async_nats::Message {
     tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await

@@ -24,19 +24,6 @@ fn ok(v: &Value) -> &Value {
     &v["result"]
 }
 
-async fn heartbeat_from(sub: &mut async_nats::Subscriber, worker: &str) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("a heartbeat in time")
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&m.payload).unwrap();
-        if v["worker"] == worker {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn kill_9_of_a_worker_ends_its_sessions_with_worker_lost() {
     init_tracing();

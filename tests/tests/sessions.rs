@@ -138,11 +138,16 @@ async fn raw_json_create_get_list_keepalive_stop() {
 async fn create_is_idempotent_even_when_two_workers_race() {
     init_tracing();
     let nats = NatsServer::start().await;
+    let c = nats.client().await;
+    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
     let a = worker(worker_cfg(&nats, "w-a"));
     let b = worker(worker_cfg(&nats, "w-b"));
-    let c = nats.client().await;
-    ready(&c).await;
-    let mut hb = subscribe(&c, "streams.v1.worker.*.heartbeat").await;
+    // Both must answer on their own subjects before the race: a heartbeat
+    // from each (one worker answering `session.list` is not enough, the
+    // other may still be opening the registry).
+    for w in ["w-a", "w-b"] {
+        heartbeat_from(&mut hb, w).await;
+    }
 
     // The same create sent straight to both workers at once: both try to
     // claim the id in the registry; one wins, the other returns its record.
