@@ -144,18 +144,8 @@ impl SrtpFloor {
     /// of `video_kbps` of H.264 (sent as 1200-byte packets) plus Opus at 50
     /// packets/s.
     pub fn cores_per_viewer(&self, profile: ProtectionProfile, video_kbps: f64) -> Option<f64> {
-        self.cores_per_viewer_with(self.sealer, profile, video_kbps)
-    }
-
-    /// The same with `sealer`.
-    pub fn cores_per_viewer_with(
-        &self,
-        sealer: Sealer,
-        profile: ProtectionProfile,
-        video_kbps: f64,
-    ) -> Option<f64> {
-        let v = self.case(sealer, profile, PacketKind::VideoFuA)?;
-        let a = self.case(sealer, profile, PacketKind::Opus)?;
+        let v = self.case(self.sealer, profile, PacketKind::VideoFuA)?;
+        let a = self.case(self.sealer, profile, PacketKind::Opus)?;
         let video_pps = video_kbps * 1000.0 / 8.0 / PacketKind::VideoFuA.rtp_len() as f64;
         Some(video_pps / v.packets_per_sec + 50.0 / a.packets_per_sec)
     }

@@ -209,6 +209,34 @@ impl Pending {
         });
         true
     }
+
+    /// [`Self::push`]es each packet; returns how many were queued and
+    /// dropped.
+    fn push_all<'a>(
+        &mut self,
+        bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+    ) -> (u64, u64) {
+        let (mut queued, mut dropped) = (0, 0);
+        for (buf, to) in bufs {
+            if self.push(buf, to) {
+                queued += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        (queued, dropped)
+    }
+}
+
+/// Packets laid end to end from the start of a buffer, each given as its
+/// length and destination, as [`Queued`] entries.
+fn laid_out(packets: &[(usize, SocketAddr)]) -> impl Iterator<Item = Queued> + '_ {
+    let mut start = 0;
+    packets.iter().map(move |&(len, to)| {
+        let q = Queued { to, start, len };
+        start += len;
+        q
+    })
 }
 
 impl Pending {
@@ -221,11 +249,7 @@ impl Pending {
         }
         self.bytes.clear();
         std::mem::swap(&mut self.bytes, wire);
-        let mut start = 0;
-        for &(len, to) in packets {
-            self.packets.push(Queued { to, start, len });
-            start += len;
-        }
+        self.packets.extend(laid_out(packets));
         Some(packets.len() as u64)
     }
 }
@@ -320,16 +344,7 @@ impl UdpQueue {
             if let Some(n) = p.take_whole(wire, packets) {
                 return (n, 0);
             }
-            let (mut queued, mut dropped, mut start) = (0, 0, 0);
-            for &(len, to) in packets {
-                if p.push(&wire[start..start + len], to) {
-                    queued += 1;
-                } else {
-                    dropped += 1;
-                }
-                start += len;
-            }
-            (queued, dropped)
+            p.push_all(laid_out(packets).map(|q| (&wire[q.start..q.start + q.len], q.to)))
         });
         wire.clear();
         self.shared
@@ -354,15 +369,7 @@ impl UdpQueue {
                 return false;
             }
         }
-        let mut start = 0;
-        let queued: Vec<Queued> = packets
-            .iter()
-            .map(|&(len, to)| {
-                let q = Queued { to, start, len };
-                start += len;
-                q
-            })
-            .collect();
+        let queued: Vec<Queued> = laid_out(packets).collect();
         let state = &self.shared.state;
         let rounds = schedule(&queued, state.max_gso_segments(), PACKETS_PER_TURN);
         let [round] = rounds.as_slice() else {
@@ -399,17 +406,7 @@ impl UdpQueue {
 
     /// Queues packets; returns how many were queued.
     fn push<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) -> u64 {
-        self.queue(|p| {
-            let (mut queued, mut dropped) = (0, 0);
-            for (buf, to) in bufs {
-                if p.push(buf, to) {
-                    queued += 1;
-                } else {
-                    dropped += 1;
-                }
-            }
-            (queued, dropped)
-        })
+        self.queue(|p| p.push_all(bufs))
     }
 
     /// Runs `add` (which returns packets queued and dropped) under the

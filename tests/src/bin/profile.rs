@@ -343,10 +343,13 @@ fn samples(folded: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char
     })
 }
 
-/// Per side (thread group): its samples, and its samples in each cost
-/// centre.
-fn centre_counts(folded: &str) -> HashMap<&str, (u64, Vec<u64>)> {
-    let mut totals: HashMap<&str, (u64, Vec<u64>)> = HashMap::new();
+/// Per side (thread group): its samples, and its samples in each of
+/// [`CENTRES`].
+type CentreCounts<'a> = HashMap<&'a str, (u64, Vec<u64>)>;
+
+/// Counts a folded profile's samples by side and cost centre.
+fn centre_counts(folded: &str) -> CentreCounts<'_> {
+    let mut totals = CentreCounts::new();
     for (thread, frames, count) in samples(folded) {
         let frames: Vec<&str> = frames.collect();
         let e = totals
@@ -363,16 +366,14 @@ fn centre_counts(folded: &str) -> HashMap<&str, (u64, Vec<u64>)> {
 }
 
 /// The share of `side`'s samples in the centre named `name`.
-fn centre_share(folded: &str, side: &str, name: &str) -> Option<f64> {
+fn centre_share(counts: &CentreCounts, side: &str, name: &str) -> Option<f64> {
     let i = CENTRES.iter().position(|(n, _)| *n == name)?;
-    let counts = centre_counts(folded);
     let (total, hits) = counts.get(side)?;
     (*total > 0).then(|| hits[i] as f64 / *total as f64)
 }
 
 /// Share of each side's samples per cost centre.
-fn centres(folded: &str) -> String {
-    let totals = centre_counts(folded);
+fn centres(totals: &CentreCounts) -> String {
     let mut out =
         String::from("\n## cost centres (% of the side's samples; a sample may count twice)\n\n");
     let mut sides: Vec<&&str> = totals.keys().collect();
@@ -627,11 +628,12 @@ async fn run(
                     a.viewers,
                     a.out.join("profile.svg").display()
                 );
-                report.push_str(&centres(&folded));
+                let counts = centre_counts(&folded);
+                report.push_str(&centres(&counts));
                 let side = group(WORKER_THREADS);
                 if let (Some(f), Some(d)) = (
                     floor.cores_per_viewer(ProtectionProfile::AeadAes128Gcm, a.kbps as f64),
-                    centre_share(&folded, side, LOOPBACK_DELIVERY),
+                    centre_share(&counts, side, LOOPBACK_DELIVERY),
                 ) {
                     let _ = writeln!(
                         report,
@@ -693,14 +695,14 @@ mod tests {
         );
         // Half of them delivered on loopback, counted once per sample.
         assert_eq!(
-            centre_share(&folded, group(&worker), LOOPBACK_DELIVERY),
+            centre_share(&centre_counts(&folded), group(&worker), LOOPBACK_DELIVERY),
             Some(0.5)
         );
         // 3 of 4 samples sent on UDP.
         assert!(
-            centres(&folded).contains(" 75.0%  UDP send syscall"),
+            centres(&centre_counts(&folded)).contains(" 75.0%  UDP send syscall"),
             "{}",
-            centres(&folded)
+            centres(&centre_counts(&folded))
         );
         // `main` is in every stack (inclusive 4), `encrypt` a leaf once.
         let t = top(&folded, 5);

@@ -146,8 +146,7 @@ impl RtpSealer {
         let (head, payload) = buf[start..].split_at_mut(header_len);
         let (ssrc, seq) = (&head[8..12], &head[2..4]);
         match self {
-            Self::CmSha1_80(cm) => {
-                let CmSha1 { cipher, auth, salt } = cm;
+            Self::CmSha1_80(CmSha1 { cipher, auth, salt }) => {
                 // RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16.
                 let mut iv = [0u8; 16];
                 iv[4..8].copy_from_slice(ssrc);
