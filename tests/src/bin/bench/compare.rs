@@ -27,8 +27,8 @@ use super::janus::{self, Janus};
 use super::load::{self, Leave, LoadViewer, RECORDING};
 use super::producer::{Clip, Destination, Producer, Sent, StreamSpec};
 use super::{
-    bus_of, create, heartbeat, host_ticks, loadavg, ms, proc_rss_kib, proc_ticks, stop, Bus, Dist,
-    Env, Plan, Report,
+    bus_of, cpu_windows, create, heartbeat, loadavg, ms, proc_rss_kib, stop, Bus, Dist, Env, Plan,
+    Report,
 };
 
 /// A stream whose loop starts with an IDR and has one every second.
@@ -128,7 +128,8 @@ impl Step {
             "delay": self.delay.map(|d| d.json()), "bench_cores": self.bench_cores,
             "whole_frames": self.whole,
             "egress": match &self.egress {
-                Ok(e) => json!({"delay": e.delay.map(|d| d.json()), "frames": e.frames,
+                Ok(e) => json!({"delay": e.delay.map(|d| d.json()),
+                    "keyframes": e.keyframes.map(|d| d.json()), "frames": e.frames,
                     "without_egress_time": e.missing, "captured_packets": e.captured}),
                 Err(e) => json!({"error": e}),
             },
@@ -176,29 +177,6 @@ fn udp_rcvbuf_errors() -> u64 {
         .find(|(n, _)| *n == "RcvbufErrors")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// CPU of several processes, the bench and the host over one window.
-async fn cpu_windows(pids: &[u32], window: Duration, clk_tck: u64) -> (Vec<f64>, f64, f64) {
-    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let ids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let p0: Vec<u64> = ids.iter().map(|p| proc_ticks(p)).collect();
-    let (b0, (h0, t0), at) = (proc_ticks("self"), host_ticks(), Instant::now());
-    tokio::time::sleep(window).await;
-    let p1: Vec<u64> = ids.iter().map(|p| proc_ticks(p)).collect();
-    let (b1, (h1, t1)) = (proc_ticks("self"), host_ticks());
-    let secs = at.elapsed().as_secs_f64();
-    let cores = |d: u64| d as f64 / clk_tck as f64 / secs;
-    let host = if t1 > t0 {
-        (h1 - h0) as f64 / (t1 - t0) as f64 * nproc
-    } else {
-        0.0
-    };
-    (
-        p0.iter().zip(&p1).map(|(a, b)| cores(b - a)).collect(),
-        cores(b1 - b0),
-        host,
-    )
 }
 
 /// A viewer of our worker, joined over NATS like the api does for a page.
@@ -262,6 +240,9 @@ fn p99_broken_as_late(whole: &mut [Duration], expected: usize) -> Option<Duratio
 #[derive(Debug, Clone, Copy)]
 struct EgressDelay {
     delay: Option<Dist>,
+    /// The IDR frames alone: one frame in `gop`, so at N=1 they are the
+    /// p99.
+    keyframes: Option<Dist>,
     /// Frames read by viewers in the window, and those of them whose
     /// frame end the capture did not see.
     frames: usize,
@@ -296,7 +277,7 @@ async fn egress_window(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("capture: {e}"))?;
-    let (mut delays, mut frames, mut missing) = (Vec::new(), 0, 0);
+    let (mut delays, mut key_delays, mut frames, mut missing) = (Vec::new(), Vec::new(), 0, 0);
     for v in viewers {
         let Some(&ssrc) = v.rx.video_ssrc.get() else {
             continue;
@@ -310,7 +291,11 @@ async fn egress_window(
                 Some(&at) => {
                     let sent_wall = wall + s.saturating_duration_since(mono)
                         - mono.saturating_duration_since(s);
-                    delays.push(at.duration_since(sent_wall).unwrap_or_default());
+                    let delay = at.duration_since(sent_wall).unwrap_or_default();
+                    delays.push(delay);
+                    if sent.is_keyframe(a.id) {
+                        key_delays.push(delay);
+                    }
                 }
                 None => missing += 1,
             }
@@ -318,6 +303,7 @@ async fn egress_window(
     }
     Ok(EgressDelay {
         delay: Dist::of(&delays),
+        keyframes: Dist::of(&key_delays),
         frames,
         missing,
         captured: seen.packets,
@@ -341,14 +327,7 @@ fn broken_late(s: &Step) -> String {
 }
 
 /// One step: `n` viewers on `side`, measured, then gone.
-async fn step(
-    relays: &Relays<'_>,
-    run: &mut RelayRun,
-    n: usize,
-    sent: &Sent,
-    plan: &Plan,
-    clk_tck: u64,
-) -> Step {
+async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, plan: &Plan) -> Step {
     let side = run.side;
     let mut viewers = Vec::with_capacity(n);
     let mut join_error = None;
@@ -394,8 +373,7 @@ async fn step(
     let drops0 = udp_rcvbuf_errors();
     RECORDING.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
-    let (cores, bench_cores, host_cores) =
-        cpu_windows(&[run.pid], plan.relay_window, clk_tck).await;
+    let (cores, bench_cores, host_cores) = cpu_windows(&[run.pid], plan.relay_window).await;
     RECORDING.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     let f1 = sent.frames.load(Ordering::Relaxed);
@@ -503,8 +481,9 @@ async fn step(
         delay.map_or("-".into(), |d| format!("p50 {} p99 {}", ms(d.p50), ms(d.p99))),
         match &s.egress {
             Ok(e) => format!(
-                "{} ({} of {} frames without an egress time, {} packets captured)",
+                "{}, IDR frames {} ({} of {} frames without an egress time, {} packets captured)",
                 e.delay.map_or("-".into(), |d| format!("p50 {} p99 {}", ms(d.p50), ms(d.p99))),
+                e.keyframes.map_or("-".into(), |d| format!("p50 {} max {}", ms(d.p50), ms(d.max))),
                 e.missing,
                 e.frames,
                 e.captured
@@ -620,7 +599,7 @@ async fn relay_stream(
 
     tokio::time::sleep(plan.warmup * 2).await;
     let pids = [worker.child.id(), janus.pid()];
-    let (base, bench_base, host) = cpu_windows(&pids, plan.relay_window, env.clk_tck).await;
+    let (base, bench_base, host) = cpu_windows(&pids, plan.relay_window).await;
     let mut runs: Vec<RelayRun> = [Side::Ours, Side::Janus]
         .into_iter()
         .zip(pids)
@@ -661,7 +640,7 @@ async fn relay_stream(
             if runs[i].failed() {
                 continue;
             }
-            let s = step(&relays, &mut runs[i], n, &producer.sent, plan, env.clk_tck).await;
+            let s = step(&relays, &mut runs[i], n, &producer.sent, plan).await;
             if let Some(f) = &s.failed {
                 runs[i].join_errors.push(format!("N={n}: {f}"));
             }

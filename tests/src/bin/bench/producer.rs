@@ -247,11 +247,15 @@ pub struct Sent {
     pub send_errors: AtomicU64,
     /// Frames sent later than their slot by more than one frame interval.
     pub late: AtomicU64,
+    /// Frames from one IDR to the next (the clip's loop holds a whole
+    /// number of them).
+    gop: u64,
 }
 
 impl Sent {
-    fn new(destinations: usize) -> Self {
+    fn new(destinations: usize, gop: usize) -> Self {
         Sent {
+            gop: gop.max(1) as u64,
             base: Instant::now(),
             ids: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
             at: (0..destinations)
@@ -262,6 +266,11 @@ impl Sent {
             send_errors: AtomicU64::new(0),
             late: AtomicU64::new(0),
         }
+    }
+
+    /// Whether frame `id` is an IDR.
+    pub fn is_keyframe(&self, id: u64) -> bool {
+        id.is_multiple_of(self.gop)
     }
 
     /// When frame `id` left for destination `dest`, if still remembered.
@@ -287,7 +296,7 @@ pub struct Producer {
 impl Producer {
     pub fn start(clip: Arc<Clip>, destinations: Vec<Destination>) -> anyhow::Result<Producer> {
         let sock = UdpSocket::bind("127.0.0.1:0").context("producer socket")?;
-        let sent = Arc::new(Sent::new(destinations.len()));
+        let sent = Arc::new(Sent::new(destinations.len(), clip.spec.gop));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (sent.clone(), stop.clone());
         let thread = std::thread::Builder::new()
