@@ -574,8 +574,13 @@ pub struct RtpVideoStats {
     pub bad_packets: u64,
     /// Packets missing from the sequence.
     pub lost_packets: u64,
-    /// Packets that came after a later one (or twice), dropped.
+    /// Packets that came after a later one that had already gone on (past
+    /// the 10 ms reorder window), or twice: dropped.
     pub late_packets: u64,
+    /// Packets that came after later ones and were put back in order (the
+    /// later ones waited for them, at most 10 ms).
+    #[serde(default)]
+    pub reordered_packets: u64,
     /// Payloads relayed to viewers (after re-cutting).
     pub forwarded_packets: u64,
     /// Payloads larger than 1200 bytes, cut into FU-A fragments.

@@ -509,13 +509,20 @@ impl RtpOut {
 
     /// Sends `payload` with the current timestamp and the next sequence number.
     async fn send(&mut self, payload: &Bytes, marker: bool) {
+        self.send_ahead(0, payload, marker).await;
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    /// Sends `payload` numbered `ahead` places after the next sequence
+    /// number, without moving on: a packet that overtakes others.
+    async fn send_ahead(&mut self, ahead: u16, payload: &Bytes, marker: bool) {
         use webrtc::util::Marshal;
         let packet = webrtc::rtp::packet::Packet {
             header: webrtc::rtp::header::Header {
                 version: 2,
                 marker,
                 payload_type: 96,
-                sequence_number: self.seq,
+                sequence_number: self.seq.wrapping_add(ahead),
                 timestamp: self.ts,
                 ssrc: 0x5eed_cafe,
                 ..Default::default()
@@ -526,7 +533,6 @@ impl RtpOut {
             .send(&packet.marshal().expect("an RTP packet"))
             .await
             .expect("a send to the video port");
-        self.seq = self.seq.wrapping_add(1);
     }
 }
 
@@ -727,8 +733,9 @@ async fn an_rtp_sources_packet_loss_and_frame_counters_are_in_the_session_stats(
     let r = create(&c, "rtp-stats", &rtp_spec(vport, Some(aport))).await;
     assert_eq!(r["result"]["state"], "live", "{r}");
 
-    // Three whole IDR frames, one losing a packet halfway (after its first
-    // fragments went out), one more.
+    // Three whole IDR frames, one of them with two packets swapped (put
+    // back in order by the reorder window), one losing a packet halfway
+    // (after its first fragments went out), one more.
     let mut idrs = IdrFrames::new();
     let mut out = RtpOut::to(vport).await;
     let mut sent = 0u64;
@@ -739,6 +746,17 @@ async fn an_rtp_sources_packet_loss_and_frame_counters_are_in_the_session_stats(
         for (i, p) in frame.iter().enumerate() {
             if n == 3 && i == frame.len() / 2 {
                 out.skip();
+                continue;
+            }
+            if n == 1 && i == 1 {
+                // Packet 2 overtakes packet 1.
+                out.send_ahead(1, &frame[2], false).await;
+                out.send(p, false).await;
+                out.skip();
+                sent += 2;
+                continue;
+            }
+            if n == 1 && i == 2 {
                 continue;
             }
             out.send(p, i + 1 == frame.len()).await;
@@ -783,6 +801,7 @@ async fn an_rtp_sources_packet_loss_and_frame_counters_are_in_the_session_stats(
     assert_eq!(video["keyframes"], json!(4), "{rtp}");
     assert_eq!(video["bad_packets"], json!(0), "{rtp}");
     assert_eq!(video["late_packets"], json!(0), "{rtp}");
+    assert_eq!(video["reordered_packets"], json!(1), "{rtp}");
     assert_eq!(video["unmarked_frames"], json!(0), "{rtp}");
     assert_eq!(rtp["audio"]["lost_packets"], json!(0), "{rtp}");
     assert_eq!(frames(&c, "rtp-stats").await, 4);

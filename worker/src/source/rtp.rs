@@ -37,6 +37,7 @@
 mod h264;
 mod opus;
 mod packet;
+mod reorder;
 mod sps;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -56,6 +57,9 @@ use super::{
 
 /// How long a receive blocks before the thread checks for a stop.
 const POLL: Duration = Duration::from_millis(50);
+/// The shortest receive timeout set for the reorder window's deadline (a
+/// zero timeout would mean none).
+const MIN_WAIT: Duration = Duration::from_micros(100);
 /// Socket receive buffer asked for (the kernel caps it at
 /// `net.core.rmem_max`): an IDR of a 1080p stream arrives as one burst.
 const RECV_BUFFER: usize = 4 << 20;
@@ -197,11 +201,23 @@ fn video_loop(
     let mut buf = vec![0u8; 65_536];
     let mut house = Housekeeping::new(Instant::now(), true);
     let mut out = Vec::new();
+    let mut timeout = POLL;
     loop {
+        // Wake in time for a packet held in the reorder window.
+        let wait = forwarder.deadline().map_or(POLL, |d| {
+            d.saturating_duration_since(Instant::now())
+                .clamp(MIN_WAIT, POLL)
+        });
+        if wait != timeout {
+            socket
+                .set_read_timeout(Some(wait))
+                .map_err(|e| format!("rtp receive timeout: {e}"))?;
+            timeout = wait;
+        }
         let got = recv(socket, &mut buf)?;
         let now = Instant::now();
+        let frames = forwarder.counters().frames;
         if let Some(n) = got {
-            let frames = forwarder.counters().frames;
             forwarder.push(now, &buf[..n], |p| out.push(p));
             push_queued(
                 |b| recv_queued(socket, b),
@@ -209,12 +225,14 @@ fn video_loop(
                 &mut forwarder,
                 &mut out,
             );
-            if !out.is_empty() {
-                link.publish(Media::VideoPackets(out.drain(..).collect()));
-            }
-            for _ in frames..forwarder.counters().frames {
-                link.count_frame();
-            }
+        } else {
+            forwarder.expire(now, |p| out.push(p));
+        }
+        if !out.is_empty() {
+            link.publish(Media::VideoPackets(out.drain(..).collect()));
+        }
+        for _ in frames..forwarder.counters().frames {
+            link.count_frame();
         }
         if let Some(stop) = house.check(link, now, got.is_none()) {
             link.set_rtp_video(forwarder.counters(), house.keyframe_requests);

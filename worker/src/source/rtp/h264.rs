@@ -20,9 +20,10 @@
 //!   a malformed packet) cuts the access unit it falls in short: what was
 //!   forwarded of it stays forwarded, its marker never comes, so decoders
 //!   drop it; then nothing goes out until the next IDR (P-frames after a
-//!   loss reference a picture the decoder never got). Late and duplicate
-//!   packets are dropped (no reordering buffer: a reordered packet costs
-//!   the frames up to the next IDR, like a loss).
+//!   loss reference a picture the decoder never got). A packet overtaken
+//!   by later ones is put back in place if it comes within the reorder
+//!   window ([`super::reorder`], 10 ms); the later ones wait for it. Late
+//!   (after the window) and duplicate packets are dropped.
 //! - An access unit is forwarded only if its first packet starts a picture
 //!   (a parameter set, SEI, delimiter, or a slice with
 //!   `first_mb_in_slice == 0`), so losing the first packets of a frame is
@@ -40,6 +41,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::packet::{RtpHeader, SeqStep, SeqTracker, Timeline};
+use super::reorder::{Reorder, Step};
 use super::sps;
 use crate::source::{VideoPacket, NAL_IDR, NAL_PPS, NAL_SPS, VIDEO_CLOCK_HZ};
 
@@ -96,6 +98,7 @@ pub struct H264Forwarder {
     payload_type: u8,
     ssrc: Option<u32>,
     seq: SeqTracker,
+    reorder: Reorder,
     timeline: Timeline,
     pending: Option<Pending>,
     /// Forward nothing until an IDR.
@@ -114,6 +117,7 @@ impl H264Forwarder {
             payload_type,
             ssrc: None,
             seq: SeqTracker::default(),
+            reorder: Reorder::default(),
             timeline: Timeline::new(VIDEO_CLOCK_HZ, restart_step),
             pending: None,
             need_idr: true,
@@ -134,8 +138,55 @@ impl H264Forwarder {
     }
 
     /// Takes one datagram; calls `emit` for each payload that may go to the
-    /// viewers now, in order. Never panics, whatever the bytes.
+    /// viewers now, in order. A packet that overtook an earlier one waits
+    /// for it in the reorder window (see [`reorder`](super::reorder)).
+    /// Never panics, whatever the bytes.
     pub fn push(&mut self, now: Instant, datagram: &[u8], mut emit: impl FnMut(VideoPacket)) {
+        self.expire(now, &mut emit);
+        let rtp = RtpHeader::parse(datagram)
+            .ok()
+            .filter(|h| h.payload_type == self.payload_type);
+        let Some(h) = rtp else {
+            // Counted as bad.
+            return self.take(now, datagram, &mut emit);
+        };
+        match self.reorder.arrive(now, h.ssrc, h.seq, datagram) {
+            Step::Held => return,
+            Step::Duplicate => {
+                self.counters.packets += 1;
+                self.counters.late_packets += 1;
+                return;
+            }
+            Step::ReleaseFirst => {
+                for d in self.reorder.release_all() {
+                    self.take(now, &d, &mut emit);
+                }
+            }
+            Step::Pass => {}
+        }
+        self.take(now, datagram, &mut emit);
+        for d in self.reorder.ready() {
+            self.take(now, &d, &mut emit);
+        }
+        self.counters.reordered_packets = self.reorder.reordered();
+    }
+
+    /// When a packet held in the reorder window stops waiting: call
+    /// [`Self::expire`] then (or on the next datagram, which checks too).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.reorder.deadline()
+    }
+
+    /// Passes on the held packets whose wait is over by `now`, taking the
+    /// gaps in front of them as loss.
+    pub fn expire(&mut self, now: Instant, mut emit: impl FnMut(VideoPacket)) {
+        for d in self.reorder.expire(now) {
+            self.take(now, &d, &mut emit);
+        }
+    }
+
+    /// One datagram, in its turn.
+    fn take(&mut self, now: Instant, datagram: &[u8], emit: &mut impl FnMut(VideoPacket)) {
         let Ok(h) = RtpHeader::parse(datagram) else {
             self.counters.bad_packets += 1;
             return;
@@ -205,7 +256,7 @@ impl H264Forwarder {
                 if s.has_sps || s.has_pps {
                     self.remember_parameter_sets(payload);
                 }
-                self.forward(payload, h.marker, s.first_slice, out, &mut emit);
+                self.forward(payload, h.marker, s.first_slice, out, emit);
             }
             Err(broken) => {
                 if broken == Broken::Malformed {
@@ -592,6 +643,7 @@ fn starts_picture(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::rtp::reorder;
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -705,6 +757,9 @@ mod tests {
                 out.push((i, v))
             });
         }
+        // What still waits in the reorder window when the input ends.
+        let end = t0 + Duration::from_millis(packets.len() as u64) + reorder::WINDOW;
+        f.expire(end, |v| out.push((packets.len(), v)));
         out
     }
 
@@ -916,6 +971,60 @@ mod tests {
         assert!(fr[2].0[0].keyframe_start);
         let c = f.counters();
         assert_eq!((c.restarts, c.dropped_frames, c.cut_frames), (1, 1, 0));
+    }
+
+    #[test]
+    fn packets_overtaken_within_the_window_are_put_back_in_order() {
+        let mut s = Sender::new(1);
+        let mut packets = s.frame(true, true);
+        let mut p = s.frame(false, false);
+        p.swap(0, 2); // the frame's first fragment comes third
+        packets.extend(p);
+        let mut next = s.frame(false, false);
+        next.swap(1, 2);
+        packets.extend(next);
+        let mut f = forwarder();
+        let (when, out): (Vec<usize>, Vec<VideoPacket>) =
+            run_at(&mut f, &packets).into_iter().unzip();
+        let fr: Vec<(usize, bool)> = frames(&out).iter().map(|(f, m)| (f.len(), *m)).collect();
+        assert_eq!(fr, vec![(4, true), (3, true), (3, true)]);
+        // The frame's packets waited for its first one, no longer: all
+        // three went out when it came (the sixth datagram).
+        assert_eq!(when[4..7], [6, 6, 6]);
+        let c = f.counters();
+        assert_eq!(
+            (c.reordered_packets, c.lost_packets, c.late_packets),
+            (2, 0, 0)
+        );
+        assert_eq!((c.frames, c.cut_frames, c.dropped_frames), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_gap_is_loss_once_the_window_is_over() {
+        let mut s = Sender::new(1);
+        let mut packets = s.frame(true, true);
+        let mut p = s.frame(false, false);
+        p.remove(0);
+        packets.extend(p);
+        let mut f = forwarder();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for p in &packets {
+            f.push(t0, p, |v| out.push(v));
+        }
+        // The IDR went out; the rest waits for the missing packet.
+        assert_eq!(out.len(), 4);
+        assert_eq!(f.deadline(), Some(t0 + reorder::WINDOW));
+        f.expire(t0 + reorder::WINDOW - Duration::from_micros(1), |v| {
+            out.push(v)
+        });
+        assert_eq!(out.len(), 4);
+        f.expire(t0 + reorder::WINDOW, |v| out.push(v));
+        // Now a loss: the frame's start is gone, so none of it goes out.
+        assert_eq!(out.len(), 4);
+        assert_eq!(f.deadline(), None);
+        let c = f.counters();
+        assert_eq!((c.lost_packets, c.reordered_packets, c.packets), (1, 0, 6));
     }
 
     #[test]
