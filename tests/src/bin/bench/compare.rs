@@ -27,8 +27,8 @@ use super::janus::{self, Janus};
 use super::load::{self, Leave, LoadViewer, RECORDING};
 use super::producer::{Clip, Destination, Producer, Sent, StreamSpec};
 use super::{
-    bus_of, cpu_windows, create, heartbeat, loadavg, ms, proc_rss_kib, stop, Bus, Dist, Env, Plan,
-    Report,
+    bus_of, cpu_windows, create, heartbeat, loadavg, ms, proc_cpu_wait, proc_rss_kib, stop, Bus,
+    Dist, Env, Plan, Report,
 };
 
 /// A stream whose loop starts with an IDR and has one every second.
@@ -111,6 +111,9 @@ struct Step {
     whole_p99: Option<Duration>,
     bench_cores: f64,
     host_cores: f64,
+    /// The relay's threads' run-queue wait over the window, per second:
+    /// how many of them were runnable but kept from a CPU, on average.
+    cpu_wait: f64,
     /// UDP datagrams the host dropped for full receive buffers (any socket).
     host_udp_drops: u64,
     no_key: usize,
@@ -134,7 +137,7 @@ impl Step {
                 Err(e) => json!({"error": e}),
             },
             "p99_ms_broken_as_late": self.whole_p99.map(|d| d.as_secs_f64() * 1e3),
-            "host_busy_cores": self.host_cores, "viewers_without_keyframe": self.no_key,
+            "host_busy_cores": self.host_cores, "relay_cpu_wait": self.cpu_wait, "viewers_without_keyframe": self.no_key,
             "host_udp_rcvbuf_drops": self.host_udp_drops,
             "failed": self.failed,
         })
@@ -372,10 +375,11 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
     let s0: Vec<_> = viewers.iter().map(snap).collect();
     let drops0 = udp_rcvbuf_errors();
     RECORDING.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
+    let (t0, wait0) = (Instant::now(), proc_cpu_wait(run.pid));
     let (cores, bench_cores, host_cores) = cpu_windows(&[run.pid], plan.relay_window).await;
     RECORDING.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
+    let cpu_wait = proc_cpu_wait(run.pid).saturating_sub(wait0).as_secs_f64() / secs;
     let f1 = sent.frames.load(Ordering::Relaxed);
     let s1: Vec<_> = viewers.iter().map(snap).collect();
     let host_udp_drops = udp_rcvbuf_errors() - drops0;
@@ -466,12 +470,13 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
         whole_p99,
         bench_cores,
         host_cores,
+        cpu_wait,
         host_udp_drops,
         no_key,
         failed: (!failed.is_empty()).then(|| failed.join("; ")),
     };
     eprintln!(
-        "    {} N={n}: {:.3} cores ({:.4}/viewer), RSS {:.1} MiB, slowest {:.1}% frames, loss {:.2}% (host UDP buffer drops {host_udp_drops}), delay {}, egress {}, bench {:.2} cores, host {:.2}{}",
+        "    {} N={n}: {:.3} cores ({:.4}/viewer), RSS {:.1} MiB, slowest {:.1}% frames, loss {:.2}% (host UDP buffer drops {host_udp_drops}), delay {}, egress {}, relay threads waiting for a CPU {:.2}, bench {:.2} cores, host {:.2}{}",
         side.name(),
         s.relay_cores,
         s.cores_per_viewer,
@@ -490,6 +495,7 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
             ),
             Err(e) => e.clone(),
         },
+        cpu_wait,
         bench_cores,
         host_cores,
         s.failed.as_ref().map_or(String::new(), |f| format!(" FAILED: {f}"))
@@ -526,7 +532,12 @@ pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
         .ok();
     let api = load::api()?;
     let mut results = Vec::new();
-    for spec in streams(plan.quick) {
+    let chosen = streams(plan.quick).into_iter().filter(|s| {
+        plan.relay_stream
+            .as_ref()
+            .is_none_or(|l| s.label.starts_with(l.as_str()))
+    });
+    for spec in chosen {
         match relay_stream(env, plan, &api, spec).await {
             Ok(r) => results.push(r),
             Err(e) => report.note(format!("6 {}: {e:#}", spec.label)),

@@ -59,6 +59,9 @@ struct Plan {
     warmup: Duration,
     /// Section 6: viewer counts per relay, and the measuring window.
     relay_viewers: Vec<usize>,
+    /// Section 6: only the stream whose label starts with this
+    /// (`--stream 1080p60`).
+    relay_stream: Option<String>,
     relay_window: Duration,
     /// Section 6: the window that captures relay egress times (after the
     /// CPU window, since capturing costs the senders). One frame in 30 or
@@ -84,6 +87,7 @@ impl Plan {
                 cpu_window: Duration::from_secs(3),
                 warmup: Duration::from_millis(1500),
                 relay_viewers: vec![1, 5],
+                relay_stream: None,
                 relay_window: Duration::from_secs(3),
                 egress_window: Duration::from_secs(1),
             }
@@ -101,6 +105,7 @@ impl Plan {
                 cpu_window: Duration::from_secs(10),
                 warmup: Duration::from_secs(2),
                 relay_viewers: vec![1, 10, 50, 100],
+                relay_stream: None,
                 relay_window: Duration::from_secs(8),
                 egress_window: Duration::from_secs(10),
             }
@@ -355,6 +360,22 @@ fn proc_cpu(pid: Option<u32>) -> Duration {
     clock
         .and_then(clock_gettime)
         .map_or(Duration::ZERO, Duration::from)
+}
+
+/// Time the threads of a process (those alive now) have spent runnable
+/// but waiting for a CPU: the kernel's run-queue wait, the second field of
+/// `/proc/PID/task/TID/schedstat`. Over a window, divided by its length,
+/// it says how many of the process's threads were kept waiting on average.
+fn proc_cpu_wait(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// VmRSS in KiB.
@@ -1422,7 +1443,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports]");
+    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
     std::process::exit(2)
 }
 
@@ -1440,6 +1461,7 @@ async fn main() -> anyhow::Result<()> {
     let mut per_peer_ports = false;
     let mut only = None;
     let mut hold = Duration::ZERO;
+    let (mut stream, mut viewers) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -1448,6 +1470,15 @@ async fn main() -> anyhow::Result<()> {
             "--hold" => {
                 let secs = args.next().unwrap_or_else(|| usage());
                 hold = Duration::from_secs(secs.parse().unwrap_or_else(|_| usage()));
+            }
+            "--stream" => stream = Some(args.next().unwrap_or_else(|| usage())),
+            "--viewers" => {
+                let list = args.next().unwrap_or_else(|| usage());
+                viewers = Some(
+                    list.split(',')
+                        .map(|s| s.trim().parse::<usize>().unwrap_or_else(|_| usage()))
+                        .collect::<Vec<_>>(),
+                );
             }
             "--only" => {
                 let list = args.next().unwrap_or_else(|| usage());
@@ -1460,10 +1491,14 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let plan = Plan {
+    let mut plan = Plan {
         per_peer_ports,
+        relay_stream: stream,
         ..Plan::new(quick, only, hold)
     };
+    if let Some(v) = viewers {
+        plan.relay_viewers = v;
+    }
     let out = out_dir()?;
     let _ = std::fs::remove_dir_all(out.join("logs"));
     std::fs::create_dir_all(out.join("logs"))?;
