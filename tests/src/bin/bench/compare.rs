@@ -8,7 +8,7 @@
 //! step watch one relay. For each N the two relays take turns (the order
 //! alternates from step to step so drift of a noisy machine falls on both):
 //! N viewers join, every one waits for a keyframe, a warm-up, then one
-//! window measures the relay process's CPU (utime+stime from /proc) and
+//! window measures the relay process's CPU (its CPU-time clock) and
 //! RSS, what every viewer received and the delay of every frame; then the
 //! viewers leave. A relay's steps stop at the first that fails.
 

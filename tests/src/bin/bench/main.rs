@@ -1023,7 +1023,7 @@ async fn bench_source_cpu(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
         &format!(
-            "worker process with no session; utime+stime from /proc/<pid>/stat over {:.0} s",
+            "worker process with no session; CPU time (the process's CPU clock) over {:.0} s",
             plan.cpu_window.as_secs_f64()
         ),
         idle.json(),
@@ -1072,7 +1072,7 @@ async fn bench_source_cpu(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
             &format!("Synthetic source CPU per session, {label}"),
             cells.join("; "),
             &format!(
-                "N sessions in one release worker process; after {:.1} s warm-up, utime+stime over {:.0} s, minus the idle worker, divided by N; fps from `stats.frames_encoded`",
+                "N sessions in one release worker process; after {:.1} s warm-up, CPU time over {:.0} s, minus the idle worker, divided by N; fps from `stats.frames_encoded`",
                 plan.warmup.as_secs_f64(),
                 plan.cpu_window.as_secs_f64()
             ),
@@ -1283,7 +1283,7 @@ async fn bench_fanout(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Re
         "Viewer fan-out cost, 1280x720@30 2500 kbit/s",
         cells.join("; "),
         &format!(
-            "one session in a release worker process; N webrtc-rs viewers in the bench process (receive path counts RTP only); after each step all viewers have a keyframe, {:.1} s warm-up, worker utime+stime over {:.0} s and VmRSS; per viewer = (N − N0)/N",
+            "one session in a release worker process; N webrtc-rs viewers in the bench process (receive path counts RTP only); after each step all viewers have a keyframe, {:.1} s warm-up, worker CPU time over {:.0} s and VmRSS; per viewer = (N − N0)/N",
             plan.warmup.as_secs_f64(),
             plan.cpu_window.as_secs_f64()
         ),
