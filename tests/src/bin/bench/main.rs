@@ -1532,18 +1532,33 @@ async fn main() -> anyhow::Result<()> {
         (5, "fan-out"),
         (6, "relays side by side"),
     ];
+    // Ctrl-C or SIGTERM drops the running section, whose worker, Janus and
+    // nats-server processes stop with it (they would outlive a killed
+    // bench and load the next run's machine).
+    let mut interrupted = std::pin::pin!(bus_schema::connect::shutdown_signal());
     for (n, name) in sections {
         if !plan.runs(n) {
             continue;
         }
         let t = Instant::now();
-        let r = match n {
-            1 => bench_create_latency(&env, &plan, &mut report).await,
-            2 => bench_throughput(&plan, &mut report).await,
-            3 => bench_janitor(&env, &plan, &mut report).await,
-            4 => bench_source_cpu(&env, &plan, &mut report).await,
-            5 => bench_fanout(&env, &plan, &mut report).await,
-            _ => compare::bench_relays(&env, &plan, &mut report).await,
+        let section = async {
+            match n {
+                1 => bench_create_latency(&env, &plan, &mut report).await,
+                2 => bench_throughput(&plan, &mut report).await,
+                3 => bench_janitor(&env, &plan, &mut report).await,
+                4 => bench_source_cpu(&env, &plan, &mut report).await,
+                5 => bench_fanout(&env, &plan, &mut report).await,
+                _ => compare::bench_relays(&env, &plan, &mut report).await,
+            }
+        };
+        let r = tokio::select! {
+            r = section => Some(r),
+            () = &mut interrupted => None,
+        };
+        // The section (and its processes) is dropped by now.
+        let Some(r) = r else {
+            eprintln!("interrupted in section {n} ({name}); its processes are stopped");
+            std::process::exit(130);
         };
         if let Err(e) = r {
             report.note(format!("section {n} ({name}) failed: {e:#}"));
