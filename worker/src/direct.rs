@@ -290,7 +290,7 @@ struct Seal {
     context: Context,
     /// Plaintext for the context.
     plain: Vec<u8>,
-    /// Packets the context refused (not expected: counted for logs).
+    /// Packets the context refused (not expected: the first is logged).
     refused: u64,
 }
 
@@ -322,7 +322,12 @@ impl Seal {
                 out.push(&sealed, to);
                 true
             }
-            Err(_) => {
+            Err(e) => {
+                if self.refused == 0 {
+                    // Not expected (the keys and profile were accepted):
+                    // said once per viewer, then only counted.
+                    tracing::warn!(error = %e, to = %to, "SRTP refused an RTP packet; it was dropped");
+                }
                 self.refused += 1;
                 false
             }
@@ -372,7 +377,8 @@ impl DirectOut {
         self.to = to;
     }
 
-    /// Packets the SRTP context refused (not expected: counted for logs).
+    /// Packets the SRTP context refused (not expected: the first is
+    /// logged).
     pub fn refused(&self) -> u64 {
         self.seal.refused
     }
