@@ -143,12 +143,9 @@ impl H264Forwarder {
     /// Never panics, whatever the bytes.
     pub fn push(&mut self, now: Instant, datagram: &[u8], mut emit: impl FnMut(VideoPacket)) {
         self.expire(now, &mut emit);
-        let rtp = RtpHeader::parse(datagram)
-            .ok()
-            .filter(|h| h.payload_type == self.payload_type);
-        let Some(h) = rtp else {
-            // Counted as bad.
-            return self.take(now, datagram, &mut emit);
+        let Some(h) = self.header(datagram) else {
+            self.counters.bad_packets += 1;
+            return;
         };
         match self.reorder.arrive(now, h.ssrc, h.seq, datagram) {
             Step::Held => return,
@@ -159,14 +156,14 @@ impl H264Forwarder {
             }
             Step::ReleaseFirst => {
                 for d in self.reorder.release_all() {
-                    self.take(now, &d, &mut emit);
+                    self.take_released(now, &d, &mut emit);
                 }
             }
             Step::Pass => {}
         }
-        self.take(now, datagram, &mut emit);
+        self.take(now, datagram, h, &mut emit);
         for d in self.reorder.ready() {
-            self.take(now, &d, &mut emit);
+            self.take_released(now, &d, &mut emit);
         }
         self.counters.reordered_packets = self.reorder.reordered();
     }
@@ -181,20 +178,34 @@ impl H264Forwarder {
     /// gaps in front of them as loss.
     pub fn expire(&mut self, now: Instant, mut emit: impl FnMut(VideoPacket)) {
         for d in self.reorder.expire(now) {
-            self.take(now, &d, &mut emit);
+            self.take_released(now, &d, &mut emit);
         }
     }
 
-    /// One datagram, in its turn.
-    fn take(&mut self, now: Instant, datagram: &[u8], emit: &mut impl FnMut(VideoPacket)) {
-        let Ok(h) = RtpHeader::parse(datagram) else {
-            self.counters.bad_packets += 1;
-            return;
-        };
-        if h.payload_type != self.payload_type {
-            self.counters.bad_packets += 1;
-            return;
+    /// The RTP header of a datagram of our payload type; `None` for
+    /// anything else (counted as bad by the caller).
+    fn header(&self, datagram: &[u8]) -> Option<RtpHeader> {
+        RtpHeader::parse(datagram)
+            .ok()
+            .filter(|h| h.payload_type == self.payload_type)
+    }
+
+    /// A packet the reorder window held: it passed [`Self::header`] when it
+    /// came, so only its header is read again.
+    fn take_released(&mut self, now: Instant, datagram: &[u8], emit: &mut impl FnMut(VideoPacket)) {
+        if let Some(h) = self.header(datagram) {
+            self.take(now, datagram, h, emit);
         }
+    }
+
+    /// One datagram of our payload type (`h` its header), in its turn.
+    fn take(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        h: RtpHeader,
+        emit: &mut impl FnMut(VideoPacket),
+    ) {
         self.counters.packets += 1;
         if self.ssrc != Some(h.ssrc) {
             if self.ssrc.is_some() {

@@ -118,15 +118,16 @@ impl Reorder {
     /// Held packets that are next in order now (after a [`Step::Pass`]),
     /// in order. Empty, without allocating, when nothing waits.
     pub fn ready(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let (Some(next), Some(first)) = (self.next, self.held.first()) {
-            if first.seq != next {
-                break;
-            }
-            self.next = Some(next.wrapping_add(1));
-            out.push(self.held.remove(0).datagram);
+        let Some(mut next) = self.next else {
+            return Vec::new();
+        };
+        let mut run = 0;
+        while self.held.get(run).is_some_and(|h| h.seq == next) {
+            next = next.wrapping_add(1);
+            run += 1;
         }
-        out
+        self.next = Some(next);
+        self.held.drain(..run).map(|h| h.datagram).collect()
     }
 
     /// Everything held, in order (before a [`Step::ReleaseFirst`] packet):
