@@ -71,6 +71,10 @@ pub struct Config {
     /// A UDP port range for viewers, `min-max`.
     #[arg(long, env = "UDP_PORT_RANGE")]
     pub udp_port_range: Option<String>,
+    /// Threads sending on the one UDP port (`UDP_PORT`), each for its own
+    /// share of the viewers; default: one per core, at most 4.
+    #[arg(long, env = "UDP_SEND_THREADS")]
+    pub udp_send_threads: Option<usize>,
     /// Where the registry bucket keeps its data when this worker creates it.
     #[arg(long, env = "REGISTRY_STORAGE", value_enum, default_value = "file")]
     pub registry_storage: StorageKind,
@@ -127,6 +131,12 @@ impl Config {
                 Some((lo, hi))
             }
         };
+        let max = crate::udp_batch::MAX_SEND_THREADS;
+        let udp_send_threads = match self.udp_send_threads {
+            Some(n) if (1..=max).contains(&n) => n,
+            Some(n) => return Err(bad(format!("UDP_SEND_THREADS {n} is not 1 to {max}"))),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        };
         let ice_servers = self
             .ice_servers
             .iter()
@@ -146,6 +156,7 @@ impl Config {
                 .collect(),
             udp_port: self.udp_port,
             udp_port_range,
+            udp_send_threads,
         })
     }
 
@@ -212,5 +223,19 @@ mod tests {
         );
         c.udp_port_range = Some("5-1".into());
         assert!(c.rtc_settings().is_err());
+    }
+
+    #[test]
+    fn udp_send_threads_default_to_the_cores_and_bad_counts_are_refused() {
+        let mut c = Config::for_tests("nats://x");
+        let n = c.rtc_settings().unwrap().udp_send_threads;
+        assert!((1..=4).contains(&n), "{n}");
+        c.udp_send_threads = Some(3);
+        assert_eq!(c.rtc_settings().unwrap().udp_send_threads, 3);
+        for bad in [0, crate::udp_batch::MAX_SEND_THREADS + 1] {
+            c.udp_send_threads = Some(bad);
+            let e = c.rtc_settings().unwrap_err();
+            assert!(e.message.contains("UDP_SEND_THREADS"), "{e:?}");
+        }
     }
 }

@@ -215,59 +215,92 @@ pub enum DirectError {
 }
 
 /// Encrypted packets waiting to go, laid end to end, each with its length
-/// and destination: what one [`UdpQueue::send`] queues under one lock
-/// (a session's fan-out fills it for all its viewers, `crate::fanout`).
-#[derive(Default)]
+/// and destination, kept apart by the port's lane (sender thread) that
+/// sends them: what one [`UdpQueue::send`] per lane queues under one lock
+/// and without a copy (a session's fan-out fills it for all its viewers,
+/// `crate::fanout`).
 pub struct Outbox {
+    lanes: Vec<Waiting>,
+}
+
+/// One lane's packets in an [`Outbox`].
+#[derive(Default)]
+struct Waiting {
     wire: Vec<u8>,
     packets: Vec<(usize, SocketAddr)>,
 }
 
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 impl Outbox {
+    /// An outbox for a port of `lanes` sender threads
+    /// ([`UdpQueue::lanes`]).
+    pub fn new(lanes: usize) -> Self {
+        Self {
+            lanes: (0..lanes.max(1)).map(|_| Waiting::default()).collect(),
+        }
+    }
+
+    fn lane(&mut self, to: SocketAddr) -> &mut Waiting {
+        let lane = crate::udp_batch::lane_of(to, self.lanes.len());
+        &mut self.lanes[lane]
+    }
+
     fn push(&mut self, sealed: &[u8], to: SocketAddr) {
-        self.wire.extend_from_slice(sealed);
-        self.packets.push((sealed.len(), to));
+        let lane = self.lane(to);
+        lane.wire.extend_from_slice(sealed);
+        lane.packets.push((sealed.len(), to));
     }
 
     /// Adds the packet `write` appends to the buffer (given where it
     /// starts) for `to`, if it returns `true`; otherwise drops what it
     /// wrote. Whether a packet went in.
     fn append(&mut self, to: SocketAddr, write: impl FnOnce(&mut Vec<u8>, usize) -> bool) -> bool {
-        let start = self.wire.len();
-        if write(&mut self.wire, start) {
-            self.packets.push((self.wire.len() - start, to));
+        let lane = self.lane(to);
+        let start = lane.wire.len();
+        if write(&mut lane.wire, start) {
+            lane.packets.push((lane.wire.len() - start, to));
             true
         } else {
-            self.wire.truncate(start);
+            lane.wire.truncate(start);
             false
         }
     }
 
     /// Packets waiting.
     pub fn len(&self) -> usize {
-        self.packets.len()
+        self.lanes.iter().map(|l| l.packets.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.packets.is_empty()
+        self.lanes.iter().all(|l| l.packets.is_empty())
     }
 
-    /// The packets waiting, in order, with their destinations.
+    /// The packets waiting with their destinations, lane by lane (each
+    /// destination's in order).
     pub fn packets(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
-        let mut start = 0;
-        self.packets.iter().map(move |&(len, to)| {
-            let p = &self.wire[start..start + len];
-            start += len;
-            (p, to)
+        self.lanes.iter().flat_map(|l| {
+            let mut start = 0;
+            l.packets.iter().map(move |&(len, to)| {
+                let p = &l.wire[start..start + len];
+                start += len;
+                (p, to)
+            })
         })
     }
 
     /// Queues everything on the port and empties the outbox (its buffers
     /// are kept for the next round).
     pub fn flush(&mut self, udp: &UdpQueue) {
-        if !self.packets.is_empty() {
-            udp.send(&mut self.wire, &self.packets);
-            self.packets.clear();
+        for lane in &mut self.lanes {
+            if !lane.packets.is_empty() {
+                udp.send(&mut lane.wire, &lane.packets);
+                lane.packets.clear();
+            }
         }
     }
 }

@@ -60,6 +60,15 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// A fan-out whose outbox keeps apart the packets of each of the port's
+    /// `lanes` sender threads.
+    pub fn new(lanes: usize) -> Self {
+        Self {
+            members: Vec::new(),
+            outbox: Outbox::new(lanes),
+        }
+    }
+
     /// Adds a viewer; its video starts at the next keyframe. `ts_bases`
     /// offset its video (90 kHz) and audio (48 kHz) RTP timestamps.
     pub fn join(&mut self, id: u64, out: DirectOut, left: CancellationToken, ts_bases: (u32, u32)) {
@@ -256,7 +265,7 @@ async fn run(
     mut nacks: mpsc::Receiver<(u64, Vec<u16>)>,
 ) {
     use broadcast::error::RecvError;
-    let mut fan = Fanout::default();
+    let mut fan = Fanout::new(udp.lanes());
     let mut rx = None;
     loop {
         let media = tokio::select! {

@@ -171,6 +171,8 @@ pub struct RtcSettings {
     pub udp_port: Option<u16>,
     /// Or a range of UDP ports.
     pub udp_port_range: Option<(u16, u16)>,
+    /// Sender threads of the one port (`crate::udp_batch`); 0 is taken as 1.
+    pub udp_send_threads: usize,
 }
 
 /// Whether media may leave: the session is not suspended and the worker's
@@ -361,7 +363,10 @@ impl Engine {
             // One port for every peer: the worker owns the socket and
             // batches its sends (crate::udp_batch), and sends viewers'
             // media itself (crate::direct).
-            let sock = BatchedUdp::new(std::net::UdpSocket::bind(("0.0.0.0", port))?)?;
+            let sock = BatchedUdp::new(
+                std::net::UdpSocket::bind(("0.0.0.0", port))?,
+                settings.udp_send_threads,
+            )?;
             udp_counters = Some(sock.counters());
             direct = Some(sock.queue());
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(

@@ -19,6 +19,12 @@
 //! counted, as a full NIC queue would drop them (NACK and keyframe requests
 //! repair the loss). Each destination's packets leave in the order they
 //! were queued; destinations take turns (see [`schedule`]).
+//!
+//! The port may have more than one sender thread (`UDP_SEND_THREADS`):
+//! each has its own queue (a lane), and a destination always goes to the
+//! same one ([`lane_of`]), so its order holds while a keyframe being paced
+//! out to some viewers does not hold back the viewers of another lane, and
+//! sending can use more than one core.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,6 +68,27 @@ const SEND_NOW_MAX_RUNS: usize = 16;
 /// buffer, about 90 full packets) then drains it as it arrives instead of
 /// dropping its end: at 100 µs the bench still lost 2.7% at 1080p60, N=1.
 const ROUND: Duration = Duration::from_micros(200);
+
+/// Most sender threads a port runs.
+pub const MAX_SEND_THREADS: usize = 16;
+
+/// Which of `lanes` sender threads sends to `to`: always the same for one
+/// address (so its packets keep their order), spread evenly over
+/// addresses (Fibonacci hashing of address and port). Pure.
+pub fn lane_of(to: SocketAddr, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let ip = match to.ip() {
+        std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
+        std::net::IpAddr::V6(ip) => {
+            let b = u128::from(ip);
+            (b as u64) ^ ((b >> 64) as u64)
+        }
+    };
+    let h = ((ip << 16) ^ u64::from(to.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (((h >> 32) * lanes as u64) >> 32) as usize
+}
 
 /// A queued packet: its destination and where its bytes lie in the queue's
 /// buffer.
@@ -254,22 +281,37 @@ impl Pending {
     }
 }
 
-struct Shared {
+/// One sender thread's queue.
+#[derive(Default)]
+struct Lane {
     pending: Mutex<Pending>,
     wake: Condvar,
+}
+
+struct Shared {
+    lanes: Box<[Lane]>,
     counters: Arc<SendCounters>,
     socket: Arc<tokio::net::UdpSocket>,
     state: quinn_udp::UdpSocketState,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, lane: usize) -> MutexGuard<'_, Pending> {
+        self.lanes[lane]
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lane_of(&self, to: SocketAddr) -> usize {
+        lane_of(to, self.lanes.len())
     }
 
     fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_one();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            self.lock(i).closed = true;
+            lane.wake.notify_one();
+        }
     }
 }
 
@@ -279,29 +321,33 @@ pub struct BatchedUdp {
 }
 
 impl BatchedUdp {
-    /// Wraps a bound socket and starts its sender thread. Must be called
-    /// inside a tokio runtime (the socket is registered with it).
-    pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+    /// Wraps a bound socket and starts its `threads` sender threads (at
+    /// least one, at most [`MAX_SEND_THREADS`]). Must be called inside a
+    /// tokio runtime (the socket is registered with it).
+    pub fn new(socket: std::net::UdpSocket, threads: usize) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
         // quinn-udp turns receive offload (UDP_GRO) on for its own receive
         // path; the mux reads one datagram per `recv_from`, so it goes off.
         gro_off(&socket);
+        let threads = threads.clamp(1, MAX_SEND_THREADS);
         let shared = Arc::new(Shared {
-            pending: Mutex::default(),
-            wake: Condvar::new(),
+            lanes: (0..threads).map(|_| Lane::default()).collect(),
             counters: Arc::default(),
             socket: socket.clone(),
             state,
         });
-        {
-            let shared = shared.clone();
+        let port = Self { shared };
+        for lane in 0..threads {
+            let shared = port.shared.clone();
+            // On an error the port is dropped, which closes the lanes
+            // already started.
             std::thread::Builder::new()
-                .name("udp-send".into())
-                .spawn(move || send_loop(&shared))?;
+                .name(format!("udp-send-{lane}"))
+                .spawn(move || send_loop(&shared, lane))?;
         }
-        Ok(Self { shared })
+        Ok(port)
     }
 
     pub fn counters(&self) -> Arc<SendCounters> {
@@ -316,7 +362,8 @@ impl BatchedUdp {
     }
 
     fn push(&self, buf: &[u8], to: SocketAddr) {
-        self.queue().push(std::iter::once((buf, to)));
+        let lane = self.shared.lane_of(to);
+        self.queue().push(lane, std::iter::once((buf, to)));
     }
 }
 
@@ -328,24 +375,46 @@ pub struct UdpQueue {
 }
 
 impl UdpQueue {
+    /// How many sender threads (lanes) the port has; [`lane_of`] says
+    /// which one a destination's packets go to.
+    pub fn lanes(&self) -> usize {
+        self.shared.lanes.len()
+    }
+
     /// Queues packets laid end to end in `wire`, each with its length and
     /// destination (a session's viewers, `crate::direct::Outbox`), under
-    /// one lock, and leaves `wire` empty; the sender thread batches each
-    /// destination's run. When nothing is waiting, the queue takes `wire`'s
-    /// buffer whole and gives its own empty one back (no copy); otherwise
-    /// the bytes are appended. A small burst is sent from the caller's
-    /// thread instead when the sender thread is idle ([`Self::send_now`]).
+    /// one lock per lane, and leaves `wire` empty; the sender thread
+    /// batches each destination's run. When the packets are all for one
+    /// lane (an outbox keeps one buffer per lane) and nothing is waiting
+    /// there, the lane takes `wire`'s buffer whole and gives its own empty
+    /// one back (no copy); otherwise the bytes are appended. A small burst
+    /// is sent from the caller's thread instead when the lane's sender
+    /// thread is idle ([`Self::send_now`]).
     pub fn send(&self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) {
-        if self.send_now(wire, packets) {
-            wire.clear();
-            return;
-        }
-        let queued = self.queue(|p| {
-            if let Some(n) = p.take_whole(wire, packets) {
-                return (n, 0);
-            }
-            p.push_all(laid_out(packets).map(|q| (&wire[q.start..q.start + q.len], q.to)))
-        });
+        let lane = packets
+            .first()
+            .map_or(0, |&(_, to)| self.shared.lane_of(to));
+        let queued = if packets
+            .iter()
+            .any(|&(_, to)| self.shared.lane_of(to) != lane)
+        {
+            // Several lanes: each takes a copy of its own packets.
+            (0..self.lanes())
+                .map(|lane| {
+                    let mine = laid_out(packets).filter(|q| self.shared.lane_of(q.to) == lane);
+                    self.push(lane, mine.map(|q| (&wire[q.start..q.start + q.len], q.to)))
+                })
+                .sum()
+        } else if self.send_now(lane, wire, packets) {
+            0
+        } else {
+            self.queue(lane, |p| {
+                if let Some(n) = p.take_whole(wire, packets) {
+                    return (n, 0);
+                }
+                p.push_all(laid_out(packets).map(|q| (&wire[q.start..q.start + q.len], q.to)))
+            })
+        };
         wire.clear();
         self.shared
             .counters
@@ -359,12 +428,12 @@ impl UdpQueue {
     /// takes at most [`SEND_NOW_MAX_RUNS`] sends: spares the thread's
     /// wake-up and hand-off. What the socket does not take at once is
     /// queued, in order. `false` (nothing sent) otherwise.
-    fn send_now(&self, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
+    fn send_now(&self, lane: usize, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
         if packets.len() > SEND_NOW_MAX_RUNS * PACKETS_PER_TURN {
             return false;
         }
         {
-            let p = self.shared.lock();
+            let p = self.shared.lock(lane);
             if p.closed || !p.idle || !p.packets.is_empty() {
                 return false;
             }
@@ -393,7 +462,7 @@ impl UdpQueue {
                         (&wire[s..(s + r.segment).min(r.end)], r.to)
                     })
                 });
-                let n = self.push(rest);
+                let n = self.push(lane, rest);
                 c.direct.fetch_add(n, Ordering::Relaxed);
                 return true;
             }
@@ -404,16 +473,16 @@ impl UdpQueue {
         true
     }
 
-    /// Queues packets; returns how many were queued.
-    fn push<'a>(&self, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) -> u64 {
-        self.queue(|p| p.push_all(bufs))
+    /// Queues packets on `lane`; returns how many were queued.
+    fn push<'a>(&self, lane: usize, bufs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>) -> u64 {
+        self.queue(lane, |p| p.push_all(bufs))
     }
 
-    /// Runs `add` (which returns packets queued and dropped) under the
-    /// queue's lock, counts the drops and wakes the sender thread if it
+    /// Runs `add` (which returns packets queued and dropped) under
+    /// `lane`'s lock, counts the drops and wakes its sender thread if it
     /// waits; returns how many were queued.
-    fn queue(&self, add: impl FnOnce(&mut Pending) -> (u64, u64)) -> u64 {
-        let mut p = self.shared.lock();
+    fn queue(&self, lane: usize, add: impl FnOnce(&mut Pending) -> (u64, u64)) -> u64 {
+        let mut p = self.shared.lock(lane);
         let (queued, dropped) = add(&mut p);
         let wake = p.idle && !p.packets.is_empty();
         if wake {
@@ -427,7 +496,7 @@ impl UdpQueue {
                 .fetch_add(dropped, Ordering::Relaxed);
         }
         if wake {
-            self.shared.wake.notify_one();
+            self.shared.lanes[lane].wake.notify_one();
         }
         queued
     }
@@ -439,17 +508,20 @@ impl Drop for BatchedUdp {
     }
 }
 
-/// The sender thread: takes everything queued, sends it run by run, and
-/// reuses the buffers.
-fn send_loop(shared: &Shared) {
+/// A sender thread: takes everything queued on its lane, sends it run by
+/// run, and reuses the buffers.
+fn send_loop(shared: &Shared, lane: usize) {
     let (socket, state) = (&*shared.socket, &shared.state);
     let mut batch = Pending::default();
     loop {
         {
-            let mut p = shared.lock();
+            let mut p = shared.lock(lane);
             while p.packets.is_empty() && !p.closed {
                 p.idle = true;
-                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                p = shared.lanes[lane]
+                    .wake
+                    .wait(p)
+                    .unwrap_or_else(|e| e.into_inner());
             }
             if p.packets.is_empty() {
                 return; // closed and drained
@@ -723,7 +795,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_packet_arrives_intact_and_in_order_for_each_destination() {
-        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
         let rx: Vec<tokio::net::UdpSocket> =
             futures::future::join_all((0..2).map(|_| tokio::net::UdpSocket::bind("127.0.0.1:0")))
                 .await
@@ -772,7 +844,7 @@ mod tests {
 
     #[tokio::test]
     async fn packets_laid_end_to_end_arrive_as_datagrams_in_order_counted_as_direct() {
-        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
         let q = sender.queue();
         let mut viewers = Vec::new();
         for _ in 0..2 {
@@ -879,13 +951,128 @@ mod tests {
         assert_eq!(p.take_whole(&mut more, &[(100, addr(1))]), None, "closed");
     }
 
+    #[test]
+    fn a_destination_always_has_the_same_lane_and_lanes_share_destinations_evenly() {
+        for lanes in [1, 2, 3, 4] {
+            let mut count = vec![0usize; lanes];
+            // Viewers' ports as a host hands them out: in sequence.
+            for port in 40_000..41_000 {
+                let lane = lane_of(addr(port), lanes);
+                assert!(lane < lanes);
+                assert_eq!(lane, lane_of(addr(port), lanes), "stable");
+                count[lane] += 1;
+            }
+            let even = 1000 / lanes;
+            assert!(
+                count.iter().all(|&c| c.abs_diff(even) <= even / 5),
+                "{lanes} lanes: {count:?}"
+            );
+        }
+        let v6: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
+        assert!(lane_of(v6, 4) < 4);
+        assert_eq!(lane_of(addr(9), 0), 0, "no lanes counts as one");
+    }
+
+    /// Binds receivers until there is one on each of `lanes` lanes.
+    async fn one_receiver_per_lane(lanes: usize) -> Vec<tokio::net::UdpSocket> {
+        let mut found: Vec<Option<tokio::net::UdpSocket>> = (0..lanes).map(|_| None).collect();
+        while found.iter().any(Option::is_none) {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket2::SockRef::from(&s)
+                .set_recv_buffer_size(4 << 20)
+                .unwrap();
+            let lane = lane_of(s.local_addr().unwrap(), lanes);
+            found[lane].get_or_insert(s);
+        }
+        found.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[tokio::test]
+    async fn an_outbox_mixing_lanes_arrives_whole_and_in_order_at_every_destination() {
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 3).unwrap();
+        let q = sender.queue();
+        assert_eq!(q.lanes(), 3);
+        let viewers = one_receiver_per_lane(3).await;
+        // Frames of 30 packets (two turns), every viewer's copy
+        // interleaved in one buffer, not grouped by lane: each lane takes
+        // its own share.
+        for frame in 0..5u32 {
+            let (mut wire, mut packets) = (Vec::new(), Vec::new());
+            for k in 0..30u32 {
+                for (v, rx) in viewers.iter().enumerate() {
+                    let mut p = vec![0x44; 1200];
+                    p[..4].copy_from_slice(&(frame * 30 + k).to_be_bytes());
+                    p[4] = v as u8;
+                    wire.extend_from_slice(&p);
+                    packets.push((1200, rx.local_addr().unwrap()));
+                }
+            }
+            q.send(&mut wire, &packets);
+            assert!(wire.is_empty());
+        }
+        let mut buf = vec![0u8; 2000];
+        for (v, rx) in viewers.iter().enumerate() {
+            for n in 0..150u32 {
+                tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+                    .await
+                    .expect("a packet arrives")
+                    .unwrap();
+                assert_eq!(buf[..4], n.to_be_bytes(), "viewer {v}: packet {n} in order");
+                assert_eq!(buf[4], v as u8, "packet {n} reached its own viewer");
+            }
+        }
+        let c = sender.counters();
+        assert_eq!(c.direct.load(Ordering::Relaxed), 450);
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
+        // Counted just after the send that delivered it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.packets.load(Ordering::Relaxed) < 450 {
+            assert!(Instant::now() < deadline, "every packet is counted as sent");
+            std::thread::yield_now();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keyframe_paced_out_on_one_lane_does_not_hold_back_another_lane() {
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 2).unwrap();
+        let q = sender.queue();
+        let rx = one_receiver_per_lane(2).await;
+        let (slow, fast) = (rx[0].local_addr().unwrap(), rx[1].local_addr().unwrap());
+        // 8,000 packets to one viewer: 500 turns at least ROUND apart, so
+        // its lane is busy for 100 ms or more.
+        let big = 8000;
+        let mut wire = vec![1u8; big * 1200];
+        q.send(&mut wire, &vec![(1200, slow); big]);
+        // Its sender thread has taken the burst (a packet queued before
+        // that would share its batch and its turns).
+        let counters = sender.counters();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counters.packets.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the burst starts");
+            std::thread::yield_now();
+        }
+        let mut one = vec![2u8; 300];
+        q.send(&mut one, &[(300, fast)]);
+        let mut buf = vec![0u8; 2000];
+        let n = tokio::time::timeout(Duration::from_secs(5), rx[1].recv(&mut buf))
+            .await
+            .expect("the other lane's packet arrives")
+            .unwrap();
+        assert_eq!(n, 300);
+        let sent = counters.packets.load(Ordering::Relaxed);
+        assert!(
+            sent <= big as u64,
+            "{sent} packets sent: the other lane's packet waited for the keyframe"
+        );
+    }
+
     #[tokio::test]
     async fn a_small_burst_to_an_idle_port_leaves_before_send_returns() {
-        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !sender.shared.lock().idle {
+        while !sender.shared.lock(0).idle {
             assert!(Instant::now() < deadline, "the sender thread never waited");
             std::thread::yield_now();
         }

@@ -165,7 +165,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         ProtectionProfile::AeadAes128Gcm,
         ProtectionProfile::Aes128CmHmacSha1_80,
     ] {
-        let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
         let viewer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let keys = keys(profile);
         let mut out = DirectOut::new(
