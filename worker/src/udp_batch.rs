@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use webrtc::util::Conn;
 
-/// Bytes the queue holds at most before it drops packets: about 0.3 s of
-/// 100 viewers of a 4 Mbit/s stream.
+/// Bytes one lane's queue holds at most before it drops packets: about
+/// 0.3 s of 100 viewers of a 4 Mbit/s stream.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// Largest payload of one GSO send: under the 65,507-byte UDP limit, and
