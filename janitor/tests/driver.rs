@@ -27,42 +27,55 @@ struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server` on a free port, or `None` when it is not installed.
+    /// Starts `nats-server` on a free port, or `None` when it is not
+    /// installed. Ready means a NATS client completed its handshake (a TCP
+    /// connect alone was once answered by a reset); a server that exits at
+    /// start (its port taken meanwhile by a test running beside) is tried
+    /// again on another port.
     async fn start(jetstream: bool) -> Option<Self> {
         let bin = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
             .iter()
             .map(|d| PathBuf::from(d).join("nats-server"))
             .find(|p| p.exists())?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
         let store = tempfile::tempdir().ok()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if jetstream {
-            cmd.arg("-js").arg("-sd").arg(store.path());
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+            if jetstream {
+                cmd.arg("-js").arg("-sd").arg(store.path());
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let url = format!("nats://127.0.0.1:{port}");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: another port
+                }
+                if async_nats::connect(&url).await.is_ok() {
+                    return Some(Self {
+                        child,
+                        port,
+                        _store: store,
+                    });
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("nats-server did not start on {url}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = Self {
-            child,
-            port,
-            _store: store,
-        };
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(server)
+        panic!("nats-server would not start");
     }
 
     fn url(&self) -> String {
