@@ -249,3 +249,45 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         assert_eq!(out.refused(), 0);
     }
 }
+
+#[tokio::test]
+async fn an_outbox_keeps_each_lanes_packets_apart_and_every_destination_in_order() {
+    let lanes = 2;
+    let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), lanes).unwrap();
+    let udp = port.queue();
+    // Viewers until both lanes have one.
+    let mut viewers: Vec<Option<tokio::net::UdpSocket>> = vec![None, None];
+    while viewers.iter().any(Option::is_none) {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let lane = crate::udp_batch::lane_of(s.local_addr().unwrap(), lanes);
+        viewers[lane].get_or_insert(s);
+    }
+    let viewers: Vec<_> = viewers.into_iter().map(Option::unwrap).collect();
+    let to: Vec<_> = viewers.iter().map(|v| v.local_addr().unwrap()).collect();
+    let mut outbox = Outbox::new(lanes);
+    // Interleaved as a fan-out writes them: each packet to both viewers.
+    for n in 0..20u8 {
+        for (v, &addr) in to.iter().enumerate() {
+            outbox.push(&[n, v as u8, 0x77], addr);
+        }
+    }
+    assert_eq!(outbox.len(), 40);
+    let lane_of = |a| crate::udp_batch::lane_of(a, lanes);
+    for (lane, waiting) in outbox.lanes.iter().enumerate() {
+        assert_eq!(waiting.packets.len(), 20, "lane {lane}");
+        assert!(waiting.packets.iter().all(|&(_, a)| lane_of(a) == lane));
+    }
+    outbox.flush(&udp);
+    assert!(outbox.is_empty());
+    for (v, rx) in viewers.iter().enumerate() {
+        for n in 0..20u8 {
+            assert_eq!(recv(rx).await, [n, v as u8, 0x77], "viewer {v}, packet {n}");
+        }
+    }
+    assert_eq!(
+        port.counters()
+            .direct
+            .load(std::sync::atomic::Ordering::Relaxed),
+        40
+    );
+}
