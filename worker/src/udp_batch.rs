@@ -5,7 +5,7 @@
 //! `sendto`; the fan-out profile (docs/profile.md) put about half of the
 //! worker's time per viewer in that system call. With one UDP port for all
 //! peers the worker owns the socket, so it hands webrtc-rs a [`BatchedUdp`]:
-//! `send_to` copies the packet into a queue and returns at once, and one
+//! `send_to` copies the packet into a queue and returns at once, and a
 //! sender thread drains the queue, sending each run of equal-sized packets
 //! to one address as a single `sendmsg` with UDP generic segmentation
 //! offload (GSO, through quinn-udp), which the kernel or the NIC cuts into
