@@ -142,8 +142,12 @@ async fn twenty_viewers_each_get_a_steady_decodable_stream_and_a_stalled_one_slo
 async fn twenty_viewers_through_one_udp_port_get_the_stream_in_batched_sends() {
     let _serial = TWENTY.lock().await;
     let port = free_udp_port();
-    let (_nats, _w, client, bus, id) =
-        session_with("fan", FAN_SOURCE, |c| c.udp_port = Some(port)).await;
+    let (_nats, _w, client, bus, id) = session_with("fan", FAN_SOURCE, |c| {
+        c.udp_port = Some(port);
+        // Two sender threads, each with its share of the viewers.
+        c.udp_send_threads = Some(2);
+    })
+    .await;
     let candidates = twenty_viewers(&client, &bus, &id).await;
     // One IPv4 host candidate on that port: webrtc-rs 0.17 shares one mux
     // connection among a peer's host candidates and they steal each
@@ -174,6 +178,7 @@ async fn twenty_viewers_through_one_udp_port_get_the_stream_in_batched_sends() {
     );
     assert!(packets > 0 && sends < packets, "{udp}");
     assert_eq!(udp["dropped"], json!(0), "{udp}");
+    assert_eq!(udp["threads"], json!(2), "{udp}");
 }
 
 /// Twenty viewers of session `id`: each decodes and keeps receiving while

@@ -430,6 +430,11 @@ impl Engine {
         self.udp_counters.clone()
     }
 
+    /// How many threads send on the batched UDP port (with `udp_port` only).
+    pub fn udp_send_threads(&self) -> Option<usize> {
+        self.direct.as_ref().map(UdpQueue::lanes)
+    }
+
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.ice_servers
     }

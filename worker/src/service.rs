@@ -198,6 +198,7 @@ fn process_stats(ctx: &std::sync::Weak<Ctx>) -> serde_json::Value {
                     "dropped": c.dropped.load(Relaxed),
                     "failed": c.failed.load(Relaxed),
                     "direct": c.direct.load(Relaxed),
+                    "threads": ctx.engine.udp_send_threads(),
                 })
             });
             (running.len(), viewers, udp)
