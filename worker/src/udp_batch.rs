@@ -672,7 +672,7 @@ impl Conn for BatchedUdp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {
@@ -974,7 +974,7 @@ mod tests {
     }
 
     /// Binds receivers until there is one on each of `lanes` lanes.
-    async fn one_receiver_per_lane(lanes: usize) -> Vec<tokio::net::UdpSocket> {
+    pub(crate) async fn one_receiver_per_lane(lanes: usize) -> Vec<tokio::net::UdpSocket> {
         let mut found: Vec<Option<tokio::net::UdpSocket>> = (0..lanes).map(|_| None).collect();
         while found.iter().any(Option::is_none) {
             let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

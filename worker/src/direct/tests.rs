@@ -255,14 +255,7 @@ async fn an_outbox_keeps_each_lanes_packets_apart_and_every_destination_in_order
     let lanes = 2;
     let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), lanes).unwrap();
     let udp = port.queue();
-    // Viewers until both lanes have one.
-    let mut viewers: Vec<Option<tokio::net::UdpSocket>> = vec![None, None];
-    while viewers.iter().any(Option::is_none) {
-        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let lane = crate::udp_batch::lane_of(s.local_addr().unwrap(), lanes);
-        viewers[lane].get_or_insert(s);
-    }
-    let viewers: Vec<_> = viewers.into_iter().map(Option::unwrap).collect();
+    let viewers = crate::udp_batch::tests::one_receiver_per_lane(lanes).await;
     let to: Vec<_> = viewers.iter().map(|v| v.local_addr().unwrap()).collect();
     let mut outbox = Outbox::new(lanes);
     // Interleaved as a fan-out writes them: each packet to both viewers.
