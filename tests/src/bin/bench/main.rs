@@ -1442,6 +1442,14 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// A comma-separated argument (`1,10,50`), or the usage on anything else.
+fn list<T: std::str::FromStr, C: FromIterator<T>>(arg: Option<String>) -> C {
+    let arg = arg.unwrap_or_else(|| usage());
+    arg.split(',')
+        .map(|s| s.trim().parse().unwrap_or_else(|_| usage()))
+        .collect()
+}
+
 fn usage() -> ! {
     eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
     std::process::exit(2)
@@ -1472,22 +1480,8 @@ async fn main() -> anyhow::Result<()> {
                 hold = Duration::from_secs(secs.parse().unwrap_or_else(|_| usage()));
             }
             "--stream" => stream = Some(args.next().unwrap_or_else(|| usage())),
-            "--viewers" => {
-                let list = args.next().unwrap_or_else(|| usage());
-                viewers = Some(
-                    list.split(',')
-                        .map(|s| s.trim().parse::<usize>().unwrap_or_else(|_| usage()))
-                        .collect::<Vec<_>>(),
-                );
-            }
-            "--only" => {
-                let list = args.next().unwrap_or_else(|| usage());
-                only = Some(
-                    list.split(',')
-                        .map(|s| s.trim().parse::<u32>().unwrap_or_else(|_| usage()))
-                        .collect(),
-                );
-            }
+            "--viewers" => viewers = Some(list(args.next())),
+            "--only" => only = Some(list(args.next())),
             _ => usage(),
         }
     }
