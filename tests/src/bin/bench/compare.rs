@@ -517,6 +517,22 @@ struct StreamResult {
 
 pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("[6] relays side by side: ours and Janus, same RTP stream");
+    let chosen: Vec<StreamSpec> = streams(plan.quick)
+        .into_iter()
+        .filter(|s| {
+            plan.relay_stream
+                .as_ref()
+                .is_none_or(|l| s.label.starts_with(l.as_str()))
+        })
+        .collect();
+    if chosen.is_empty() {
+        let labels: Vec<&str> = streams(plan.quick).iter().map(|s| s.label).collect();
+        anyhow::bail!(
+            "--stream {:?} matches none of the streams: {}",
+            plan.relay_stream.as_deref().unwrap_or_default(),
+            labels.join(", ")
+        );
+    }
     janus::available()?;
     let floor_window = if plan.quick {
         Duration::from_millis(300)
@@ -532,11 +548,6 @@ pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
         .ok();
     let api = load::api()?;
     let mut results = Vec::new();
-    let chosen = streams(plan.quick).into_iter().filter(|s| {
-        plan.relay_stream
-            .as_ref()
-            .is_none_or(|l| s.label.starts_with(l.as_str()))
-    });
     for spec in chosen {
         match relay_stream(env, plan, &api, spec).await {
             Ok(r) => results.push(r),
