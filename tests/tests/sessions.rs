@@ -423,18 +423,31 @@ async fn workers_are_a_nats_micro_service_with_endpoints_and_request_counts() {
     let _b = worker(worker_cfg(&nats, "w-micro-b"));
     let c = nats.client().await;
     ready(&c).await;
-    // What `nats micro ls` and `nats micro info stream-worker` ask.
-    let mut inbox = subscribe(&c, "_INBOX.micro-test").await;
-    c.publish_with_reply("$SRV.INFO.stream-worker", "_INBOX.micro-test", "".into())
-        .await
-        .unwrap();
+    // What `nats micro ls` and `nats micro info stream-worker` ask, until
+    // both workers answer (`ready` saw one; the other may still be
+    // registering its service).
+    let infos: Vec<Value> = wait_for(
+        "both workers' service info",
+        Duration::from_secs(20),
+        || async {
+            let inbox = c.new_inbox();
+            let mut replies = c.subscribe(inbox.clone()).await.ok()?;
+            c.publish_with_reply("$SRV.INFO.stream-worker", inbox, "".into())
+                .await
+                .ok()?;
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let m = tokio::time::timeout(Duration::from_secs(1), replies.next())
+                    .await
+                    .ok()??;
+                got.push(serde_json::from_slice(&m.payload).ok()?);
+            }
+            Some(got)
+        },
+    )
+    .await;
     let mut workers = Vec::new();
-    while workers.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
-            .await
-            .unwrap()
-            .unwrap();
-        let info: Value = serde_json::from_slice(&m.payload).unwrap();
+    for info in &infos {
         assert_eq!(info["name"], "stream-worker");
         let names: Vec<&str> = info["endpoints"]
             .as_array()
