@@ -10,7 +10,11 @@
 //! to one address as a single `sendmsg` with UDP generic segmentation
 //! offload (GSO, through quinn-udp), which the kernel or the NIC cuts into
 //! datagrams. A frame written to one viewer is such a run. Receiving is
-//! unchanged (the mux reads the socket itself). The worker's own media path
+//! unchanged (the mux reads the socket itself), but the socket is watched
+//! for reading only: tokio's default registration also asks for
+//! writability, and the kernel then woke the runtime's I/O driver as each
+//! sent packet left the socket's buffer (see [`BatchedUdp::new`]). The
+//! worker's own media path
 //! (`crate::direct`) queues its SRTP on the same queue through a
 //! [`UdpQueue`] handle, so webrtc-rs's packets and the worker's share one
 //! order per destination.
@@ -32,6 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tracing::{debug, warn};
 use webrtc::util::Conn;
 
@@ -291,7 +297,9 @@ struct Lane {
 struct Shared {
     lanes: Box<[Lane]>,
     counters: Arc<SendCounters>,
-    socket: Arc<tokio::net::UdpSocket>,
+    /// Registered with the runtime for reading only (see
+    /// [`BatchedUdp::new`]); sends go straight to the file descriptor.
+    socket: AsyncFd<std::net::UdpSocket>,
     state: quinn_udp::UdpSocketState,
 }
 
@@ -324,18 +332,34 @@ impl BatchedUdp {
     /// Wraps a bound socket and starts its `threads` sender threads (at
     /// least one, at most [`MAX_SEND_THREADS`]). Must be called inside a
     /// tokio runtime (the socket is registered with it).
+    ///
+    /// The registration is for reading only. A `tokio::net::UdpSocket`
+    /// also registers for writability, edge-triggered; on Linux every sent
+    /// datagram, once it leaves the socket's buffer, runs the socket's
+    /// write-space callback (`sock_wfree`), and an epoll registration that
+    /// includes `EPOLLOUT` wakes the thread parked in `epoll_wait`. With a
+    /// viewer's stream going out in tens of thousands of datagrams a
+    /// second, the runtime's I/O driver was woken for nothing hundreds of
+    /// times a second (docs/profile.md, "The sixth step"). Nothing here
+    /// awaits writability: the sender threads wait for room with `poll`.
     pub fn new(socket: std::net::UdpSocket, threads: usize) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
-        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
-        let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        // Deprecated in tokio 1.54 for types whose `as_raw_fd` could
+        // change while registered; a `std::net::UdpSocket` owns its one
+        // descriptor for its whole life, which is what the safe wrapper
+        // needs (the alternative, `register_with_interest`, is the same
+        // call marked `unsafe`, and the workspace denies unsafe code).
+        #[allow(deprecated)]
+        let socket = AsyncFd::with_interest(socket, Interest::READABLE)?;
+        let state = quinn_udp::UdpSocketState::new(socket.get_ref().into())?;
         // quinn-udp turns receive offload (UDP_GRO) on for its own receive
         // path; the mux reads one datagram per `recv_from`, so it goes off.
-        gro_off(&socket);
+        gro_off(socket.get_ref());
         let threads = threads.clamp(1, MAX_SEND_THREADS);
         let shared = Arc::new(Shared {
             lanes: (0..threads).map(|_| Lane::default()).collect(),
             counters: Arc::default(),
-            socket: socket.clone(),
+            socket,
             state,
         });
         let port = Self { shared };
@@ -451,7 +475,7 @@ impl UdpQueue {
         for (i, run) in round.iter().enumerate() {
             let transmit = run.transmit(wire);
             if state
-                .try_send((&*self.shared.socket).into(), &transmit)
+                .try_send(self.shared.socket.get_ref().into(), &transmit)
                 .is_err()
             {
                 // A full socket buffer (or GSO refused): the thread sends
@@ -511,7 +535,7 @@ impl Drop for BatchedUdp {
 /// A sender thread: takes everything queued on its lane, sends it run by
 /// run, and reuses the buffers.
 fn send_loop(shared: &Shared, lane: usize) {
-    let (socket, state) = (&*shared.socket, &shared.state);
+    let (socket, state) = (shared.socket.get_ref(), &shared.state);
     let mut batch = Pending::default();
     loop {
         {
@@ -553,7 +577,7 @@ fn send_loop(shared: &Shared, lane: usize) {
 
 /// Sends one run and counts it.
 fn send_run(
-    socket: &tokio::net::UdpSocket,
+    socket: &std::net::UdpSocket,
     state: &quinn_udp::UdpSocketState,
     c: &SendCounters,
     bytes: &[u8],
@@ -574,7 +598,7 @@ fn send_run(
 /// One `sendmsg`, waiting (up to a second) while the socket's send buffer
 /// is full.
 fn send_one(
-    socket: &tokio::net::UdpSocket,
+    socket: &std::net::UdpSocket,
     state: &quinn_udp::UdpSocketState,
     transmit: &quinn_udp::Transmit<'_>,
 ) -> io::Result<()> {
@@ -609,7 +633,7 @@ fn send_one(
 }
 
 /// Turns UDP receive offload off on a socket (Linux `UDP_GRO`).
-fn gro_off(socket: &tokio::net::UdpSocket) {
+fn gro_off(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
     if let Err(e) = setsockopt(socket, UdpGroSegment, &false) {
         debug!(error = %e, "UDP_GRO off");
@@ -617,7 +641,7 @@ fn gro_off(socket: &tokio::net::UdpSocket) {
 }
 
 /// Waits until the socket can take a packet; false on timeout.
-fn wait_writable(socket: &tokio::net::UdpSocket, timeout_ms: u16) -> io::Result<bool> {
+fn wait_writable(socket: &std::net::UdpSocket, timeout_ms: u16) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags};
     use std::os::fd::AsFd;
     let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
@@ -628,22 +652,39 @@ fn wait_writable(socket: &tokio::net::UdpSocket, timeout_ms: u16) -> io::Result<
     }
 }
 
+impl BatchedUdp {
+    /// Waits until the socket is readable and runs `read` on it, again
+    /// after each `WouldBlock`.
+    async fn read<T>(
+        &self,
+        mut read: impl FnMut(&std::net::UdpSocket) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            let mut ready = self.shared.socket.readable().await?;
+            if let Ok(result) = ready.try_io(|s| read(s.get_ref())) {
+                return result;
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Conn for BatchedUdp {
     async fn connect(&self, addr: SocketAddr) -> webrtc::util::Result<()> {
-        Conn::connect(&*self.shared.socket, addr).await
+        Ok(self.shared.socket.get_ref().connect(addr)?)
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
-        Conn::recv(&*self.shared.socket, buf).await
+        Ok(self.read(|s| s.recv(buf)).await?)
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
-        Conn::recv_from(&*self.shared.socket, buf).await
+        Ok(self.read(|s| s.recv_from(buf)).await?)
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
-        Conn::send(&*self.shared.socket, buf).await
+        // Unused by the mux (it sends with `send_to`); never waits.
+        Ok(self.shared.socket.get_ref().send(buf)?)
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc::util::Result<usize> {
@@ -654,7 +695,7 @@ impl Conn for BatchedUdp {
     }
 
     fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
-        Conn::local_addr(&*self.shared.socket)
+        Ok(self.shared.socket.get_ref().local_addr()?)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
@@ -1096,5 +1137,73 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(n, 1000);
         }
+    }
+
+    /// The events this process's epoll descriptors watch on the file with
+    /// inode `ino` (`/proc/self/fdinfo`: `tfd: .. events: HEX .. ino:
+    /// HEX`); an instance reached through two descriptors (mio duplicates
+    /// the runtime's) is listed twice.
+    fn epoll_interest(ino: u64) -> Vec<u32> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+                continue; // closed since the listing
+            };
+            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let field = |name: &str| {
+                    let at = line.find(name)? + name.len();
+                    let hex = line[at..].split_whitespace().next()?;
+                    u64::from_str_radix(hex, 16).ok()
+                };
+                if field("ino:") == Some(ino) {
+                    found.push(field("events:").unwrap() as u32);
+                }
+            }
+        }
+        found
+    }
+
+    /// Every datagram sent runs the socket's write-space callback; were the
+    /// socket registered for writability the runtime's I/O driver would be
+    /// woken for each (see `BatchedUdp::new`). It is watched for reading
+    /// only, and still reads.
+    #[tokio::test]
+    async fn the_port_is_watched_for_reading_only_and_still_reads() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
+        let fd = port.shared.socket.get_ref().as_raw_fd();
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let interest = epoll_interest(ino);
+        let (epollin, epollout) = (nix::libc::EPOLLIN as u32, nix::libc::EPOLLOUT as u32);
+        assert!(!interest.is_empty(), "the port is registered");
+        for events in interest {
+            assert_eq!(events & epollin, epollin, "{events:x}");
+            assert_eq!(events & epollout, 0, "{events:x}");
+        }
+
+        // Reading goes through that registration: a datagram sent to the
+        // port after the read started wakes it.
+        let to = Conn::local_addr(&port).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let read = async {
+            let mut buf = [0u8; 16];
+            let (n, from) = Conn::recv_from(&port, &mut buf).await.unwrap();
+            (buf[..n].to_vec(), from)
+        };
+        let send = async {
+            tokio::task::yield_now().await;
+            peer.send_to(b"ping", to).unwrap();
+        };
+        let ((got, from), ()) =
+            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(read, send) })
+                .await
+                .expect("the datagram was read");
+        assert_eq!(
+            (got.as_slice(), from),
+            (&b"ping"[..], peer.local_addr().unwrap())
+        );
     }
 }
