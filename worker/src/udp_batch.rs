@@ -14,10 +14,9 @@
 //! for reading only: tokio's default registration also asks for
 //! writability, and the kernel then woke the runtime's I/O driver as each
 //! sent packet left the socket's buffer (see [`BatchedUdp::new`]). The
-//! worker's own media path
-//! (`crate::direct`) queues its SRTP on the same queue through a
-//! [`UdpQueue`] handle, so webrtc-rs's packets and the worker's share one
-//! order per destination.
+//! worker's own media path (`crate::direct`) queues its SRTP on the same
+//! queue through a [`UdpQueue`] handle, so webrtc-rs's packets and the
+//! worker's share one order per destination.
 //!
 //! The queue is bounded: past [`MAX_QUEUED_BYTES`] packets are dropped and
 //! counted, as a full NIC queue would drop them (NACK and keyframe requests
