@@ -165,6 +165,28 @@ fn held(sessions: &[(&str, u64)]) -> Arc<Mutex<Vec<HeldSession>>> {
     ))
 }
 
+/// Every registry listing the janitor starts: each begins by creating a
+/// consumer on the bucket's stream to read its keys.
+async fn registry_listings(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> async_nats::Subscriber {
+    js_api_requests(
+        client,
+        format!("CONSUMER.CREATE.KV_{}", subjects.registry_bucket()),
+    )
+    .await
+}
+
+/// Requests to the JetStream API `$JS.API.<what>`, seen as they are sent.
+/// The subscription is a responder too: where JetStream is off, a request
+/// that would have found no responders waits for its timeout instead.
+async fn js_api_requests(client: &async_nats::Client, what: String) -> async_nats::Subscriber {
+    let sub = client.subscribe(format!("$JS.API.{what}")).await.unwrap();
+    client.flush().await.unwrap();
+    sub
+}
+
 async fn next(sub: &mut async_nats::Subscriber, what: &str) -> async_nats::Message {
     tokio::time::timeout(WAIT, sub.next())
         .await
@@ -259,7 +281,9 @@ async fn reaps_a_dead_worker_fences_a_stale_copy_purges_and_stops_promptly() {
     );
 
     let config = Config {
-        ended_retention: Duration::from_secs(1).into(),
+        // s-old ended an hour ago; s-end, ended during the test, must
+        // outlive the test however slow the machine.
+        ended_retention: Duration::from_secs(600).into(),
         ..Config::for_tests(&nats.url(), "jtest")
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -318,8 +342,12 @@ async fn reaps_a_dead_worker_fences_a_stale_copy_purges_and_stops_promptly() {
         "purged"
     );
 
-    // The adopted session stays put while w-heir reports it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The adopted session stays put while w-heir reports it: through
+    // eight more scans, longer than the grace for a missing session.
+    let mut scans = registry_listings(&client, &subjects).await;
+    for n in 1..=8 {
+        next(&mut scans, &format!("registry listing {n}")).await;
+    }
     let rec = registry.get(&sid("s-move")).await.unwrap().unwrap().record;
     assert_eq!(
         (rec.owner, rec.epoch, rec.state),
@@ -345,6 +373,7 @@ async fn stops_within_a_second_even_while_the_registry_is_unavailable() {
         return;
     };
     let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut api = js_api_requests(&client, ">".into()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let janitor = tokio::spawn(janitor::run(
         Config::for_tests(&nats.url(), "jtest"),
@@ -353,7 +382,9 @@ async fn stops_within_a_second_even_while_the_registry_is_unavailable() {
             let _ = stopped.await;
         },
     ));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Stopped while it waits on JetStream: the subscription above is the
+    // only one to hear its request, and it never answers.
+    next(&mut api, "a JetStream request").await;
     stop.send(()).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(1), janitor)
         .await
