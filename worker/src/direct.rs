@@ -295,7 +295,7 @@ impl Outbox {
 
     /// Queues everything on the port and empties the outbox (its buffers
     /// are kept for the next round).
-    pub fn flush(&mut self, udp: &UdpQueue) {
+    pub fn flush(&mut self, udp: &mut UdpQueue) {
         for lane in &mut self.lanes {
             if !lane.packets.is_empty() {
                 udp.send(&mut lane.wire, &lane.packets);

@@ -260,7 +260,7 @@ async fn run(
     tap: SourceTap,
     gate: SendGate,
     payloads: Arc<PayloadCache>,
-    udp: UdpQueue,
+    mut udp: UdpQueue,
     mut control: mpsc::Receiver<Control>,
     mut nacks: mpsc::Receiver<(u64, Vec<u16>)>,
 ) {
@@ -286,7 +286,7 @@ async fn run(
             }
             Some((id, lost)) = nacks.recv() => {
                 fan.resend(id, &lost);
-                fan.outbox().flush(&udp);
+                fan.outbox().flush(&mut udp);
                 continue;
             }
         };
@@ -309,7 +309,7 @@ async fn run(
             }
             Err(RecvError::Closed) => return,
         }
-        fan.outbox().flush(&udp);
+        fan.outbox().flush(&mut udp);
         if fan.prune() == 0 {
             // Nobody left: stop taking the broadcast until someone joins.
             rx = None;

@@ -130,11 +130,11 @@ impl Run {
 }
 
 /// Groups queued packets (contiguous in the buffer, in queue order) into
-/// GSO runs: consecutive packets to one address, each as long as the run's
-/// first except the last, which may be shorter; at most `max_segments`
-/// packets and [`MAX_GSO_BYTES`] per run. Pure.
-fn runs(queued: &[Queued], max_segments: usize) -> Vec<Run> {
-    let mut out: Vec<Run> = Vec::new();
+/// GSO runs, in `out` (cleared first): consecutive packets to one address,
+/// each as long as the run's first except the last, which may be shorter;
+/// at most `max_segments` packets and [`MAX_GSO_BYTES`] per run. Pure.
+fn runs_into(queued: &[Queued], max_segments: usize, out: &mut Vec<Run>) {
+    out.clear();
     let mut open = false; // whether the last run may still grow
     for q in queued {
         if let Some(r) = out.last_mut().filter(|_| open) {
@@ -160,42 +160,99 @@ fn runs(queued: &[Queued], max_segments: usize) -> Vec<Run> {
         });
         open = true;
     }
-    out
 }
 
-/// The order of sends for a batch, in rounds: its [`runs`] (of at most
-/// `turn` packets), up to `turn` packets per destination per round,
-/// destinations in the order they first appear. Each destination's packets keep their order.
-/// Pure.
-fn schedule(queued: &[Queued], max_segments: usize, turn: usize) -> Vec<Vec<Run>> {
-    let mut by_dest: Vec<std::collections::VecDeque<Run>> = Vec::new();
-    let mut index: std::collections::HashMap<SocketAddr, usize> = Default::default();
-    let all = runs(queued, max_segments.min(turn).max(1));
-    let total = all.len();
-    for r in all {
-        let i = *index.entry(r.to).or_insert_with(|| {
-            by_dest.push(Default::default());
-            by_dest.len() - 1
-        });
-        by_dest[i].push_back(r);
-    }
-    let mut out = Vec::new();
-    let mut left = total;
-    while left > 0 {
-        let mut round = Vec::new();
-        for q in &mut by_dest {
-            // Up to `turn` packets each (one run at least).
-            let mut sent = 0;
-            while let Some(r) = q.front().filter(|r| sent == 0 || sent + r.count <= turn) {
-                sent += r.count;
-                round.push(*r);
-                q.pop_front();
+/// No next run (in [`Schedule`]'s per-destination chains).
+const END: usize = usize::MAX;
+
+/// The order of sends for a batch, in rounds: its runs ([`runs_into`], of
+/// at most `turn` packets), up to `turn` packets per destination per round,
+/// destinations in the order they first appear. Each destination's packets
+/// keep their order. Pure, and reusable: its buffers keep their capacity
+/// from one batch to the next, so planning a batch allocates nothing once
+/// they have grown (the sender thread and the fan-out plan a batch for
+/// every burst of input; the allocations were 2-5% of the worker's time,
+/// docs/profile.md).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Schedule {
+    /// The batch's packets, when planned from lengths ([`Self::plan_laid_out`]).
+    queued: Vec<Queued>,
+    /// The batch's runs in queue order.
+    runs: Vec<Run>,
+    /// For each run, the next run to the same destination, or [`END`].
+    next: Vec<usize>,
+    /// Per destination (in order of first appearance): its first run not
+    /// yet placed, then its last run while the chains are built.
+    heads: Vec<usize>,
+    tails: Vec<usize>,
+    index: std::collections::HashMap<SocketAddr, usize>,
+    /// The runs in send order, and where each round ends in it.
+    order: Vec<Run>,
+    round_ends: Vec<usize>,
+}
+
+impl Schedule {
+    /// Plans `queued` (see the type's docs).
+    fn plan(&mut self, queued: &[Queued], max_segments: usize, turn: usize) {
+        runs_into(queued, max_segments.min(turn).max(1), &mut self.runs);
+        self.next.clear();
+        self.heads.clear();
+        self.tails.clear();
+        self.index.clear();
+        self.order.clear();
+        self.round_ends.clear();
+        // Chain each destination's runs, in order.
+        for (i, r) in self.runs.iter().enumerate() {
+            self.next.push(END);
+            match self.index.entry(r.to) {
+                std::collections::hash_map::Entry::Occupied(d) => {
+                    let d = *d.get();
+                    self.next[self.tails[d]] = i;
+                    self.tails[d] = i;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(self.heads.len());
+                    self.heads.push(i);
+                    self.tails.push(i);
+                }
             }
         }
-        left -= round.len();
-        out.push(round);
+        let mut left = self.runs.len();
+        while left > 0 {
+            for head in &mut self.heads {
+                // Up to `turn` packets each (one run at least).
+                let mut sent = 0;
+                while let Some(r) = self.runs.get(*head) {
+                    if sent > 0 && sent + r.count > turn {
+                        break;
+                    }
+                    sent += r.count;
+                    self.order.push(*r);
+                    *head = self.next[*head];
+                    left -= 1;
+                }
+            }
+            self.round_ends.push(self.order.len());
+        }
     }
-    out
+
+    /// Plans packets laid end to end from the start of a buffer, each
+    /// given as its length and destination.
+    fn plan_laid_out(&mut self, packets: &[(usize, SocketAddr)], max_segments: usize, turn: usize) {
+        let mut queued = std::mem::take(&mut self.queued);
+        queued.clear();
+        queued.extend(laid_out(packets));
+        self.plan(&queued, max_segments, turn);
+        self.queued = queued;
+    }
+
+    /// The planned rounds, in order.
+    fn rounds(&self) -> impl Iterator<Item = &[Run]> + '_ {
+        let starts = std::iter::once(0).chain(self.round_ends.iter().copied());
+        starts
+            .zip(self.round_ends.iter().copied())
+            .map(|(start, end)| &self.order[start..end])
+    }
 }
 
 /// What the sender thread has done, for the worker's stats and the bench.
@@ -381,6 +438,7 @@ impl BatchedUdp {
     pub fn queue(&self) -> UdpQueue {
         UdpQueue {
             shared: self.shared.clone(),
+            plan: Schedule::default(),
         }
     }
 
@@ -395,6 +453,8 @@ impl BatchedUdp {
 #[derive(Clone)]
 pub struct UdpQueue {
     shared: Arc<Shared>,
+    /// Reused by [`Self::send_now`].
+    plan: Schedule,
 }
 
 impl UdpQueue {
@@ -413,7 +473,7 @@ impl UdpQueue {
     /// one back (no copy); otherwise the bytes are appended. A small burst
     /// is sent from the caller's thread instead when the lane's sender
     /// thread is idle ([`Self::send_now`]).
-    pub fn send(&self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) {
+    pub fn send(&mut self, wire: &mut Vec<u8>, packets: &[(usize, SocketAddr)]) {
         let lane = packets
             .first()
             .map_or(0, |&(_, to)| self.shared.lane_of(to));
@@ -451,7 +511,7 @@ impl UdpQueue {
     /// takes at most [`SEND_NOW_MAX_RUNS`] sends: spares the thread's
     /// wake-up and hand-off. What the socket does not take at once is
     /// queued, in order. `false` (nothing sent) otherwise.
-    fn send_now(&self, lane: usize, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
+    fn send_now(&mut self, lane: usize, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
         if packets.len() > SEND_NOW_MAX_RUNS * PACKETS_PER_TURN {
             return false;
         }
@@ -461,10 +521,12 @@ impl UdpQueue {
                 return false;
             }
         }
-        let queued: Vec<Queued> = laid_out(packets).collect();
+        let max_segments = self.shared.state.max_gso_segments();
+        self.plan
+            .plan_laid_out(packets, max_segments, PACKETS_PER_TURN);
         let state = &self.shared.state;
-        let rounds = schedule(&queued, state.max_gso_segments(), PACKETS_PER_TURN);
-        let [round] = rounds.as_slice() else {
+        let mut rounds = self.plan.rounds();
+        let (Some(round), None) = (rounds.next(), rounds.next()) else {
             return false;
         };
         if round.len() > SEND_NOW_MAX_RUNS {
@@ -536,6 +598,7 @@ impl Drop for BatchedUdp {
 fn send_loop(shared: &Shared, lane: usize) {
     let (socket, state) = (shared.socket.get_ref(), &shared.state);
     let mut batch = Pending::default();
+    let mut plan = Schedule::default();
     loop {
         {
             let mut p = shared.lock(lane);
@@ -552,9 +615,9 @@ fn send_loop(shared: &Shared, lane: usize) {
             std::mem::swap(&mut p.bytes, &mut batch.bytes);
             std::mem::swap(&mut p.packets, &mut batch.packets);
         }
-        let rounds = schedule(&batch.packets, state.max_gso_segments(), PACKETS_PER_TURN);
+        plan.plan(&batch.packets, state.max_gso_segments(), PACKETS_PER_TURN);
         let mut round_started = Instant::now();
-        for (i, round) in rounds.iter().enumerate() {
+        for (i, round) in plan.rounds().enumerate() {
             if i > 0 {
                 // A destination's next turn comes no sooner than ROUND
                 // after its last (only waits when few destinations share
@@ -719,6 +782,18 @@ pub(crate) mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn runs(queued: &[Queued], max_segments: usize) -> Vec<Run> {
+        let mut out = Vec::new();
+        runs_into(queued, max_segments, &mut out);
+        out
+    }
+
+    fn schedule(queued: &[Queued], max_segments: usize, turn: usize) -> Vec<Vec<Run>> {
+        let mut plan = Schedule::default();
+        plan.plan(queued, max_segments, turn);
+        plan.rounds().map(<[Run]>::to_vec).collect()
+    }
+
     /// Packets of the given (port, len), laid out back to back.
     fn queue(spec: &[(u16, usize)]) -> Vec<Queued> {
         let mut start = 0;
@@ -833,6 +908,46 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_reused_schedule_plans_each_batch_afresh_without_growing() {
+        let mut a = vec![(1, 1216); 40];
+        a.extend(vec![(2, 1216); 20]);
+        a.push((1, 120));
+        let a = queue(&a);
+        let b = queue(&[(7, 1000), (8, 1000), (7, 1000), (9, 90)]);
+        let mut plan = Schedule::default();
+        plan.plan(&a, 64, 16);
+        let rounds = |p: &Schedule| p.rounds().map(<[Run]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(rounds(&plan), schedule(&a, 64, 16));
+        // Nothing of the first batch is left in the second's plan.
+        plan.plan(&b, 64, 16);
+        assert_eq!(rounds(&plan), schedule(&b, 64, 16));
+        assert_eq!(
+            shape(&rounds(&plan).concat()),
+            vec![(7, 1000, 1), (7, 1000, 1), (8, 1000, 1), (9, 90, 1)]
+        );
+        // Planning the first batch again needs no more room than the
+        // first time: the buffers were kept, not dropped.
+        plan.plan(&a, 64, 16);
+        let room = |p: &Schedule| {
+            (
+                p.runs.capacity(),
+                p.next.capacity(),
+                p.order.capacity(),
+                p.round_ends.capacity(),
+                p.index.capacity(),
+            )
+        };
+        let before = room(&plan);
+        plan.plan(&b, 64, 16);
+        plan.plan(&a, 64, 16);
+        assert_eq!(room(&plan), before);
+        assert_eq!(rounds(&plan), schedule(&a, 64, 16));
+        // An empty batch has no rounds.
+        plan.plan(&[], 64, 16);
+        assert_eq!(plan.rounds().count(), 0);
+    }
+
     #[tokio::test]
     async fn every_packet_arrives_intact_and_in_order_for_each_destination() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
@@ -874,7 +989,14 @@ pub(crate) mod tests {
                 assert_eq!(&buf[..got], &want[..], "receiver {i}");
             }
         }
+        // The sender thread counts a run once `sendmsg` returns, which may
+        // be after the receivers read it.
         let c = sender.counters();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.packets.load(Ordering::Relaxed) < u64::from(n) {
+            assert!(Instant::now() < deadline, "every packet is counted as sent");
+            tokio::task::yield_now().await;
+        }
         assert_eq!(c.packets.load(Ordering::Relaxed), u64::from(n));
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
         let sends = c.sends.load(Ordering::Relaxed);
@@ -885,7 +1007,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn packets_laid_end_to_end_arrive_as_datagrams_in_order_counted_as_direct() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
-        let q = sender.queue();
+        let mut q = sender.queue();
         let mut viewers = Vec::new();
         for _ in 0..2 {
             let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -1030,7 +1152,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_outbox_mixing_lanes_arrives_whole_and_in_order_at_every_destination() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 3).unwrap();
-        let q = sender.queue();
+        let mut q = sender.queue();
         assert_eq!(q.lanes(), 3);
         let viewers = one_receiver_per_lane(3).await;
         // Frames of 30 packets (two turns), every viewer's copy
@@ -1075,7 +1197,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_keyframe_paced_out_on_one_lane_does_not_hold_back_another_lane() {
         let sender = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 2).unwrap();
-        let q = sender.queue();
+        let mut q = sender.queue();
         let rx = one_receiver_per_lane(2).await;
         let (slow, fast) = (rx[0].local_addr().unwrap(), rx[1].local_addr().unwrap());
         // 8,000 packets to one viewer: 500 turns at least ROUND apart, so
