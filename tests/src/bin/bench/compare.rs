@@ -27,8 +27,8 @@ use super::janus::{self, Janus};
 use super::load::{self, Leave, LoadViewer, RECORDING};
 use super::producer::{Clip, Destination, Producer, Sent, StreamSpec};
 use super::{
-    bus_of, cpu_windows, create, heartbeat, loadavg, ms, proc_cpu_wait, proc_rss_kib, stop, Bus,
-    Dist, Env, Plan, Report,
+    bus_of, cpu_windows, create, heartbeat, loadavg, ms, proc_cpu_wait, proc_rss_kib,
+    proc_user_system_ticks, stop, Bus, Dist, Env, Plan, Report,
 };
 
 /// A stream whose loop starts with an IDR and has one every second.
@@ -114,6 +114,9 @@ struct Step {
     /// The relay's threads' run-queue wait over the window, per second:
     /// how many of them were runnable but kept from a CPU, on average.
     cpu_wait: f64,
+    /// The relay's system time over the window as a share of its user +
+    /// system time (`None` with too few ticks to tell).
+    kernel_share: Option<f64>,
     /// UDP datagrams the host dropped for full receive buffers (any socket).
     host_udp_drops: u64,
     no_key: usize,
@@ -137,7 +140,8 @@ impl Step {
                 Err(e) => json!({"error": e}),
             },
             "p99_ms_broken_as_late": self.whole_p99.map(|d| d.as_secs_f64() * 1e3),
-            "host_busy_cores": self.host_cores, "relay_cpu_wait": self.cpu_wait, "viewers_without_keyframe": self.no_key,
+            "host_busy_cores": self.host_cores, "relay_cpu_wait": self.cpu_wait,
+            "relay_kernel_share": self.kernel_share, "viewers_without_keyframe": self.no_key,
             "host_udp_rcvbuf_drops": self.host_udp_drops,
             "failed": self.failed,
         })
@@ -376,10 +380,18 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
     let drops0 = udp_rcvbuf_errors();
     RECORDING.store(true, Ordering::Relaxed);
     let (t0, wait0) = (Instant::now(), proc_cpu_wait(run.pid));
+    let ticks0 = proc_user_system_ticks(run.pid);
     let (cores, bench_cores, host_cores) = cpu_windows(&[run.pid], plan.relay_window).await;
     RECORDING.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     let cpu_wait = proc_cpu_wait(run.pid).saturating_sub(wait0).as_secs_f64() / secs;
+    let ticks1 = proc_user_system_ticks(run.pid);
+    let (user, system) = (
+        ticks1.0.saturating_sub(ticks0.0),
+        ticks1.1.saturating_sub(ticks0.1),
+    );
+    // Under 50 ticks (0.5 s of CPU) a tick is 2% of the share or more.
+    let kernel_share = (user + system >= 50).then(|| system as f64 / (user + system) as f64);
     let f1 = sent.frames.load(Ordering::Relaxed);
     let s1: Vec<_> = viewers.iter().map(snap).collect();
     let host_udp_drops = udp_rcvbuf_errors() - drops0;
@@ -471,6 +483,7 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
         bench_cores,
         host_cores,
         cpu_wait,
+        kernel_share,
         host_udp_drops,
         no_key,
         failed: (!failed.is_empty()).then(|| failed.join("; ")),
@@ -724,7 +737,7 @@ fn write_tables(
             system_tests::udp_floor::TRIES,
         ));
     }
-    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | Kernel share | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut data = Vec::new();
     let mut headline = Vec::new();
     let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster; p99 broken = late: \"ours only\" where only Janus lost more than 1% of its frames):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -741,7 +754,7 @@ fn write_tables(
         let floor2_cpv = floor_cpv + send_cpv;
         for run in &r.runs {
             md.push_str(&format!(
-                "| {} | 0 | {} | {:.3} | | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
+                "| {} | 0 | {} | {:.3} | | | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
                 r.spec.label,
                 run.side.name(),
                 run.base_cores,
@@ -761,7 +774,7 @@ fn write_tables(
                     continue;
                 };
                 md.push_str(&format!(
-                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.1}× | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.1}× | {} | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
                     r.spec.label,
                     run.side.name(),
                     s.relay_cores,
@@ -769,6 +782,7 @@ fn write_tables(
                     1.0 / s.cores_per_viewer.max(1e-6),
                     s.cores_per_viewer / floor_cpv,
                     s.cores_per_viewer / floor2_cpv,
+                    s.kernel_share.map_or("-".into(), |k| format!("{:.0}%", k * 100.0)),
                     s.rss_mib_per_viewer,
                     s.min_delivered * 100.0,
                     s.loss * 100.0,
@@ -920,7 +934,7 @@ fn write_tables(
     }
     md.push_str(&ratio_md);
     md.push_str(&format!(
-        "\nBench cores: the bench process (producer thread and the webrtc-rs load client) over the window; it shares the {} cores with the relays.\n",
+        "\nBench cores: the bench process (producer thread and the webrtc-rs load client) over the window; it shares the {} cores with the relays. Kernel share: the relay's system time over the window as a share of its user + system time (`/proc/PID/stat`, 10 ms ticks): the send path, with the loopback delivery to the viewers, is the kernel's.\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
     report.row(
