@@ -21,7 +21,7 @@
 //! The queue is bounded: past [`MAX_QUEUED_BYTES`] packets are dropped and
 //! counted, as a full NIC queue would drop them (NACK and keyframe requests
 //! repair the loss). Each destination's packets leave in the order they
-//! were queued; destinations take turns (see [`schedule`]).
+//! were queued; destinations take turns (see [`Schedule`]).
 //!
 //! The port may have more than one sender thread (`UDP_SEND_THREADS`):
 //! each has its own queue (a lane), and a destination always goes to the
