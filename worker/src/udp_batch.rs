@@ -182,9 +182,11 @@ pub(crate) struct Schedule {
     /// For each run, the next run to the same destination, or [`END`].
     next: Vec<usize>,
     /// Per destination (in order of first appearance): its first run not
-    /// yet placed, then its last run while the chains are built.
+    /// yet placed.
     heads: Vec<usize>,
+    /// Per destination: its last run so far, while the chains are built.
     tails: Vec<usize>,
+    /// Each destination's place in `heads` and `tails`.
     index: std::collections::HashMap<SocketAddr, usize>,
     /// The runs in send order, and where each round ends in it.
     order: Vec<Run>,
