@@ -790,10 +790,26 @@ pub(crate) mod tests {
         out
     }
 
+    /// A fresh plan's rounds.
     fn schedule(queued: &[Queued], max_segments: usize, turn: usize) -> Vec<Vec<Run>> {
         let mut plan = Schedule::default();
         plan.plan(queued, max_segments, turn);
+        rounds_of(&plan)
+    }
+
+    fn rounds_of(plan: &Schedule) -> Vec<Vec<Run>> {
         plan.rounds().map(<[Run]>::to_vec).collect()
+    }
+
+    /// Waits (up to 5 s) until the sender threads have counted `n` packets
+    /// as sent: a run is counted once its `sendmsg` returns, which can be
+    /// after the receivers have read it.
+    fn counted_as_sent(c: &SendCounters, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.packets.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "every packet is counted as sent");
+            std::thread::yield_now();
+        }
     }
 
     /// Packets of the given (port, len), laid out back to back.
@@ -919,13 +935,12 @@ pub(crate) mod tests {
         let b = queue(&[(7, 1000), (8, 1000), (7, 1000), (9, 90)]);
         let mut plan = Schedule::default();
         plan.plan(&a, 64, 16);
-        let rounds = |p: &Schedule| p.rounds().map(<[Run]>::to_vec).collect::<Vec<_>>();
-        assert_eq!(rounds(&plan), schedule(&a, 64, 16));
+        assert_eq!(rounds_of(&plan), schedule(&a, 64, 16));
         // Nothing of the first batch is left in the second's plan.
         plan.plan(&b, 64, 16);
-        assert_eq!(rounds(&plan), schedule(&b, 64, 16));
+        assert_eq!(rounds_of(&plan), schedule(&b, 64, 16));
         assert_eq!(
-            shape(&rounds(&plan).concat()),
+            shape(&rounds_of(&plan).concat()),
             vec![(7, 1000, 1), (7, 1000, 1), (8, 1000, 1), (9, 90, 1)]
         );
         // Planning the first batch again needs no more room than the
@@ -944,7 +959,7 @@ pub(crate) mod tests {
         plan.plan(&b, 64, 16);
         plan.plan(&a, 64, 16);
         assert_eq!(room(&plan), before);
-        assert_eq!(rounds(&plan), schedule(&a, 64, 16));
+        assert_eq!(rounds_of(&plan), schedule(&a, 64, 16));
         // An empty batch has no rounds.
         plan.plan(&[], 64, 16);
         assert_eq!(plan.rounds().count(), 0);
@@ -991,14 +1006,8 @@ pub(crate) mod tests {
                 assert_eq!(&buf[..got], &want[..], "receiver {i}");
             }
         }
-        // The sender thread counts a run once `sendmsg` returns, which may
-        // be after the receivers read it.
         let c = sender.counters();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while c.packets.load(Ordering::Relaxed) < u64::from(n) {
-            assert!(Instant::now() < deadline, "every packet is counted as sent");
-            tokio::task::yield_now().await;
-        }
+        counted_as_sent(&c, u64::from(n));
         assert_eq!(c.packets.load(Ordering::Relaxed), u64::from(n));
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
         let sends = c.sends.load(Ordering::Relaxed);
@@ -1188,12 +1197,7 @@ pub(crate) mod tests {
         let c = sender.counters();
         assert_eq!(c.direct.load(Ordering::Relaxed), 450);
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
-        // Counted just after the send that delivered it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while c.packets.load(Ordering::Relaxed) < 450 {
-            assert!(Instant::now() < deadline, "every packet is counted as sent");
-            std::thread::yield_now();
-        }
+        counted_as_sent(&c, 450);
     }
 
     #[tokio::test]
