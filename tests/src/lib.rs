@@ -37,6 +37,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A task's or process's name and its user and system CPU time in clock
+/// ticks (`comm`, `utime`, `stime`), from the text of its `/proc/.../stat`;
+/// `None` if the text is not such a line. The name may hold spaces and
+/// parentheses, so the fields are counted from its last `)`: after it come
+/// the state (field 3), ..., utime (14) and stime (15).
+pub fn proc_stat_cpu(stat: &str) -> Option<(&str, u64, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut after = stat.get(close + 1..)?.split_whitespace().skip(11);
+    let user = after.next()?.parse().ok()?;
+    let system = after.next()?.parse().ok()?;
+    Some((stat.get(open + 1..close)?, user, system))
+}
+
 /// A UDP port free on loopback right now.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -510,5 +523,18 @@ pub async fn api_process_on(port: u16, envs: &[(&str, String)]) -> Proc {
             "the api did not answer {url} within 15 s"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_stat_cpu_reads_the_name_and_times_past_a_name_with_spaces_and_parentheses() {
+        let line = "4242 (udp (send) 0) S 1 4242 4242 0 -1 4194368 120 0 0 0 731 268 0 0 20 0 9 0 1234 0 0";
+        assert_eq!(super::proc_stat_cpu(line), Some(("udp (send) 0", 731, 268)));
+        assert_eq!(super::proc_stat_cpu("4242 (short) S 1 2"), None);
+        assert_eq!(super::proc_stat_cpu(""), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(super::proc_stat_cpu(&own).is_some(), "{own}");
     }
 }

@@ -318,10 +318,8 @@ pub fn measure_case(
 /// utime + stime of the calling thread (Linux, 10 ms ticks).
 pub(crate) fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    let (_, user, system) = crate::proc_stat_cpu(&stat)?;
+    Some(Duration::from_millis((user + system) * 10))
 }
 
 /// A receiver's context decrypts each sealed packet (in order) to its

@@ -90,17 +90,10 @@ fn thread_cpu() -> HashMap<String, f64> {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
-        // pid (comm) state ...: comm may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some((comm, user, system)) = system_tests::proc_stat_cpu(&stat) else {
             continue;
         };
-        let comm = &stat[open + 1..close];
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // Fields after comm start at 3 (state); utime is 14, stime 15.
-        let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
-            continue;
-        };
-        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
+        let secs = (user + system) as f64 / tick;
         *by_name.entry(group(comm).to_owned()).or_insert(0.0) += secs;
     }
     by_name

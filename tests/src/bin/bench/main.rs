@@ -384,13 +384,7 @@ fn proc_cpu_wait(pid: u32) -> Duration {
 /// kernel's share says how much of its cost is the send path.
 fn proc_user_system_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; the fields after it
-    // start at the state (field 3), so utime (14) and stime (15) are the
-    // 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let mut f = after.split_whitespace().skip(11);
-    let mut tick = || f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    (tick(), tick())
+    system_tests::proc_stat_cpu(&stat).map_or((0, 0), |(_, user, system)| (user, system))
 }
 
 /// VmRSS in KiB.
