@@ -14,14 +14,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bus_schema::{
-    decode, Bus, CreateSession, ErrorCode, GetSession, Keepalive, ListSessions, SessionId,
-    StopSession, Subjects, WireError,
+    decode, Bus, CreateSession, ErrorCode, GetSession, Keepalive, ListCursor, ListSessions,
+    SessionId, StopSession, Subjects, WireError,
 };
 use serde::Deserialize;
 
@@ -140,21 +141,30 @@ async fn create(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+/// `GET /api/sessions?include_ended=&limit=&after=`: `session.list`'s
+/// fields as query parameters.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
     include_ended: bool,
+    limit: Option<u32>,
+    after: Option<ListCursor>,
 }
 
 async fn list(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&s, &headers)?;
+    let Query(q) = q.map_err(|e| WireError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let cmd = ListSessions {
         include_ended: q.include_ended,
+        limit: q.limit,
+        after: q.after,
     };
+    cmd.validate()?;
     Ok(Json(
         s.bus.request(&s.bus.subjects.session_list(), &cmd).await?,
     ))

@@ -230,13 +230,99 @@ impl CreateSession {
     }
 }
 
-/// `session.list`: the registry's sessions, optionally filtered.
+/// The most sessions one `session.list` page may ask for.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// `session.list`: the registry's sessions, oldest first, optionally
+/// filtered, one page per request. A page holds at most `limit` sessions
+/// and never more than fits in one NATS message; when more follow, the
+/// reply's `next` is the cursor to pass as `after` for the next page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListSessions {
     /// Include ended sessions still retained in the registry.
     #[serde(default)]
     pub include_ended: bool,
+    /// At most this many sessions (1 to [`MAX_LIST_LIMIT`]); without it, as
+    /// many as fit in one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Start after this session: the `next` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ListCursor>,
+}
+
+impl ListSessions {
+    /// Checks ranges that the type system cannot.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self.limit {
+            Some(n) if n == 0 || n > MAX_LIST_LIMIT => Err(WireError::new(
+                crate::error::ErrorCode::InvalidRequest,
+                format!("limit must be 1 to {MAX_LIST_LIMIT}, not {n}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A place in `session.list`'s order (creation time, then id): the last
+/// session of a page. On the wire a string, `<created_at>/<id>`; callers
+/// pass it back as they got it. A cursor stays valid when its session is
+/// deleted: the next page starts after where that session was.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListCursor {
+    // Field order is the list's order: the derived `Ord` compares
+    // `created_at` first.
+    pub created_at: Timestamp,
+    pub id: SessionId,
+}
+
+impl ListCursor {
+    /// Where `record` sits in the list's order.
+    pub fn of(record: &SessionRecord) -> Self {
+        Self {
+            created_at: record.created_at,
+            id: record.id.clone(),
+        }
+    }
+}
+
+impl TryFrom<String> for ListCursor {
+    type Error = WireError;
+    fn try_from(s: String) -> Result<Self, WireError> {
+        let bad = |why: String| {
+            WireError::new(
+                crate::error::ErrorCode::InvalidRequest,
+                format!("after: {s:?} is not a session.list cursor ({why})"),
+            )
+        };
+        let (at, id) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected <created_at>/<id>".into()))?;
+        Ok(Self {
+            created_at: Timestamp::try_from(at.to_string()).map_err(|e| bad(e.message))?,
+            id: SessionId::parse(id).map_err(|e| bad(e.message))?,
+        })
+    }
+}
+
+impl From<ListCursor> for String {
+    fn from(c: ListCursor) -> String {
+        format!("{}/{}", c.created_at, c.id)
+    }
+}
+
+impl JsonSchema for ListCursor {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ListCursor".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A session.list cursor, <created_at>/<id>: pass a reply's `next` back as `after`",
+        })
+    }
 }
 
 /// `session.<id>.get`: no fields.
@@ -376,10 +462,14 @@ pub struct SessionInfo {
     pub revision: u64,
 }
 
-/// Reply to `session.list`.
+/// Reply to `session.list`: one page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
+    /// More sessions follow: ask again with this as `after`. Absent on the
+    /// last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ListCursor>,
 }
 
 // ---------------------------------------------------------------- liveness

@@ -699,7 +699,18 @@ fn valid_command() -> impl Strategy<Value = Vec<u8>> {
             .prop_map(|detail| round_trip_command(&StopSession { detail })),
         any::<u64>().prop_map(|epoch| round_trip_command(&AdoptSession { epoch })),
         any::<u64>().prop_map(|epoch| round_trip_command(&Fence { epoch })),
-        any::<bool>().prop_map(|include_ended| round_trip_command(&ListSessions { include_ended })),
+        (
+            any::<bool>(),
+            proptest::option::of(1..=MAX_LIST_LIMIT),
+            proptest::option::of((timestamp(), session_id()))
+        )
+            .prop_map(
+                |(include_ended, limit, after)| round_trip_command(&ListSessions {
+                    include_ended,
+                    limit,
+                    after: after.map(|(created_at, id)| ListCursor { created_at, id }),
+                })
+            ),
         (peer_id(), role()).prop_map(|(peer, role)| round_trip_command(&JoinPeer { peer, role })),
     ];
     prop_oneof![create, signal, others]

@@ -985,6 +985,7 @@ fn rejected_fixtures_stay_rejected() {
         let err = match ty.as_str() {
             "CreateSession" => decode::<CreateSession>(&bytes).map(drop),
             "StopSession" => decode::<StopSession>(&bytes).map(drop),
+            "ListSessions" => decode::<ListSessions>(&bytes).map(drop),
             "JoinPeer" => decode::<JoinPeer>(&bytes).map(drop),
             "PeerSignal" => decode::<PeerSignal>(&bytes).map(drop),
             "InjectInput" => decode::<InjectInput>(&bytes).map(drop),

@@ -82,15 +82,29 @@ pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
     store: tempfile::TempDir,
+    /// Extra configuration (nats-server's config file syntax), if any.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     pub async fn start() -> Self {
+        Self::start_with_config("").await
+    }
+
+    /// A server with `config` (lines of nats-server's config file, such as
+    /// `max_payload: 32768`) on top of the usual flags.
+    pub async fn start_with_config(config: &str) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
+        let config = (!config.is_empty()).then(|| {
+            let path = store.path().join("nats-server.conf");
+            std::fs::write(&path, config).expect("write nats-server config");
+            path
+        });
         let mut s = Self {
             port: free_port(),
             child: None,
             store,
+            config,
         };
         s.spawn().await;
         s
@@ -110,6 +124,11 @@ impl NatsServer {
                     "-sd",
                 ])
                 .arg(self.store.path())
+                .args(
+                    self.config
+                        .iter()
+                        .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

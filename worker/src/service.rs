@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
-use crate::core::{Placement, Refusal};
+use crate::core::{listing, Placement, Refusal};
 use crate::session::{Cmd, Session, SessionHandle};
 use crate::{Ctx, WorkerError};
 
@@ -268,16 +268,23 @@ async fn get(ctx: &Ctx, req: &Request) -> Result<SessionInfo, WireError> {
     }
 }
 
+/// Room left in a reply for the envelope and `next` around a page's
+/// sessions (under 200 bytes; the rest is margin).
+const LIST_REPLY_RESERVE: usize = 1024;
+
 async fn list(ctx: &Ctx, req: &Request) -> Result<SessionList, WireError> {
     let q: ListSessions = decode(&req.message.payload)?;
+    q.validate()?;
     let all = ctx.registry.list().await.map_err(registry_err)?;
-    Ok(SessionList {
-        sessions: all
-            .into_iter()
-            .filter(|v| q.include_ended || v.record.state != SessionState::Ended)
-            .map(|v| v.info())
-            .collect(),
-    })
+    // A reply larger than the server's payload limit would never reach
+    // the caller, who would time out instead: a page stops short of it.
+    let max = ctx.bus.client.server_info().max_payload;
+    let budget = max.saturating_sub(LIST_REPLY_RESERVE);
+    Ok(listing::page(
+        all.into_iter().map(|v| v.info()).collect(),
+        &q,
+        budget,
+    ))
 }
 
 /// Hands a request to another worker with the caller's reply subject; that

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod cluster;
 pub mod directory;
 pub mod lease;
+pub mod listing;
 
 pub use clock::SessionClock;
 pub use cluster::{Cluster, Placement};
