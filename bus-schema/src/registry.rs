@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::codec::{decode_record, encode};
 use crate::ids::SessionId;
@@ -58,6 +58,8 @@ impl Versioned {
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
+    /// For the inbox of [`Registry::list`]'s consumer.
+    client: async_nats::Client,
 }
 
 impl std::fmt::Debug for Registry {
@@ -75,7 +77,10 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let bucket = subjects.registry_bucket();
         if let Ok(kv) = js.get_key_value(&bucket).await {
-            return Ok(Self { kv });
+            return Ok(Self {
+                kv,
+                client: js.client(),
+            });
         }
         // The bucket's stream is created directly, with the key-value
         // conventions (KV_<bucket>, $KV.<bucket>.>, one value per key):
@@ -102,7 +107,10 @@ impl Registry {
             Ok(_) => js.get_key_value(&bucket).await.map_err(unavailable),
             Err(e) => Err(unavailable(e)),
         };
-        kv.map(|kv| Self { kv })
+        kv.map(|kv| Self {
+            kv,
+            client: js.client(),
+        })
     }
 
     /// Opens the bucket, retrying until `deadline` passes (services start
@@ -187,29 +195,71 @@ impl Registry {
             })
     }
 
-    /// Every readable record. Unreadable entries are logged and skipped.
+    /// Every readable record, oldest first (creation time, then id: the
+    /// order of `session.list`). Unreadable entries are logged and skipped.
+    ///
+    /// One ordered consumer delivers each key's last message, values
+    /// included (not a `get` per key: about 115 µs each on loopback, so a
+    /// list of 3,000 took a third of a second), and the listing ends with
+    /// the message the server had pending last when the consumer started.
     pub async fn list(&self) -> Result<Vec<Versioned>, RegistryError> {
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(k) => k.try_collect().await.map_err(unavailable)?,
-            Err(e) => return Err(unavailable(e)),
-        };
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Ok(id) = SessionId::parse(key.as_str()) else {
-                tracing::warn!(%key, "registry key is not a session id; skipped");
-                continue;
-            };
-            match self.get(&id).await {
-                Ok(Some(v)) => out.push(v),
-                Ok(None) => {}
-                Err(RegistryError::Corrupt { key, reason }) => {
-                    tracing::warn!(%key, %reason, "unreadable registry entry; skipped")
+        use jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("session registry listing".into()),
+                filter_subject: format!("{}>", self.kv.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(unavailable)?;
+            loop {
+                let Some(m) = messages.next().await else {
+                    return Err(unavailable("registry listing ended early"));
+                };
+                let m = m.map_err(unavailable)?;
+                let info = m.info().map_err(unavailable)?;
+                let (revision, last) = (info.stream_sequence, info.pending == 0);
+                self.listed(&m.message, revision, &mut out);
+                if last {
+                    break;
                 }
-                Err(e) => return Err(e),
             }
         }
-        out.sort_by_key(|v| v.record.created_at);
+        out.sort_by_cached_key(|v| crate::ListCursor::of(&v.record));
         Ok(out)
+    }
+
+    /// Adds one message of a listing to `out`, if it holds a readable
+    /// record (not a deletion marker).
+    fn listed(&self, m: &async_nats::Message, revision: u64, out: &mut Vec<Versioned>) {
+        let key = m
+            .subject
+            .strip_prefix(self.kv.prefix.as_str())
+            .unwrap_or(&m.subject);
+        let op = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .map(|v| v.as_str());
+        if matches!(op, Some("DEL") | Some("PURGE")) {
+            return;
+        }
+        if SessionId::parse(key).is_err() {
+            tracing::warn!(%key, "registry key is not a session id; skipped");
+            return;
+        }
+        match Self::parse(key, &m.payload, revision) {
+            Ok(v) => out.push(v),
+            Err(e) => tracing::warn!(error = %e, "unreadable registry entry; skipped"),
+        }
     }
 }
 
@@ -232,7 +282,10 @@ impl Registry {
             .get_key_value(subjects.registry_bucket())
             .await
             .map_err(unavailable)?;
-        Ok(Self { kv })
+        Ok(Self {
+            kv,
+            client: js.client(),
+        })
     }
 
     /// Every entry's current value, then every change, in order (a

@@ -261,3 +261,52 @@ async fn rest_list_pages_with_limit_and_after() {
         );
     }
 }
+
+#[tokio::test]
+async fn registry_list_skips_deleted_unreadable_and_foreign_entries() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let c = nats.client().await;
+    let js = async_nats::jetstream::new(c.clone());
+    let reg = Registry::open(&js, &Subjects::default(), Storage::Memory)
+        .await
+        .expect("registry opens");
+    assert_eq!(reg.list().await.expect("an empty registry lists"), []);
+
+    fill_registry(&c).await;
+    let kv = js
+        .get_key_value(Subjects::default().registry_bucket())
+        .await
+        .expect("bucket");
+    // One deleted, one not a record, one under a key that is no session id,
+    // and one rewritten (its revision must be the latest).
+    let gone = SessionId::parse("s-001").unwrap();
+    let rev = reg.get(&gone).await.unwrap().expect("s-001").revision;
+    reg.delete(&gone, rev).await.expect("deleted");
+    kv.put("s-002", "not json".into()).await.expect("put");
+    kv.put("a=b", "{}".into()).await.expect("put");
+    let mut v = reg
+        .get(&SessionId::parse("s-003").unwrap())
+        .await
+        .unwrap()
+        .expect("s-003");
+    v.record.viewers = 7;
+    let rev = reg.update(&v.record, v.revision).await.expect("updated");
+
+    let listed = reg.list().await.expect("lists");
+    let ids: Vec<&str> = listed.iter().map(|v| v.record.id.as_str()).collect();
+    let want: Vec<String> = expected(true)
+        .into_iter()
+        .filter(|id| id != "s-001" && id != "s-002")
+        .collect();
+    assert_eq!(ids, want);
+    let s3 = listed
+        .iter()
+        .find(|v| v.record.id.as_str() == "s-003")
+        .unwrap();
+    assert_eq!((s3.record.viewers, s3.revision), (7, rev));
+    for v in &listed {
+        let one = reg.get(&v.record.id).await.unwrap().unwrap();
+        assert_eq!(one.revision, v.revision, "{}", v.record.id);
+    }
+}
