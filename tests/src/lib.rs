@@ -482,6 +482,50 @@ pub async fn registry_get(client: &async_nats::Client, id: &str) -> Option<serde
         .map(|v| serde_json::to_value(v.record).expect("record to JSON"))
 }
 
+/// A registry record of a session no worker runs (owner `w-ghost`), created
+/// `created_s` seconds into 2027, with `labels` labels of 100 bytes each
+/// (each makes the record about 115 bytes longer). For filling a registry
+/// without starting sessions.
+pub fn ghost_record(
+    id: &str,
+    created_s: u64,
+    ended: bool,
+    labels: usize,
+) -> bus_schema::SessionRecord {
+    use bus_schema::*;
+    let at = Timestamp::from_system(
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600 + created_s),
+    );
+    SessionRecord {
+        id: SessionId::parse(id).expect("valid id"),
+        owner: WorkerId::parse("w-ghost").expect("valid id"),
+        epoch: 1,
+        state: if ended {
+            SessionState::Ended
+        } else {
+            SessionState::Live
+        },
+        spec: SessionSpec {
+            source: SourceSpec::default(),
+            idle_ttl: HumanDuration::parse("5m").expect("duration"),
+            max_lifetime: HumanDuration::parse("1h").expect("duration"),
+            on_worker_lost: OnWorkerLost::End,
+            labels: (0..labels)
+                .map(|k| (format!("label-{k}"), "x".repeat(100)))
+                .collect(),
+        },
+        created_at: at,
+        updated_at: at,
+        live_at: None,
+        ended: ended.then_some(Ended {
+            reason: EndReason::Stopped,
+            at,
+            detail: None,
+        }),
+        viewers: 0,
+    }
+}
+
 /// Subscribes and flushes, so the server knows the subscription before the
 /// caller triggers what it waits for.
 pub async fn subscribe(

@@ -3,13 +3,10 @@
 //! small enough that a few dozen sessions overflow it.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bus_schema::registry::{Registry, Storage};
-use bus_schema::{
-    EndReason, Ended, HumanDuration, SessionId, SessionRecord, SessionSpec, SessionState,
-    SourceSpec, Subjects, Timestamp, WorkerId,
-};
+use bus_schema::{SessionId, Subjects};
 use serde_json::{json, Value};
 use system_tests::*;
 
@@ -25,45 +22,16 @@ fn ended(i: usize) -> bool {
 
 /// Writes `SESSIONS` records straight into the registry, owned by a worker
 /// that does not exist (nothing here reaps them), with labels to make each
-/// record about 800 bytes.
+/// record about 800 bytes. Creation times repeat in threes, so the id
+/// breaks ties.
 async fn fill_registry(client: &async_nats::Client) {
     let js = async_nats::jetstream::new(client.clone());
     let reg = Registry::open(&js, &Subjects::default(), Storage::Memory)
         .await
         .expect("registry opens");
     for i in 0..SESSIONS {
-        // Creation times repeat in threes, so the id breaks ties.
-        let at = Timestamp::from_system(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + (i / 3) as u64),
-        );
-        let record = SessionRecord {
-            id: SessionId::parse(format!("s-{:03}", SESSIONS - i)).unwrap(),
-            owner: WorkerId::parse("w-ghost").unwrap(),
-            epoch: 1,
-            state: if ended(i) {
-                SessionState::Ended
-            } else {
-                SessionState::Live
-            },
-            spec: SessionSpec {
-                source: SourceSpec::default(),
-                idle_ttl: HumanDuration::parse("5m").unwrap(),
-                max_lifetime: HumanDuration::parse("1h").unwrap(),
-                on_worker_lost: Default::default(),
-                labels: (0..4)
-                    .map(|k| (format!("label-{k}"), "x".repeat(100)))
-                    .collect(),
-            },
-            created_at: at,
-            updated_at: at,
-            live_at: None,
-            ended: ended(i).then_some(Ended {
-                reason: EndReason::Stopped,
-                at,
-                detail: None,
-            }),
-            viewers: 0,
-        };
+        let id = format!("s-{:03}", SESSIONS - i);
+        let record = ghost_record(&id, (i / 3) as u64, ended(i), 4);
         reg.create(&record).await.expect("record written");
     }
 }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bus_schema::registry::{Registry, Storage};
 use bus_schema::{
-    Bus, CreateSession, GetStats, Heartbeat, OnWorkerLost, Role, SessionEvent, SessionEventKind,
-    SessionId, SessionState, SourceSpec, StopSession, Subjects,
+    Bus, CreateSession, GetStats, Heartbeat, ListCursor, ListSessions, OnWorkerLost, Role,
+    SessionEvent, SessionEventKind, SessionId, SessionState, SourceSpec, StopSession, Subjects,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -52,6 +52,8 @@ struct Plan {
     hold: Duration,
     creates_small: usize,
     creates_hd: usize,
+    /// Section 1: sessions in the registry for the `session.list` rows.
+    list_sessions: usize,
     throughput_clients: usize,
     throughput_window: Duration,
     reap_reps: usize,
@@ -81,6 +83,7 @@ impl Plan {
                 hold,
                 creates_small: 15,
                 creates_hd: 5,
+                list_sessions: 300,
                 throughput_clients: 8,
                 throughput_window: Duration::from_secs(4),
                 reap_reps: 2,
@@ -99,6 +102,7 @@ impl Plan {
                 hold,
                 creates_small: 50,
                 creates_hd: 20,
+                list_sessions: 3000,
                 throughput_clients: 8,
                 throughput_window: Duration::from_secs(10),
                 reap_reps: 5,
@@ -660,6 +664,84 @@ async fn bench_create_latency(env: &Env, plan: &Plan, report: &mut Report) -> an
             json!({"started": data}),
         );
     }
+    bench_list(&client, &bus, plan, report).await
+}
+
+/// Row 1c: `session.list` against a registry of `plan.list_sessions`
+/// records that no worker runs, written straight into the bucket.
+async fn bench_list(
+    client: &async_nats::Client,
+    bus: &Bus,
+    plan: &Plan,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = plan.list_sessions;
+    let js = async_nats::jetstream::new(client.clone());
+    let reg = Registry::open(&js, &bus.subjects, Storage::File).await?;
+    for i in 0..n {
+        let id = format!("list-{i:05}");
+        reg.create(&system_tests::ghost_record(&id, i as u64, false, 2))
+            .await?;
+    }
+    let list = |limit: Option<u32>, after: Option<ListCursor>| async move {
+        bus.request(
+            &bus.subjects.session_list(),
+            &ListSessions {
+                include_ended: false,
+                limit,
+                after,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("session.list: {} {}", e.code.as_str(), e.message))
+    };
+    let mut first = Vec::new();
+    for _ in 0..50 {
+        let t0 = Instant::now();
+        let page = list(Some(100), None).await?;
+        first.push(t0.elapsed());
+        anyhow::ensure!(page.sessions.len() == 100.min(n), "a short first page");
+    }
+    // Whole walks, in pages of 100 and in pages as large as fit.
+    let mut walks = Vec::new();
+    for limit in [Some(100), None] {
+        let (t0, mut after, mut pages, mut seen) = (Instant::now(), None, 0, 0);
+        loop {
+            let page = list(limit, after.take()).await?;
+            pages += 1;
+            seen += page.sessions.len();
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        anyhow::ensure!(seen == n, "a walk saw {seen} of {n} sessions");
+        walks.push((limit, t0.elapsed(), pages));
+    }
+    let (text, data) = dist_text(&first);
+    let walk_text = walks
+        .iter()
+        .map(|(limit, took, pages)| {
+            let by = limit.map_or("as many as fit".to_string(), |l| format!("{l}"));
+            format!("whole list by {by}: {} in {pages} pages", ms(*took))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    report.row(
+        "1c",
+        &format!("`session.list` with {n} sessions in the registry"),
+        format!("first page of 100: {text}; {walk_text}"),
+        &format!(
+            "{n} records (about 500 bytes each) written straight into the registry, owned by no live worker; 50 requests for the first page of 100, then whole walks following `next`; timed in the client"
+        ),
+        json!({
+            "sessions": n,
+            "first_page": data,
+            "walks": walks.iter().map(|(limit, took, pages)| json!({
+                "limit": limit, "ms": took.as_secs_f64() * 1e3, "pages": pages,
+            })).collect::<Vec<_>>(),
+        }),
+    );
     Ok(())
 }
 
