@@ -3,6 +3,8 @@
 //! service from NATS, and deadline-bounded waits.
 
 pub mod browser;
+pub mod ffmpeg;
+pub use ffmpeg::RtpSender;
 pub mod srtp_floor;
 pub mod udp_floor;
 pub mod viewer;

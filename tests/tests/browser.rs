@@ -284,6 +284,45 @@ async fn a_browser_decodes_through_the_one_batched_udp_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_joining_an_rtp_session_between_idrs_decodes_at_once_and_plays_on() {
+    let _serial = SERIAL.lock().await;
+    let port = free_udp_port();
+    let stack = Stack::start_with("w-gop", |c| c.udp_port = Some(port)).await;
+    let driver = ChromeDriver::start().await;
+    let vport = free_udp_port();
+    let r = stack
+        .http
+        .post(format!("{}/api/sessions", stack.base))
+        .json(&json!({"id": "gop", "source": {"kind": "rtp", "video_port": vport}}))
+        .send()
+        .await
+        .expect("POST /api/sessions");
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    // One IDR every 40 s; the browser joins 2 s after the first.
+    let _sender = RtpSender::start(vport, None, 600);
+    stack
+        .wait_stats("gop", "an IDR and 30 frames from ffmpeg", |s| {
+            s["rtp"]["video"]["keyframes"] == json!(1)
+                && s["rtp"]["video"]["frames"].as_u64() >= Some(30)
+        })
+        .await;
+    let token = stack.mint("gop", json!({"role": "view"})).await;
+    let b = driver.browser("G").await;
+    b.open(&stack.page(&token)).await;
+    let s = wait_decoding(&b).await;
+    let rtp = stack.stats("gop").await["rtp"]["video"].clone();
+    assert_eq!(
+        rtp["keyframes"],
+        json!(1),
+        "the browser decoded without a new IDR: {rtp}; {s}"
+    );
+    // It plays on with the live frames after the replayed ones.
+    let frames = wait_still_decoding(&b).await;
+    eprintln!("joined between IDRs: {s}; still decoding at {frames} frames; {rtp}");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_controller_reach_the_aggregator_and_view_only_keys_do_not() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::start("w-keys").await;

@@ -116,78 +116,6 @@ fn free_udp_port() -> u16 {
         .expect("a free UDP port")
 }
 
-/// Debian's ffmpeg sending the test picture (H.264 constrained baseline,
-/// an IDR every second) and a tone (Opus) as plain RTP; killed on drop.
-struct RtpSender(std::process::Child);
-
-impl RtpSender {
-    fn start(video_port: u16, audio_port: Option<u16>) -> Self {
-        let mut args: Vec<String> = [
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=15",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-map",
-            "0:v",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-profile:v",
-            "baseline",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "15",
-            "-bf",
-            "0",
-            "-f",
-            "rtp",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(format!("rtp://127.0.0.1:{video_port}"));
-        if let Some(port) = audio_port {
-            for a in [
-                "-map",
-                "1:a",
-                "-c:a",
-                "libopus",
-                "-payload_type",
-                "111",
-                "-f",
-                "rtp",
-            ] {
-                args.push(a.into());
-            }
-            args.push(format!("rtp://127.0.0.1:{port}"));
-        }
-        let child = std::process::Command::new("/usr/bin/ffmpeg")
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("ffmpeg runs (scripts/setup.sh installs it)");
-        RtpSender(child)
-    }
-}
-
-impl Drop for RtpSender {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn rtp_spec(video: u16, audio: Option<u16>) -> String {
     match audio {
         Some(a) => format!(r#"{{"kind":"rtp","video_port":{video},"audio_port":{a}}}"#),
@@ -291,7 +219,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     assert_eq!(frames(&c, "rtp-feed").await, 0);
     assert!(!port_is_free(vport).await && !port_is_free(aport).await);
 
-    let sender = RtpSender::start(vport, Some(aport));
+    let sender = RtpSender::start(vport, Some(aport), 15);
     wait_for(
         "frames from ffmpeg in the session's stats",
         Duration::from_secs(20),
@@ -319,7 +247,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     // takes over: the viewer gets its IDRs too.
     drop(sender);
     let keys = got.keyframes.load(Ordering::Relaxed);
-    let _sender = RtpSender::start(vport, Some(aport));
+    let _sender = RtpSender::start(vport, Some(aport), 15);
     wait_for(
         "a keyframe from the restarted sender",
         Duration::from_secs(20),
@@ -337,6 +265,69 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     )
     .await;
     let _ = pc.close().await;
+}
+
+/// A viewer joins an RTP session well after the sender's only IDR (one
+/// every 40 s): it decodes a picture from the video since that IDR, with
+/// no new IDR sent, then keeps receiving live frames.
+async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>) {
+    use std::sync::atomic::Ordering;
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let mut wc = cfg(&nats);
+    wc.udp_port = udp_port;
+    let _w = worker(wc);
+    let c = nats.client().await;
+    ready(&c).await;
+    let vport = free_udp_port();
+    let r = create(&c, "rtp-gop", &rtp_spec(vport, None)).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+    let _sender = RtpSender::start(vport, None, 600);
+    // Two seconds in (30 frames at 15 fps): mid-way between IDRs.
+    let rtp = rtp_stats_until(&c, "rtp-gop", "an IDR and 30 frames", |rtp| {
+        rtp["video"]["keyframes"] == json!(1) && rtp["video"]["frames"].as_u64() >= Some(30)
+    })
+    .await;
+    eprintln!("joining at {}", rtp["video"]);
+
+    let bus = bus_schema::Bus::new(c.clone(), bus_schema::Subjects::default())
+        .with_timeout(Duration::from_secs(10));
+    let id = bus_schema::SessionId::parse("rtp-gop").unwrap();
+    let (pc, got) = rtc_viewer(&bus, &id).await;
+    wait_for(
+        "the viewer to decode a 320x240 picture",
+        Duration::from_secs(20),
+        || async { (*got.decoded.lock().unwrap() == Some((320, 240))).then_some(()) },
+    )
+    .await;
+    let rtp = rtp_stats_until(&c, "rtp-gop", "stats", |_| true).await;
+    assert_eq!(
+        rtp["video"]["keyframes"],
+        json!(1),
+        "the picture came from the IDR before the join: {rtp}"
+    );
+    assert_eq!(
+        got.keyframes.load(Ordering::Relaxed),
+        1,
+        "one IDR, replayed"
+    );
+    // Live frames follow the replay.
+    let seen = got.frames.load(Ordering::Relaxed);
+    wait_for("15 more frames", Duration::from_secs(10), || async {
+        (got.frames.load(Ordering::Relaxed) >= seen + 15).then_some(())
+    })
+    .await;
+    let _ = pc.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_between_idrs_decodes_at_once_on_the_one_udp_port() {
+    a_viewer_joining_between_idrs_decodes_at_once(Some(free_udp_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_between_idrs_decodes_at_once_on_a_port_per_peer() {
+    a_viewer_joining_between_idrs_decodes_at_once(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +376,7 @@ async fn rtp_sessions_are_independent_and_bad_ports_are_clear_errors() {
         create(&c, "b", &rtp_spec(b, None)).await["result"]["state"],
         "live"
     );
-    let _sender = RtpSender::start(a, None);
+    let _sender = RtpSender::start(a, None, 15);
     wait_for("frames in session a", Duration::from_secs(20), || async {
         (frames(&c, "a").await >= 5).then_some(())
     })

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::direct::{DirectOut, Outbox};
 use crate::rtc::{random_u32, PayloadCache, SendGate};
-use crate::source::{Media, SourceTap};
+use crate::source::{Gop, Media, SourceTap};
 use crate::udp_batch::UdpQueue;
 
 /// NACKs from all of a session's viewers waiting for the fan-out; past
@@ -57,6 +57,9 @@ struct Member {
 pub struct Fanout {
     members: Vec<Member>,
     outbox: Outbox,
+    /// The RTP source's video since its last IDR, as far as this fan-out
+    /// has taken the broadcast: what a joining viewer gets first.
+    gop: Gop,
 }
 
 impl Fanout {
@@ -66,21 +69,53 @@ impl Fanout {
         Self {
             members: Vec::new(),
             outbox: Outbox::new(lanes),
+            gop: Gop::default(),
         }
     }
 
-    /// Adds a viewer; its video starts at the next keyframe. `ts_bases`
-    /// offset its video (90 kHz) and audio (48 kHz) RTP timestamps.
-    pub fn join(&mut self, id: u64, out: DirectOut, left: CancellationToken, ts_bases: (u32, u32)) {
+    /// Adds a viewer. Its video starts with the video since the source's
+    /// last IDR when this fan-out holds it (an RTP source, see
+    /// [`Gop::replay`]), else at the next keyframe. `ts_bases` offset its
+    /// video (90 kHz) and audio (48 kHz) RTP timestamps.
+    pub fn join(
+        &mut self,
+        id: u64,
+        out: DirectOut,
+        left: CancellationToken,
+        ts_bases: (u32, u32),
+        now: Instant,
+    ) {
         self.members.retain(|m| m.id != id);
-        self.members.push(Member {
+        let mut m = Member {
             id,
             out,
             left,
             need_key: true,
             video_ts_base: ts_bases.0,
             audio_ts_base: ts_bases.1,
-        });
+        };
+        if !self.gop.is_empty() {
+            let base = m.video_ts_base;
+            let replay = self.gop.replay();
+            let packets = replay
+                .iter()
+                .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
+            m.out.send_video(packets, now, &mut self.outbox);
+            m.need_key = false;
+        }
+        self.members.push(m);
+    }
+
+    /// Starts from `gop`, the source's group of pictures taken with a new
+    /// subscription to its broadcast.
+    pub fn resume_from(&mut self, gop: Gop) {
+        self.gop = gop;
+    }
+
+    /// Forgets the group of pictures: broadcast items were missed, or the
+    /// fan-out stops taking the broadcast.
+    pub fn forget_gop(&mut self) {
+        self.gop.clear();
     }
 
     /// Drops the viewers that have closed; returns how many remain.
@@ -103,6 +138,7 @@ impl Fanout {
 
     /// Seals one broadcast item for every viewer that takes it.
     pub fn media(&mut self, media: &Media, payloads: &PayloadCache, now: Instant) {
+        self.gop.push(media);
         let outbox = &mut self.outbox;
         match media {
             Media::Video(v) => {
@@ -274,9 +310,20 @@ async fn run(
                 match c {
                     None => return,
                     Some(Control::Join { id, out, left }) => {
-                        fan.join(id, *out, left, (random_u32(), random_u32()));
                         if rx.is_none() {
-                            rx = Some(tap.subscribe());
+                            let (gop, sub) = tap.subscribe_with_gop();
+                            fan.resume_from(gop);
+                            rx = Some(sub);
+                        }
+                        let now = Instant::now();
+                        if gate.open(now) {
+                            fan.join(id, *out, left, (random_u32(), random_u32()), now);
+                            fan.outbox().flush(&mut udp);
+                        } else {
+                            // Suspended: nothing leaves; the viewer starts
+                            // at a keyframe once the session may send.
+                            fan.forget_gop();
+                            fan.join(id, *out, left, (random_u32(), random_u32()), now);
                         }
                         tap.request_keyframe();
                     }
@@ -298,21 +345,27 @@ async fn run(
             }
             // The session is suspended or the worker lost its lease:
             // nothing leaves, and each viewer restarts at a keyframe.
-            Ok(_) => fan.restart_at_keyframe(),
+            Ok(_) => {
+                fan.restart_at_keyframe();
+                fan.forget_gop();
+            }
             Err(RecvError::Lagged(n)) => {
                 debug!(
                     skipped = n,
                     "fan-out behind the broadcast; skipping to the next keyframe"
                 );
                 fan.restart_at_keyframe();
+                fan.forget_gop();
                 tap.request_keyframe();
             }
             Err(RecvError::Closed) => return,
         }
         fan.outbox().flush(&mut udp);
         if fan.prune() == 0 {
-            // Nobody left: stop taking the broadcast until someone joins.
+            // Nobody left: stop taking the broadcast until someone joins
+            // (who takes the source's group of pictures afresh).
             rx = None;
+            fan.forget_gop();
         }
     }
 }

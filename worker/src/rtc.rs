@@ -651,6 +651,7 @@ impl Engine {
                 audio,
                 self.video_payloads.clone(),
                 gate,
+                connected,
                 cancel.clone(),
             )),
         };
@@ -828,19 +829,27 @@ async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<Dire
 }
 
 /// One viewer's writer on webrtc-rs's tracks (a port per peer, or a port
-/// range): every frame of the shared broadcast to this peer. Starts at a
-/// keyframe; after falling behind (the broadcast's bound) or a stalled
-/// write, skips to the next keyframe and asks for one.
+/// range): every frame of the shared broadcast to this peer, from when its
+/// connection is up. Starts with an RTP source's video since its last IDR,
+/// or else at a keyframe; after
+/// falling behind (the broadcast's bound) or a stalled write, skips to the
+/// next keyframe and asks for one.
 async fn write_media(
     tap: SourceTap,
     video: Arc<TrackLocalStaticRTP>,
     audio: Arc<TrackLocalStaticSample>,
     payloads: Arc<PayloadCache>,
     gate: SendGate,
+    connected: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     use broadcast::error::RecvError;
-    let mut rx = tap.subscribe();
+    // Nothing reaches the viewer before ICE and DTLS are up.
+    tokio::select! {
+        _ = connected.notified() => {}
+        _ = cancel.cancelled() => return,
+    }
+    let (gop, mut rx) = tap.subscribe_with_gop();
     // This viewer's RTP numbering (the track sets SSRC and payload type): a
     // random start plus the frame's own 90 kHz presentation time, so any
     // frame rate (and frames a source skipped) keeps true timing.
@@ -848,6 +857,20 @@ async fn write_media(
     let ts_base = random_u32();
     let mut need_key = true;
     tap.request_keyframe();
+    // An RTP source's video since its last IDR first, if the session may
+    // send: the viewer need not wait for the sender's next IDR.
+    if !gop.is_empty() && gate.open(std::time::Instant::now()) {
+        let packets = gop
+            .replay()
+            .into_iter()
+            .map(|(p, marker, pts)| (p, marker, ts_base.wrapping_add(pts as u32)));
+        match tokio::time::timeout(WRITE_TIMEOUT, write_video(&video, packets, &mut seq)).await {
+            Ok(Ok(())) => need_key = false,
+            Ok(Err(e)) => debug!(error = %e, "video write"),
+            Err(_) => warn!("viewer stalled; skipping to the next keyframe"),
+        }
+    }
+    drop(gop);
     loop {
         let m = tokio::select! {
             m = rx.recv() => m,

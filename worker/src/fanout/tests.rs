@@ -58,7 +58,7 @@ fn join(fan: &mut Fanout, id: u64) -> Viewer {
     .unwrap();
     let left = CancellationToken::new();
     let base = 10_000 * id as u32;
-    fan.join(id, out, left.clone(), (base, base));
+    fan.join(id, out, left.clone(), (base, base), Instant::now());
     let rx = Context::new(
         &k.remote_master_key,
         &k.remote_master_salt,
@@ -124,6 +124,12 @@ fn a_viewer_joining_mid_stream_starts_at_the_next_keyframe_start_in_a_burst() {
     let now = Instant::now();
     let mut fan = Fanout::default();
     let mut a = join(&mut fan, 1);
+    // Before any keyframe, a burst without one goes to nobody.
+    fan.media(&burst(20, 2, 0, false), &payloads, now);
+    assert!(
+        received(&mut fan, &mut a).is_empty(),
+        "A waits for a keyframe"
+    );
     // The tail of one access unit, then a keyframe starting mid-burst.
     let mut mixed = packets(0, 2, 0, false);
     mixed.extend(packets(2, 3, 3000, true));
@@ -138,25 +144,97 @@ fn a_viewer_joining_mid_stream_starts_at_the_next_keyframe_start_in_a_burst() {
     );
     assert!(got.iter().all(|p| p.header.timestamp == 10_000 + 3000));
     assert_eq!(got.iter().map(|p| p.header.ssrc).max(), Some(101));
-    take(&mut fan);
+    assert_eq!(take(&mut fan), 3);
+}
 
-    // B joins: a burst without a keyframe goes to A only.
-    let mut b = join(&mut fan, 2);
+#[test]
+fn a_viewer_joining_between_idrs_gets_the_video_since_the_last_one_then_live() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    let mut a = join(&mut fan, 1);
+    // An IDR (pts 3000), a whole frame (6000) and half of one (9000).
+    fan.media(&burst(2, 3, 3000, true), &payloads, now);
     fan.media(&burst(5, 2, 6000, false), &payloads, now);
-    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [5, 6]);
-    assert!(
-        received(&mut fan, &mut b).is_empty(),
-        "B waits for a keyframe"
-    );
+    let mut half = packets(7, 3, 9000, false);
+    half.truncate(2);
+    fan.media(&Media::VideoPackets(half.into()), &payloads, now);
     take(&mut fan);
 
-    fan.media(&burst(7, 2, 9000, true), &payloads, now);
-    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [7, 8]);
+    // B joins: at once, everything from the IDR's first packet, its own
+    // numbering, frames before the newest closed up just before it.
+    let mut b = join(&mut fan, 2);
+    let got = received(&mut fan, &mut b);
+    assert_eq!(first_bytes(&got), [2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(got[0].header.sequence_number, 2000, "B's own numbering");
+    let ts: Vec<u32> = got.iter().map(|p| p.header.timestamp - 20_000).collect();
+    let step = crate::source::gop::REPLAY_STEP_90K as u32;
+    assert_eq!(
+        ts,
+        [
+            9000 - 2 * step,
+            9000 - 2 * step,
+            9000 - 2 * step,
+            9000 - step,
+            9000 - step,
+            9000,
+            9000
+        ]
+    );
+    let markers: Vec<bool> = got.iter().map(|p| p.header.marker).collect();
+    assert_eq!(markers, [false, false, true, false, true, false, false]);
+    assert!(received(&mut fan, &mut a).is_empty(), "A gets no replay");
+    take(&mut fan);
+
+    // Live: the rest of the newest frame and the next, to both, B's
+    // numbering going on without a gap.
+    fan.media(
+        &Media::VideoPackets(packets(9, 1, 9000, false).into()),
+        &payloads,
+        now,
+    );
+    fan.media(&burst(10, 1, 12_000, false), &payloads, now);
     let got_b = received(&mut fan, &mut b);
-    assert_eq!(first_bytes(&got_b), [7, 8]);
-    assert_eq!(got_b[0].header.sequence_number, 2000, "B's own numbering");
-    assert_eq!(got_b[0].header.timestamp, 20_000 + 9000, "B's own offset");
-    assert_eq!(take(&mut fan), 4);
+    assert_eq!(first_bytes(&got_b), [9, 10]);
+    assert_eq!(
+        got_b
+            .iter()
+            .map(|p| p.header.sequence_number)
+            .collect::<Vec<_>>(),
+        [2007, 2008]
+    );
+    assert_eq!(got_b[0].header.timestamp, 20_000 + 9000);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [9, 10]);
+    take(&mut fan);
+
+    // After a skip (items missed) the group is gone: C waits for an IDR.
+    fan.restart_at_keyframe();
+    fan.forget_gop();
+    let mut c = join(&mut fan, 3);
+    assert!(received(&mut fan, &mut c).is_empty());
+    fan.media(&burst(11, 1, 15_000, false), &payloads, now);
+    assert!(
+        received(&mut fan, &mut c).is_empty(),
+        "C waits for a keyframe"
+    );
+    fan.media(&burst(12, 2, 18_000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut c)), [12, 13]);
+}
+
+#[test]
+fn a_fan_out_resuming_from_the_sources_group_replays_it_to_the_first_viewer() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    // What the source's link held when the fan-out subscribed.
+    let mut gop = Gop::default();
+    gop.push(&burst(2, 2, 3000, true));
+    let mut fan = Fanout::default();
+    fan.resume_from(gop);
+    let mut a = join(&mut fan, 1);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [2, 3]);
+    take(&mut fan);
+    fan.media(&burst(4, 1, 6000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [4]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use bus_schema::{RtpAudioStats, RtpSourceStats, RtpVideoStats};
 
-use super::{Media, Overlay, SourceError, SourceExit, STOP_TIMEOUT};
+use super::{Gop, Media, Overlay, SourceError, SourceExit, STOP_TIMEOUT};
 
 /// Requests from the handle to the source, and counters back.
 #[derive(Default)]
@@ -21,6 +21,11 @@ struct Control {
     frames_encoded: AtomicU64,
     /// An RTP source's counters, as its receive threads last wrote them.
     rtp: Mutex<Option<RtpSourceStats>>,
+    /// The video since the last IDR (RTP sources). Publishing holds this
+    /// lock while it sends, so a subscriber that takes it with
+    /// [`SourceTap::subscribe_with_gop`] gets each item once: in the group
+    /// or from its receiver.
+    gop: Mutex<Gop>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,6 +44,8 @@ pub struct SourceLink {
 impl SourceLink {
     /// Sends to every subscriber; having none is normal.
     pub fn publish(&self, media: Media) {
+        let mut gop = lock(&self.control.gop);
+        gop.push(&media);
         let _ = self.media.send(media);
     }
 
@@ -137,6 +144,13 @@ pub struct SourceTap {
 impl SourceTap {
     pub fn subscribe(&self) -> broadcast::Receiver<Media> {
         self.media.subscribe()
+    }
+
+    /// The video since the source's last IDR and a receiver of everything
+    /// after it, taken together: nothing falls between them or is in both.
+    pub fn subscribe_with_gop(&self) -> (Gop, broadcast::Receiver<Media>) {
+        let gop = lock(&self.control.gop);
+        (gop.clone(), self.media.subscribe())
     }
 
     /// The next video frame will be an IDR. Calls before that frame coalesce.

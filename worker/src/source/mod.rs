@@ -20,6 +20,7 @@
 //! - Audio is Opus at 48 kHz, stereo, 20 ms per [`EncodedAudio`].
 
 mod annexb;
+pub mod gop;
 mod link;
 mod picture;
 pub mod rtp;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
+pub use gop::Gop;
 pub use link::{SourceHandle, SourceLink, SourceTap};
 pub use picture::{draw_frame, I420};
 pub use rtp::RtpFactory;

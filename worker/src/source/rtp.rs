@@ -12,10 +12,12 @@
 //! - `start` binds the sockets and returns: the session is live once its
 //!   ports are bound ([`SourceHandle::set_live_on_start`]); media may
 //!   start later. A port in use fails the create with `source_failed`.
-//! - Viewers start at the sender's next IDR: keyframe requests cannot reach
-//!   an RTP sender (they are counted), so senders should use a short GOP
-//!   (ffmpeg `-g 30`). Browsers are offered H.264 constrained baseline
-//!   (profile-level-id 42e01f) only: the sender must encode that profile.
+//! - Keyframe requests cannot reach an RTP sender (they are counted): a
+//!   joining viewer gets the video since the sender's last IDR first
+//!   ([`super::gop`], up to 4 MiB), else waits for its next IDR, so senders
+//!   should still use a short GOP (ffmpeg `-g 30`). Browsers are offered
+//!   H.264 constrained baseline (profile-level-id 42e01f) only: the sender
+//!   must encode that profile.
 //! - Packets go to the viewers as they arrive, not once their frame is
 //!   whole (cut-through, [`h264`]): the relay adds no frame-sized delay.
 //!   Payloads over [`MAX_PAYLOAD`] bytes are cut into FU-A fragments.
