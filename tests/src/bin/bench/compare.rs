@@ -899,7 +899,7 @@ fn write_tables(
                 join_text(&ours.first_packets),
                 join_text(&janus.first_packets)
             ),
-            "every join of the steps above (sequential); ours from the NATS `session.join` request (what the api does on WebSocket open), Janus from the `watch` request, to the first RTP packet starting an IDR or SPS, and to the first video packet of any kind. Neither relay can ask this producer for a keyframe: the wait for its next IDR (one per second) is part of the first time, not of the second",
+            "every join of the steps above (sequential); ours from the NATS `session.join` request (what the api does on WebSocket open), Janus from the `watch` request, to the first RTP packet starting an IDR or SPS, and to the first video packet of any kind. Neither relay can ask this producer for a keyframe: ours sends a joining viewer the video since the producer's last IDR first (its `Gop`); Janus (defaults, no `videobufferkf`) starts a viewer at the live packets, so its first time includes the wait for the next IDR (one per second)",
             json!({
                 "ours": Dist::of(&ours.joins).map(|d| d.json()),
                 "janus": Dist::of(&janus.joins).map(|d| d.json()),
