@@ -484,6 +484,22 @@ pub async fn registry_get(client: &async_nats::Client, id: &str) -> Option<serde
         .map(|v| serde_json::to_value(v.record).expect("record to JSON"))
 }
 
+/// Waits until a worker answers `session.list` with success (its service
+/// is up and the registry readable); panics after 30 s.
+pub async fn worker_answers(client: &async_nats::Client) {
+    let subject = bus_schema::Subjects::default().session_list().to_string();
+    wait_for(
+        "a worker to answer session.list",
+        Duration::from_secs(30),
+        || async {
+            let r = client.request(subject.clone(), "{}".into()).await.ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+            (v["ok"] == serde_json::json!(true)).then_some(())
+        },
+    )
+    .await
+}
+
 /// A registry record of a session no worker runs (owner `w-ghost`), created
 /// `created_s` seconds into 2027, with `labels` labels of 100 bytes each
 /// (each makes the record about 115 bytes longer). For filling a registry

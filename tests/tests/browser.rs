@@ -49,18 +49,7 @@ impl Stack {
         let (a, base) = api(ac).await;
         let bus = nats.client().await;
         let http = reqwest::Client::new();
-        wait_for("the worker to answer on the bus", BUS_TIMEOUT, || {
-            let bus = bus.clone();
-            async move {
-                let r = bus
-                    .request("streams.v1.session.list".to_string(), "{}".into())
-                    .await
-                    .ok()?;
-                let v: Value = serde_json::from_slice(&r.payload).ok()?;
-                (v["ok"] == json!(true)).then_some(())
-            }
-        })
-        .await;
+        worker_answers(&bus).await;
         wait_for("the api to answer /healthz", BUS_TIMEOUT, || {
             let (http, url) = (http.clone(), format!("{base}/healthz"));
             async move {

@@ -101,14 +101,7 @@ async fn session_with(
     let w = worker(config);
     let client = nats.client().await;
     let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
-    wait_for("a worker", Duration::from_secs(20), || async {
-        client
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    worker_answers(&client).await;
     let body = format!(r#"{{"id":"{id}","source":{source}}}"#);
     let created = raw_request(&client, "streams.v1.session.create", &body).await;
     assert_eq!(created["ok"], json!(true), "{created}");

@@ -131,18 +131,7 @@ impl Events {
 
 /// Waits until the workers answer `session.list`.
 async fn wait_workers(bus: &async_nats::Client) {
-    wait_for("a worker to answer session.list", BUS_TIMEOUT, || {
-        let bus = bus.clone();
-        async move {
-            let r = bus
-                .request(subjects().session_list().to_string(), "{}".into())
-                .await
-                .ok()?;
-            let v: Value = serde_json::from_slice(&r.payload).ok()?;
-            (v["ok"] == json!(true)).then_some(())
-        }
-    })
-    .await;
+    worker_answers(bus).await
 }
 
 /// `POST /api/sessions`; expects 201.

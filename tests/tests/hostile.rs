@@ -30,14 +30,7 @@ async fn system() -> (NatsServer, Service, async_nats::Client, Bus) {
     let w = worker(worker::Config::for_tests(&nats.url()));
     let client = nats.client().await;
     let bus = Bus::new(client.clone(), Subjects::default()).with_timeout(Duration::from_secs(10));
-    wait_for("a worker", Duration::from_secs(20), || async {
-        client
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    worker_answers(&client).await;
     (nats, w, client, bus)
 }
 

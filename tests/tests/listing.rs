@@ -96,14 +96,7 @@ async fn list_pages_past_the_payload_limit_and_walks_every_session_once() {
     let _w = worker(wc);
     let c = nats.client().await;
     assert_eq!(c.server_info().max_payload, MAX_PAYLOAD);
-    wait_for("a worker to answer", Duration::from_secs(20), || async {
-        let r = c
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()?;
-        (serde_json::from_slice::<Value>(&r.payload).ok()?["ok"] == json!(true)).then_some(())
-    })
-    .await;
+    worker_answers(&c).await;
     fill_registry(&c).await;
 
     // Without a limit: as much as fits, then a cursor. Every reply got here,

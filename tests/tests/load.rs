@@ -107,15 +107,7 @@ fn worker_env(
 }
 
 async fn ready(c: &async_nats::Client) {
-    wait_for("the worker to answer", Duration::from_secs(30), || async {
-        let r = c
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()?;
-        let v: Value = serde_json::from_slice(&r.payload).ok()?;
-        (v["ok"] == json!(true)).then_some(())
-    })
-    .await;
+    worker_answers(c).await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

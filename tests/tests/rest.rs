@@ -19,14 +19,7 @@ async fn setup(api_key: Option<&str>) -> (NatsServer, Service, Service, String) 
     ac.api_key = api_key.map(str::to_string);
     let (a, base) = api(ac).await;
     let c = nats.client().await;
-    wait_for("a worker to answer", Duration::from_secs(20), || async {
-        let r = c
-            .request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()?;
-        (serde_json::from_slice::<Value>(&r.payload).ok()?["ok"] == json!(true)).then_some(())
-    })
-    .await;
+    worker_answers(&c).await;
     (nats, w, a, base)
 }
 

@@ -36,15 +36,7 @@ fn err_code(v: &Value) -> &str {
 
 /// Waits until the worker answers on the bus.
 async fn ready(client: &async_nats::Client) {
-    wait_for("a worker to answer", Duration::from_secs(20), || async {
-        let r = client
-            .request("streams.v1.session.list".to_string(), "{}".into())
-            .await
-            .ok()?;
-        let v: Value = serde_json::from_slice(&r.payload).ok()?;
-        (v["ok"] == json!(true)).then_some(())
-    })
-    .await
+    worker_answers(client).await
 }
 
 /// Collects the reason of the first `ended` event of a session.

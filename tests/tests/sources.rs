@@ -54,13 +54,7 @@ fn cfg(nats: &NatsServer) -> worker::Config {
 }
 
 async fn ready(c: &async_nats::Client) {
-    wait_for("a worker", Duration::from_secs(20), || async {
-        c.request("streams.v1.session.list".to_string(), "".into())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    worker_answers(c).await
 }
 
 #[tokio::test]
