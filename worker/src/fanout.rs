@@ -75,8 +75,9 @@ impl Fanout {
 
     /// Adds a viewer. Its video starts with the video since the source's
     /// last IDR when this fan-out holds it (an RTP source, see
-    /// [`Gop::replay`]), else at the next keyframe. `ts_bases` offset its
-    /// video (90 kHz) and audio (48 kHz) RTP timestamps.
+    /// [`Gop::replay`]) and it fits in `room` bytes, else at the next
+    /// keyframe. `ts_bases` offset its video (90 kHz) and audio (48 kHz)
+    /// RTP timestamps.
     pub fn join(
         &mut self,
         id: u64,
@@ -84,6 +85,7 @@ impl Fanout {
         left: CancellationToken,
         ts_bases: (u32, u32),
         now: Instant,
+        room: usize,
     ) {
         self.members.retain(|m| m.id != id);
         let mut m = Member {
@@ -94,7 +96,7 @@ impl Fanout {
             video_ts_base: ts_bases.0,
             audio_ts_base: ts_bases.1,
         };
-        if !self.gop.is_empty() {
+        if !self.gop.is_empty() && replay_size(&self.gop) <= room {
             let base = m.video_ts_base;
             let replay = self.gop.replay();
             let packets = replay
@@ -213,6 +215,21 @@ impl Fanout {
     }
 }
 
+/// What a group of pictures takes on the wire, sealed: its payloads plus
+/// each packet's RTP header and SRTP tag (28 bytes; 64 per 1200-byte
+/// packet leaves room).
+fn replay_size(gop: &Gop) -> usize {
+    gop.bytes() + gop.bytes() / 1200 * 64 + 64
+}
+
+/// The share of a sender lane's queue a joining viewer's replay may take:
+/// half, so a burst of joins cannot fill the queue and drop the live
+/// packets of the viewers already watching.
+fn replay_room(udp: &UdpQueue, to: SocketAddr) -> usize {
+    udp.room(to)
+        .saturating_sub(crate::udp_batch::MAX_QUEUED_BYTES / 2)
+}
+
 /// What viewers' tasks tell the fan-out.
 enum Control {
     Join {
@@ -316,14 +333,16 @@ async fn run(
                             rx = Some(sub);
                         }
                         let now = Instant::now();
+                        let ts_bases = (random_u32(), random_u32());
                         if gate.open(now) {
-                            fan.join(id, *out, left, (random_u32(), random_u32()), now);
+                            let room = replay_room(&udp, out.destination());
+                            fan.join(id, *out, left, ts_bases, now, room);
                             fan.outbox().flush(&mut udp);
                         } else {
                             // Suspended: nothing leaves; the viewer starts
                             // at a keyframe once the session may send.
                             fan.forget_gop();
-                            fan.join(id, *out, left, (random_u32(), random_u32()), now);
+                            fan.join(id, *out, left, ts_bases, now, 0);
                         }
                         tap.request_keyframe();
                     }

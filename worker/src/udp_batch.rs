@@ -466,6 +466,13 @@ impl UdpQueue {
         self.shared.lanes.len()
     }
 
+    /// Bytes that may still be queued for `to` (on its lane) before the
+    /// queue is full and drops.
+    pub fn room(&self, to: SocketAddr) -> usize {
+        let p = self.shared.lock(self.shared.lane_of(to));
+        MAX_QUEUED_BYTES.saturating_sub(p.bytes.len())
+    }
+
     /// Queues packets laid end to end in `wire`, each with its length and
     /// destination (a session's viewers, `crate::direct::Outbox`), under
     /// one lock per lane, and leaves `wire` empty; the sender thread

@@ -40,6 +40,11 @@ fn keys(seed: u8) -> SessionKeys {
 /// Joins viewer `id` (port 10000 + id, video SSRC 100 + id, first seq
 /// 1000 × id, both timestamp offsets 10 000 × id).
 fn join(fan: &mut Fanout, id: u64) -> Viewer {
+    join_with_room(fan, id, usize::MAX)
+}
+
+/// [`join`] with `room` bytes for the replay of the group of pictures.
+fn join_with_room(fan: &mut Fanout, id: u64, room: usize) -> Viewer {
     let k = keys(id as u8);
     let to: SocketAddr = ([127, 0, 0, 1], 10_000 + id as u16).into();
     let out = DirectOut::new(
@@ -58,7 +63,7 @@ fn join(fan: &mut Fanout, id: u64) -> Viewer {
     .unwrap();
     let left = CancellationToken::new();
     let base = 10_000 * id as u32;
-    fan.join(id, out, left.clone(), (base, base), Instant::now());
+    fan.join(id, out, left.clone(), (base, base), Instant::now(), room);
     let rx = Context::new(
         &k.remote_master_key,
         &k.remote_master_salt,
@@ -219,6 +224,30 @@ fn a_viewer_joining_between_idrs_gets_the_video_since_the_last_one_then_live() {
     );
     fan.media(&burst(12, 2, 18_000, true), &payloads, now);
     assert_eq!(first_bytes(&received(&mut fan, &mut c)), [12, 13]);
+}
+
+#[test]
+fn a_replay_that_does_not_fit_the_queue_waits_for_the_next_idr_instead() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default();
+    // 5 packets of 100 bytes since the IDR.
+    fan.media(&burst(2, 5, 3000, true), &payloads, now);
+    let mut a = join_with_room(&mut fan, 1, 500);
+    assert!(
+        received(&mut fan, &mut a).is_empty(),
+        "500 bytes of room is too little"
+    );
+    let mut b = join_with_room(&mut fan, 2, 1000);
+    assert_eq!(first_bytes(&received(&mut fan, &mut b)), [2, 3, 4, 5, 6]);
+    take(&mut fan);
+    fan.media(&burst(7, 1, 6000, false), &payloads, now);
+    assert!(
+        received(&mut fan, &mut a).is_empty(),
+        "A waits for a keyframe"
+    );
+    fan.media(&burst(8, 1, 9000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [8]);
 }
 
 #[test]
