@@ -831,9 +831,8 @@ async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<Dire
 /// One viewer's writer on webrtc-rs's tracks (a port per peer, or a port
 /// range): every frame of the shared broadcast to this peer, from when its
 /// connection is up. Starts with an RTP source's video since its last IDR,
-/// or else at a keyframe; after
-/// falling behind (the broadcast's bound) or a stalled write, skips to the
-/// next keyframe and asks for one.
+/// or else at a keyframe; after falling behind (the broadcast's bound) or a
+/// stalled write, skips to the next keyframe and asks for one.
 async fn write_media(
     tap: SourceTap,
     video: Arc<TrackLocalStaticRTP>,
