@@ -14,6 +14,14 @@ impl From<WireError> for ApiError {
     }
 }
 
+/// A query string that does not parse is the caller's error, in the same
+/// JSON shape as every other (axum's own rejection is plain text).
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self(WireError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}
+
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::Malformed

@@ -158,7 +158,7 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&s, &headers)?;
-    let Query(q) = q.map_err(|e| WireError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let Query(q) = q?;
     let cmd = ListSessions {
         include_ended: q.include_ended,
         limit: q.limit,

@@ -333,17 +333,16 @@ async fn run(
                             rx = Some(sub);
                         }
                         let now = Instant::now();
-                        let ts_bases = (random_u32(), random_u32());
-                        if gate.open(now) {
-                            let room = replay_room(&udp, out.destination());
-                            fan.join(id, *out, left, ts_bases, now, room);
-                            fan.outbox().flush(&mut udp);
+                        // Suspended: nothing leaves, so no replay; the
+                        // viewer starts at a keyframe once the session
+                        // may send.
+                        let room = if gate.open(now) {
+                            replay_room(&udp, out.destination())
                         } else {
-                            // Suspended: nothing leaves; the viewer starts
-                            // at a keyframe once the session may send.
-                            fan.forget_gop();
-                            fan.join(id, *out, left, ts_bases, now, 0);
-                        }
+                            0
+                        };
+                        fan.join(id, *out, left, (random_u32(), random_u32()), now, room);
+                        fan.outbox().flush(&mut udp);
                         tap.request_keyframe();
                     }
                     Some(Control::Destination { id, to }) => fan.set_destination(id, to),
