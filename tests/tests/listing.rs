@@ -87,13 +87,19 @@ async fn walk_bus(c: &async_nats::Client, base: Value) -> (Vec<String>, Vec<usiz
     }
 }
 
-#[tokio::test]
-async fn list_pages_past_the_payload_limit_and_walks_every_session_once() {
+/// A nats-server with a `MAX_PAYLOAD` payload limit and a worker on it.
+async fn small_payload_worker(id: &str) -> (NatsServer, Service) {
     init_tracing();
     let nats = NatsServer::start_with_config(&format!("max_payload: {MAX_PAYLOAD}")).await;
     let mut wc = worker::Config::for_tests(&nats.url());
-    wc.worker_id = Some("w-list".into());
-    let _w = worker(wc);
+    wc.worker_id = Some(id.into());
+    let w = worker(wc);
+    (nats, w)
+}
+
+#[tokio::test]
+async fn list_pages_past_the_payload_limit_and_walks_every_session_once() {
+    let (nats, _w) = small_payload_worker("w-list").await;
     let c = nats.client().await;
     assert_eq!(c.server_info().max_payload, MAX_PAYLOAD);
     worker_answers(&c).await;
@@ -160,11 +166,7 @@ async fn list_pages_past_the_payload_limit_and_walks_every_session_once() {
 
 #[tokio::test]
 async fn rest_list_pages_with_limit_and_after() {
-    init_tracing();
-    let nats = NatsServer::start_with_config(&format!("max_payload: {MAX_PAYLOAD}")).await;
-    let mut wc = worker::Config::for_tests(&nats.url());
-    wc.worker_id = Some("w-rest-list".into());
-    let _w = worker(wc);
+    let (nats, _w) = small_payload_worker("w-rest-list").await;
     let (_api, base) = api(api::Config::for_tests(&nats.url())).await;
     let c = nats.client().await;
     fill_registry(&c).await;

@@ -196,6 +196,27 @@ async fn rtc_viewer(
     (v.pc, got)
 }
 
+/// Joins session `id` with [`rtc_viewer`] and waits until it has decoded
+/// a 320x240 picture; panics if that takes longer than `within`.
+async fn viewer_decoding(
+    c: &async_nats::Client,
+    id: &str,
+    within: Duration,
+) -> (
+    Arc<webrtc::peer_connection::RTCPeerConnection>,
+    Arc<Received>,
+) {
+    let bus = bus_schema::Bus::new(c.clone(), bus_schema::Subjects::default())
+        .with_timeout(Duration::from_secs(10));
+    let id = bus_schema::SessionId::parse(id).unwrap();
+    let (pc, got) = rtc_viewer(&bus, &id).await;
+    wait_for("the viewer to decode a 320x240 picture", within, || async {
+        (*got.decoded.lock().unwrap() == Some((320, 240))).then_some(())
+    })
+    .await;
+    (pc, got)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     use std::sync::atomic::Ordering;
@@ -221,16 +242,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     )
     .await;
 
-    let bus = bus_schema::Bus::new(c.clone(), bus_schema::Subjects::default())
-        .with_timeout(Duration::from_secs(10));
-    let id = bus_schema::SessionId::parse("rtp-feed").unwrap();
-    let (pc, got) = rtc_viewer(&bus, &id).await;
-    wait_for(
-        "the viewer to decode a 320x240 picture",
-        Duration::from_secs(30),
-        || async { (*got.decoded.lock().unwrap() == Some((320, 240))).then_some(()) },
-    )
-    .await;
+    let (pc, got) = viewer_decoding(&c, "rtp-feed", Duration::from_secs(30)).await;
     wait_for("audio at the viewer", Duration::from_secs(10), || async {
         (got.audio_packets.load(Ordering::Relaxed) > 0).then_some(())
     })
@@ -284,16 +296,7 @@ async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>) {
     .await;
     eprintln!("joining at {}", rtp["video"]);
 
-    let bus = bus_schema::Bus::new(c.clone(), bus_schema::Subjects::default())
-        .with_timeout(Duration::from_secs(10));
-    let id = bus_schema::SessionId::parse("rtp-gop").unwrap();
-    let (pc, got) = rtc_viewer(&bus, &id).await;
-    wait_for(
-        "the viewer to decode a 320x240 picture",
-        Duration::from_secs(20),
-        || async { (*got.decoded.lock().unwrap() == Some((320, 240))).then_some(()) },
-    )
-    .await;
+    let (pc, got) = viewer_decoding(&c, "rtp-gop", Duration::from_secs(20)).await;
     let rtp = rtp_stats_until(&c, "rtp-gop", "stats", |_| true).await;
     assert_eq!(
         rtp["video"]["keyframes"],
