@@ -14,6 +14,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -39,9 +40,15 @@ pub struct WsQuery {
 pub async fn upgrade(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<WsQuery>,
+    q: Result<Query<WsQuery>, QueryRejection>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // A query that does not parse (a repeated `token`) is refused in the
+    // same JSON shape as every other error, not axum's plain text.
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let id = match SessionId::parse(id) {
         Ok(id) => id,
         Err(e) => return ApiError(e).into_response(),

@@ -523,6 +523,11 @@ async fn join_without_or_with_a_bad_token_is_refused() {
     assert_eq!(status, 401, "no token: {body}");
     assert_eq!(body["error"]["code"], "unauthorized", "no token: {body}");
 
+    // A query that does not parse: JSON like every other refusal.
+    let (status, body) = upgrade(&stack.http, &format!("{ws_url}?token=a&token=b")).await;
+    assert_eq!(status, 400, "a repeated token: {body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+
     // A token for another session (minted with the shared secret, as a
     // backend does).
     let signer = api::token::Signer::new(SECRET);
