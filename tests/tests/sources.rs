@@ -275,13 +275,15 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
 
 /// A viewer joins an RTP session well after the sender's only IDR (one
 /// every 40 s): it decodes a picture from the video since that IDR, with
-/// no new IDR sent, then keeps receiving live frames.
-async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>) {
+/// no new IDR sent, then keeps receiving live frames. With `hold_from`
+/// viewers (the one port) the fan-out holds video back until a frame ends.
+async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>, hold_from: usize) {
     use std::sync::atomic::Ordering;
     init_tracing();
     let nats = NatsServer::start().await;
     let mut wc = cfg(&nats);
     wc.udp_port = udp_port;
+    wc.fanout_hold_from = hold_from;
     let _w = worker(wc);
     let c = nats.client().await;
     ready(&c).await;
@@ -319,12 +321,17 @@ async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_joining_between_idrs_decodes_at_once_on_the_one_udp_port() {
-    a_viewer_joining_between_idrs_decodes_at_once(Some(free_udp_port())).await;
+    a_viewer_joining_between_idrs_decodes_at_once(Some(free_udp_port()), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_between_idrs_decodes_at_once_with_video_held_until_frames_end() {
+    a_viewer_joining_between_idrs_decodes_at_once(Some(free_udp_port()), 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_joining_between_idrs_decodes_at_once_on_a_port_per_peer() {
-    a_viewer_joining_between_idrs_decodes_at_once(None).await;
+    a_viewer_joining_between_idrs_decodes_at_once(None, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,10 +581,27 @@ async fn receive_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtp_packets_reach_a_viewer_before_their_frame_is_complete() {
+    rtp_packets_reach_a_viewer_before_their_frame_is_complete_with(None, 0).await;
+}
+
+/// With video held back until a frame ends (`FANOUT_HOLD_FROM`), a frame
+/// whose end does not come still goes out, once held for `HOLD_MAX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_packets_held_back_for_their_frame_leave_when_its_end_is_late() {
+    rtp_packets_reach_a_viewer_before_their_frame_is_complete_with(Some(free_udp_port()), 1).await;
+}
+
+async fn rtp_packets_reach_a_viewer_before_their_frame_is_complete_with(
+    udp_port: Option<u16>,
+    hold_from: usize,
+) {
     use std::collections::HashSet;
     init_tracing();
     let nats = NatsServer::start().await;
-    let _w = worker(cfg(&nats));
+    let mut wc = cfg(&nats);
+    wc.udp_port = udp_port;
+    wc.fanout_hold_from = hold_from;
+    let _w = worker(wc);
     let c = nats.client().await;
     ready(&c).await;
     let vport = free_udp_port();

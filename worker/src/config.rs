@@ -75,6 +75,12 @@ pub struct Config {
     /// share of the viewers; default: one per core, at most 4.
     #[arg(long, env = "UDP_SEND_THREADS")]
     pub udp_send_threads: Option<usize>,
+    /// From how many viewers of a session an RTP source's video is held
+    /// back until its frame ends, to send each viewer a frame in fewer,
+    /// longer sends (`UDP_PORT` only; 0: never). Less CPU per viewer, up
+    /// to 2 ms more delay for a frame's first packets.
+    #[arg(long, env = "FANOUT_HOLD_FROM", default_value_t = crate::fanout::HOLD_FROM)]
+    pub fanout_hold_from: usize,
     /// Where the registry bucket keeps its data when this worker creates it.
     #[arg(long, env = "REGISTRY_STORAGE", value_enum, default_value = "file")]
     pub registry_storage: StorageKind,
@@ -157,6 +163,7 @@ impl Config {
             udp_port: self.udp_port,
             udp_port_range,
             udp_send_threads,
+            fanout_hold_from: self.fanout_hold_from,
         })
     }
 

@@ -173,6 +173,9 @@ pub struct RtcSettings {
     pub udp_port_range: Option<(u16, u16)>,
     /// Sender threads of the one port (`crate::udp_batch`); 0 is taken as 1.
     pub udp_send_threads: usize,
+    /// Viewers from which a fan-out holds RTP video back
+    /// (`crate::fanout::HOLD_FROM`); 0: never.
+    pub fanout_hold_from: usize,
 }
 
 /// Whether media may leave: the session is not suspended and the worker's
@@ -209,6 +212,7 @@ pub struct Engine {
     /// With one UDP port: its send queue, for viewers' media sent by the
     /// worker itself (`crate::direct`).
     direct: Option<UdpQueue>,
+    fanout_hold_from: usize,
 }
 
 /// RTP payload bytes per video packet: webrtc-rs's outbound RTP MTU
@@ -422,6 +426,7 @@ impl Engine {
             video_payloads: Arc::default(),
             udp_counters,
             direct,
+            fanout_hold_from: settings.fanout_hold_from,
         })
     }
 
@@ -449,6 +454,7 @@ impl Engine {
             gate,
             self.video_payloads.clone(),
             udp,
+            self.fanout_hold_from,
         ))
     }
 

@@ -54,7 +54,7 @@ const MAX_GSO_BYTES: usize = 64_000;
 /// packets once the kernel's per-packet overhead is counted); in turns,
 /// every receiver drains while the others are served, and every viewer's
 /// frame completes at about the same time.
-const PACKETS_PER_TURN: usize = 16;
+pub const PACKETS_PER_TURN: usize = 16;
 
 /// Most `sendmsg` calls a caller of [`UdpQueue::send`] makes itself. A burst
 /// for a few viewers leaves at once from the fan-out's own thread, without

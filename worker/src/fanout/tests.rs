@@ -119,6 +119,16 @@ fn take(fan: &mut Fanout) -> usize {
     n
 }
 
+/// One Opus packet at `pts_48k`.
+fn audio(pts_48k: u64) -> Media {
+    Media::Audio(Arc::new(EncodedAudio {
+        seq: 0,
+        pts_48k,
+        opus: Bytes::from_static(b"opus"),
+        captured_at: Instant::now(),
+    }))
+}
+
 fn first_bytes(packets: &[RtpPacket]) -> Vec<u8> {
     packets.iter().map(|p| p.payload[0]).collect()
 }
@@ -364,13 +374,7 @@ fn after_a_skip_every_viewer_restarts_at_a_keyframe_and_audio_keeps_flowing() {
     fan.restart_at_keyframe();
     fan.media(&burst(2, 2, 3000, false), &payloads, now);
     assert_eq!(take(&mut fan), 0, "no video until a keyframe");
-    let audio = Media::Audio(Arc::new(EncodedAudio {
-        seq: 0,
-        pts_48k: 960,
-        opus: Bytes::from_static(b"opus"),
-        captured_at: now,
-    }));
-    fan.media(&audio, &payloads, now);
+    fan.media(&audio(960), &payloads, now);
     let got = received(&mut fan, &mut a);
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -414,4 +418,90 @@ fn each_viewer_gets_a_sender_report_a_second_at_its_current_destination() {
     assert_eq!(take(&mut fan), 0, "not twice within a second");
     fan.reports(t0 + Duration::from_secs(1), SystemTime::now());
     assert_eq!(take(&mut fan), 2);
+}
+
+/// [`packets`] with no marker: the access unit goes on in a later burst.
+fn open_burst(first: u8, n: u8, pts: u64, key: bool) -> Media {
+    let mut p = packets(first, n, pts, key);
+    p.last_mut().expect("n > 0").marker = false;
+    Media::VideoPackets(p.into())
+}
+
+/// The destinations of the outbox's packets, in queue order.
+fn destinations(fan: &mut Fanout) -> Vec<SocketAddr> {
+    fan.outbox().packets().map(|(_, to)| to).collect()
+}
+
+#[test]
+fn with_many_viewers_a_frame_is_held_until_its_marker_and_each_viewers_share_lies_together() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default().holding_from(2);
+    let mut a = join(&mut fan, 1);
+    let mut b = join(&mut fan, 2);
+    // Two bursts of one IDR access unit: nothing leaves before the marker.
+    fan.media(&open_burst(2, 3, 3000, true), &payloads, now);
+    assert_eq!(take(&mut fan), 0, "held until the frame ends");
+    assert_eq!(fan.hold_deadline(), Some(now + HOLD_MAX));
+    // Audio is not held and does not release the video.
+    fan.media(&audio(0), &payloads, now);
+    assert_eq!(take(&mut fan), 2, "audio for both");
+    fan.media(&burst(5, 2, 3000, false), &payloads, now);
+    assert_eq!(fan.hold_deadline(), None, "nothing held after the marker");
+    assert_eq!(destinations(&mut fan), [[a.to; 5], [b.to; 5]].concat());
+    for v in [&mut a, &mut b] {
+        let got = received(&mut fan, v);
+        assert_eq!(first_bytes(&got), [2, 3, 4, 5, 6]);
+        let seq: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+        let first = 1000 * v.id as u16;
+        assert_eq!(seq, (first..first + 5).collect::<Vec<_>>());
+    }
+    take(&mut fan);
+
+    // A frame longer than a sender's turn leaves a turn at a time.
+    fan.media(&open_burst(7, 8, 6000, false), &payloads, now);
+    assert_eq!(take(&mut fan), 0);
+    fan.media(&open_burst(15, 8, 6000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)).len(), 16);
+    assert_eq!(take(&mut fan), 32, "16 packets for each viewer");
+
+    // Below the threshold each burst goes out as it comes (cut-through).
+    b.left.cancel();
+    assert_eq!(fan.prune(), 1);
+    fan.media(&open_burst(23, 2, 6000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [23, 24]);
+}
+
+#[test]
+fn video_held_past_its_deadline_is_released_and_a_viewer_joining_meanwhile_misses_nothing() {
+    let payloads = PayloadCache::default();
+    let now = Instant::now();
+    let mut fan = Fanout::default().holding_from(1);
+    let mut a = join(&mut fan, 1);
+    fan.media(&burst(2, 2, 3000, true), &payloads, now);
+    take(&mut fan);
+    // The start of the next frame is held; its end never comes.
+    fan.media(&open_burst(4, 2, 6000, false), &payloads, now);
+    assert_eq!(take(&mut fan), 0);
+    // B joins while it is held: the replay stops before the held packets…
+    let mut b = join(&mut fan, 2);
+    assert_eq!(first_bytes(&received(&mut fan, &mut b)), [2, 3]);
+    take(&mut fan);
+    // …which reach both at the deadline, once each.
+    let deadline = fan.hold_deadline().expect("video is held");
+    fan.release(deadline);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [4, 5]);
+    assert_eq!(first_bytes(&received(&mut fan, &mut b)), [4, 5]);
+    assert_eq!(fan.hold_deadline(), None);
+    take(&mut fan);
+    fan.release(deadline);
+    assert_eq!(take(&mut fan), 0, "released once");
+
+    // A skip drops what is held with the group of pictures.
+    fan.media(&open_burst(6, 2, 9000, false), &payloads, now);
+    fan.restart_at_keyframe();
+    fan.forget_gop();
+    assert_eq!(fan.hold_deadline(), None);
+    fan.release(now);
+    assert_eq!(take(&mut fan), 0, "nothing was kept");
 }
