@@ -118,8 +118,9 @@ impl Fanout {
 
     /// Adds a viewer. Its video starts with the video since the source's
     /// last IDR when this fan-out holds it (an RTP source, see
-    /// [`Gop::replay`]) and it fits in `room` bytes, else at the next
-    /// keyframe. `ts_bases` offset its video (90 kHz) and audio (48 kHz)
+    /// [`Gop::replay`]) and it fits in `room` bytes, else as soon as it
+    /// fits ([`Fanout::offer_replays`]) or at the next keyframe, whichever
+    /// comes first. `ts_bases` offset its video (90 kHz) and audio (48 kHz)
     /// RTP timestamps.
     pub fn join(
         &mut self,
@@ -139,16 +140,25 @@ impl Fanout {
             video_ts_base: ts_bases.0,
             audio_ts_base: ts_bases.1,
         };
-        if !self.gop.is_empty() && replay_size(&self.gop) <= room {
-            let base = m.video_ts_base;
-            let replay = self.gop.replay();
-            let packets = replay
-                .iter()
-                .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
-            m.out.send_video(packets, now, &mut self.outbox);
-            m.need_key = false;
-        }
+        offer_replay(&self.gop, &mut self.outbox, &mut m, now, room);
         self.members.push(m);
+    }
+
+    /// Replays the group of pictures to the viewers still waiting for a
+    /// keyframe whose replay now fits the room `room_for` their
+    /// destination has: a join while its lane's queue was busy (a keyframe
+    /// going out to many viewers) gets its picture once the queue drains,
+    /// not a GOP later.
+    pub fn offer_replays(&mut self, now: Instant, room_for: impl Fn(SocketAddr) -> usize) {
+        if self.gop.is_empty() {
+            return;
+        }
+        for m in &mut self.members {
+            if m.need_key {
+                let room = room_for(m.out.destination());
+                offer_replay(&self.gop, &mut self.outbox, m, now, room);
+            }
+        }
     }
 
     /// Starts from `gop`, the source's group of pictures taken with a new
@@ -305,6 +315,21 @@ impl Fanout {
     pub fn outbox(&mut self) -> &mut Outbox {
         &mut self.outbox
     }
+}
+
+/// Seals `gop` for `m` if it is waiting for a keyframe and the group fits
+/// in `room` bytes; `m` then takes the live video that follows.
+fn offer_replay(gop: &Gop, outbox: &mut Outbox, m: &mut Member, now: Instant, room: usize) {
+    if !m.need_key || gop.is_empty() || replay_size(gop) > room {
+        return;
+    }
+    let base = m.video_ts_base;
+    let replay = gop.replay();
+    let packets = replay
+        .iter()
+        .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
+    m.out.send_video(packets, now, outbox);
+    m.need_key = false;
 }
 
 /// What a group of pictures takes on the wire, sealed: its payloads plus
@@ -474,6 +499,7 @@ async fn run(
         let now = Instant::now();
         match media {
             Ok(m) if gate.open(now) => {
+                fan.offer_replays(now, |to| replay_room(&udp, to));
                 fan.media(&m, &payloads, now);
                 fan.reports(now, SystemTime::now());
             }

@@ -237,7 +237,7 @@ fn a_viewer_joining_between_idrs_gets_the_video_since_the_last_one_then_live() {
 }
 
 #[test]
-fn a_replay_that_does_not_fit_the_queue_waits_for_the_next_idr_instead() {
+fn a_replay_that_does_not_fit_the_queue_comes_once_it_fits_or_the_next_idr_does() {
     let payloads = PayloadCache::default();
     let now = Instant::now();
     let mut fan = Fanout::default();
@@ -251,13 +251,32 @@ fn a_replay_that_does_not_fit_the_queue_waits_for_the_next_idr_instead() {
     let mut b = join_with_room(&mut fan, 2, 1000);
     assert_eq!(first_bytes(&received(&mut fan, &mut b)), [2, 3, 4, 5, 6]);
     take(&mut fan);
+    // Still too little room: A waits, and live P-frames do not reach it.
+    fan.offer_replays(now, |_| 500);
     fan.media(&burst(7, 1, 6000, false), &payloads, now);
     assert!(
         received(&mut fan, &mut a).is_empty(),
-        "A waits for a keyframe"
+        "A waits for room or a keyframe"
     );
-    fan.media(&burst(8, 1, 9000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut b)), [7]);
+    take(&mut fan);
+    // Room now: A gets the group so far, once, then the live video.
+    fan.offer_replays(now, |_| 1000);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [2, 3, 4, 5, 6, 7]);
+    assert!(received(&mut fan, &mut b).is_empty(), "B has it already");
+    take(&mut fan);
+    fan.offer_replays(now, |_| 1000);
+    assert_eq!(take(&mut fan), 0, "replayed once");
+    fan.media(&burst(8, 1, 9000, false), &payloads, now);
     assert_eq!(first_bytes(&received(&mut fan, &mut a)), [8]);
+    take(&mut fan);
+
+    // Never room: C starts at the next IDR.
+    let mut c = join_with_room(&mut fan, 3, 0);
+    fan.offer_replays(now, |_| 0);
+    assert!(received(&mut fan, &mut c).is_empty());
+    fan.media(&burst(9, 1, 12_000, true), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut c)), [9]);
 }
 
 #[test]
