@@ -48,7 +48,7 @@ const CONTROL_QUEUE: usize = 256;
 /// lie together in the outbox and leave in one GSO `sendmsg`, not one per
 /// input burst (a paced sender's bursts are a few packets, 200 µs apart
 /// in bench section 6). The kernel's cost per packet falls with the run's
-/// length; bench section 6 measured 15–30% less CPU per viewer at 50 and
+/// length; bench section 6 measured 20–30% less CPU per viewer at 50 and
 /// 100 viewers, and no gain at 10, where holding only adds delay: a
 /// packet waits for the rest of its frame, up to [`HOLD_MAX`]. A frame's
 /// last packet is never held, so a frame completes no later.
