@@ -53,17 +53,13 @@ fn cfg(nats: &NatsServer) -> worker::Config {
     worker::Config::for_tests(&nats.url())
 }
 
-async fn ready(c: &async_nats::Client) {
-    worker_answers(c).await
-}
-
 #[tokio::test]
 async fn a_source_that_cannot_start_is_a_clear_error_and_an_ended_record() {
     init_tracing();
     let nats = NatsServer::start().await;
     let _w = worker_with(cfg(&nats), Arc::new(Broken));
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
     let r = raw_request(&c, "streams.v1.session.create", r#"{"id":"nope"}"#).await;
     assert_eq!(r["ok"], json!(false), "{r}");
     assert_eq!(r["error"]["code"], "source_failed");
@@ -87,7 +83,7 @@ async fn a_source_failing_mid_stream_ends_its_session_with_the_reason() {
     let nats = NatsServer::start().await;
     let _w = worker_with(cfg(&nats), Arc::new(Flaky));
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
     let mut ended = subscribe(&c, "streams.v1.event.session.flaky.ended").await;
     let r = raw_request(&c, "streams.v1.session.create", r#"{"id":"flaky"}"#).await;
     assert_eq!(r["result"]["state"], "live", "{r}");
@@ -224,7 +220,7 @@ async fn ffmpeg_feeds_a_session_over_rtp_and_a_viewer_decodes_it() {
     let nats = NatsServer::start().await;
     let _w = worker(cfg(&nats));
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
     let (vport, aport) = (free_udp_port(), free_udp_port());
 
     // Live as soon as the ports are bound, before any media.
@@ -286,7 +282,7 @@ async fn a_viewer_joining_between_idrs_decodes_at_once(udp_port: Option<u16>, ho
     wc.fanout_hold_from = hold_from;
     let _w = worker(wc);
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
     let vport = free_udp_port();
     let r = create(&c, "rtp-gop", &rtp_spec(vport, None)).await;
     assert_eq!(r["result"]["state"], "live", "{r}");
@@ -340,7 +336,7 @@ async fn rtp_sessions_are_independent_and_bad_ports_are_clear_errors() {
     let nats = NatsServer::start().await;
     let _w = worker(cfg(&nats));
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
 
     // Same port twice, or a reserved payload type: refused before anything starts.
     let p = free_udp_port();
@@ -603,7 +599,7 @@ async fn rtp_packets_reach_a_viewer_before_their_frame_is_complete_with(
     wc.fanout_hold_from = hold_from;
     let _w = worker(wc);
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
     let vport = free_udp_port();
     let r = create(&c, "cut-through", &rtp_spec(vport, None)).await;
     assert_eq!(r["result"]["state"], "live", "{r}");
@@ -731,7 +727,7 @@ async fn an_rtp_sources_packet_loss_and_frame_counters_are_in_the_session_stats(
     let nats = NatsServer::start().await;
     let _w = worker(cfg(&nats));
     let c = nats.client().await;
-    ready(&c).await;
+    worker_answers(&c).await;
 
     // Other sources have no `rtp` counters.
     let body = r#"{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":100}"#;

@@ -79,10 +79,8 @@ pub struct Fanout {
     /// The RTP source's video since its last IDR, as far as this fan-out
     /// has sealed it: what a joining viewer gets first.
     gop: Gop,
-    /// RTP video taken but not sealed yet ([`HOLD_FROM`]), the packets it
-    /// holds and since when.
+    /// RTP video taken but not sealed yet ([`HOLD_FROM`]) and since when.
     held: Vec<Arc<[VideoPacket]>>,
-    held_packets: usize,
     held_since: Option<Instant>,
     /// Viewers from which video is held back (0: never).
     hold_from: usize,
@@ -103,7 +101,6 @@ impl Fanout {
             outbox: Outbox::new(lanes),
             gop: Gop::default(),
             held: Vec::new(),
-            held_packets: 0,
             held_since: None,
             hold_from: HOLD_FROM,
         }
@@ -116,48 +113,47 @@ impl Fanout {
         self
     }
 
-    /// Adds a viewer. Its video starts with the video since the source's
-    /// last IDR when this fan-out holds it (an RTP source, see
-    /// [`Gop::replay`]) and it fits in `room` bytes, else as soon as it
-    /// fits ([`Fanout::offer_replays`]) or at the next keyframe, whichever
-    /// comes first. `ts_bases` offset its video (90 kHz) and audio (48 kHz)
-    /// RTP timestamps.
-    pub fn join(
-        &mut self,
-        id: u64,
-        out: DirectOut,
-        left: CancellationToken,
-        ts_bases: (u32, u32),
-        now: Instant,
-        room: usize,
-    ) {
+    /// Adds a viewer, waiting for a keyframe. Its video starts with the
+    /// video since the source's last IDR when this fan-out holds it (an
+    /// RTP source, see [`Gop::replay`]) and [`Fanout::offer_replays`]
+    /// finds room for it, else at the next keyframe, whichever comes
+    /// first. `ts_bases` offset its video (90 kHz) and audio (48 kHz) RTP
+    /// timestamps.
+    pub fn join(&mut self, id: u64, out: DirectOut, left: CancellationToken, ts_bases: (u32, u32)) {
         self.members.retain(|m| m.id != id);
-        let mut m = Member {
+        self.members.push(Member {
             id,
             out,
             left,
             need_key: true,
             video_ts_base: ts_bases.0,
             audio_ts_base: ts_bases.1,
-        };
-        offer_replay(&self.gop, &mut self.outbox, &mut m, now, room);
-        self.members.push(m);
+        });
     }
 
-    /// Replays the group of pictures to the viewers still waiting for a
-    /// keyframe whose replay now fits the room `room_for` their
-    /// destination has: a join while its lane's queue was busy (a keyframe
-    /// going out to many viewers) gets its picture once the queue drains,
-    /// not a GOP later.
+    /// Replays the group of pictures to each viewer still waiting for a
+    /// keyframe whose replay fits the room `room_for` gives its
+    /// destination; that viewer then takes the live video that follows.
+    /// Offered at a join and again before each broadcast item, so a join
+    /// while its lane's queue was busy (a keyframe going out to many
+    /// viewers) gets its picture once the queue drains, not a GOP later.
     pub fn offer_replays(&mut self, now: Instant, room_for: impl Fn(SocketAddr) -> usize) {
         if self.gop.is_empty() {
             return;
         }
+        let size = replay_size(&self.gop);
+        let mut replay = None;
         for m in &mut self.members {
-            if m.need_key {
-                let room = room_for(m.out.destination());
-                offer_replay(&self.gop, &mut self.outbox, m, now, room);
+            if !m.need_key || size > room_for(m.out.destination()) {
+                continue;
             }
+            let replay = replay.get_or_insert_with(|| self.gop.replay());
+            let base = m.video_ts_base;
+            let packets = replay
+                .iter()
+                .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
+            m.out.send_video(packets, now, &mut self.outbox);
+            m.need_key = false;
         }
     }
 
@@ -176,7 +172,6 @@ impl Fanout {
 
     fn drop_held(&mut self) {
         self.held.clear();
-        self.held_packets = 0;
         self.held_since = None;
     }
 
@@ -191,12 +186,10 @@ impl Fanout {
             return;
         }
         let held = std::mem::take(&mut self.held);
-        self.held_packets = 0;
-        self.held_since = None;
         self.seal_packets(&held, now);
         // Keeps the vector's capacity for the next frame.
         self.held = held;
-        self.held.clear();
+        self.drop_held();
     }
 
     /// Drops the viewers that have closed; returns how many remain.
@@ -228,10 +221,11 @@ impl Fanout {
                     return;
                 }
                 self.held.push(packets.clone());
-                self.held_packets += packets.len();
                 self.held_since.get_or_insert(now);
                 let ends_frame = packets.last().is_some_and(|p| p.marker);
-                if !hold || ends_frame || self.held_packets >= PACKETS_PER_TURN {
+                let turn_full =
+                    self.held.iter().map(|i| i.len()).sum::<usize>() >= PACKETS_PER_TURN;
+                if !hold || ends_frame || turn_full {
                     self.release(now);
                 }
             }
@@ -315,21 +309,6 @@ impl Fanout {
     pub fn outbox(&mut self) -> &mut Outbox {
         &mut self.outbox
     }
-}
-
-/// Seals `gop` for `m` if it is waiting for a keyframe and the group fits
-/// in `room` bytes; `m` then takes the live video that follows.
-fn offer_replay(gop: &Gop, outbox: &mut Outbox, m: &mut Member, now: Instant, room: usize) {
-    if !m.need_key || gop.is_empty() || replay_size(gop) > room {
-        return;
-    }
-    let base = m.video_ts_base;
-    let replay = gop.replay();
-    let packets = replay
-        .iter()
-        .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
-    m.out.send_video(packets, now, outbox);
-    m.need_key = false;
 }
 
 /// What a group of pictures takes on the wire, sealed: its payloads plus
@@ -460,16 +439,14 @@ async fn run(
                             fan.resume_from(gop);
                             rx = Some(sub);
                         }
-                        let now = Instant::now();
+                        fan.join(id, *out, left, (random_u32(), random_u32()));
                         // Suspended: nothing leaves, so no replay; the
                         // viewer starts at a keyframe once the session
                         // may send.
-                        let room = if gate.open(now) {
-                            replay_room(&udp, out.destination())
-                        } else {
-                            0
-                        };
-                        fan.join(id, *out, left, (random_u32(), random_u32()), now, room);
+                        let now = Instant::now();
+                        if gate.open(now) {
+                            fan.offer_replays(now, |to| replay_room(&udp, to));
+                        }
                         fan.outbox().flush(&mut udp);
                         tap.request_keyframe();
                     }

@@ -63,7 +63,9 @@ fn join_with_room(fan: &mut Fanout, id: u64, room: usize) -> Viewer {
     .unwrap();
     let left = CancellationToken::new();
     let base = 10_000 * id as u32;
-    fan.join(id, out, left.clone(), (base, base), Instant::now(), room);
+    fan.join(id, out, left.clone(), (base, base));
+    // As the driver does at a join; the others' destinations have no room.
+    fan.offer_replays(Instant::now(), |d| if d == to { room } else { 0 });
     let rx = Context::new(
         &k.remote_master_key,
         &k.remote_master_salt,
