@@ -6,9 +6,13 @@
 //! loopback device hands each packet to the receive path in the sending
 //! thread's softirq). Two ways are measured: one `sendto` per packet (how
 //! webrtc-rs and Janus send) and runs of [`GSO_RUN`] packets to one address
-//! as one `sendmsg` with UDP GSO (how the worker's one UDP port sends). The
-//! receivers (one socket and thread per destination) drain their sockets on
-//! other threads; their time is not counted, and what they miss is.
+//! as one `sendmsg` with UDP GSO (how the worker's one UDP port sends), the
+//! latter twice: to plain receiving sockets, where the loopback cuts each run
+//! back into datagrams and queues them one by one in the sender's softirq,
+//! and to sockets with UDP receive offload (`UDP_GRO`) on, which take each
+//! run whole (as the bench's load client does by default). The receivers
+//! (one socket and thread per destination) drain their sockets on other
+//! threads; their time is not counted, and what they miss is.
 
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
@@ -38,23 +42,37 @@ pub struct UdpCase {
     pub packets_per_sec: f64,
     /// Share of the packets the receivers got.
     pub delivered: f64,
+    /// Datagrams the receivers got per read (above 1 when runs arrive
+    /// coalesced).
+    pub per_read: f64,
 }
 
-/// Both ways on this machine.
+/// The ways measured on this machine.
 #[derive(Debug, Clone, Copy)]
 pub struct UdpFloor {
     pub sendto: UdpCase,
+    /// GSO runs to plain receivers.
     pub gso: UdpCase,
+    /// GSO runs to receivers with `UDP_GRO` on.
+    pub gso_gro: UdpCase,
 }
 
-/// Measures both ways, each as the best of [`TRIES`] runs of `per_case`
+/// How the sender sends and the receivers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Sendto,
+    Gso,
+    GsoToGro,
+}
+
+/// Measures each way as the best of [`TRIES`] runs of `per_case`
 /// (a floor is the least the work can cost; a run whose receivers were
 /// descheduled pays for waking them, which is not the sending).
 pub fn measure(per_case: Duration) -> std::io::Result<UdpFloor> {
-    let best = |gso: bool| -> std::io::Result<UdpCase> {
+    let best = |way: Way| -> std::io::Result<UdpCase> {
         let mut best: Option<UdpCase> = None;
         for _ in 0..TRIES {
-            let c = measure_case(gso, per_case)?;
+            let c = measure_case(way, per_case)?;
             if best.is_none_or(|b| c.packets_per_sec > b.packets_per_sec) {
                 best = Some(c);
             }
@@ -62,36 +80,46 @@ pub fn measure(per_case: Duration) -> std::io::Result<UdpFloor> {
         Ok(best.expect("TRIES > 0"))
     };
     Ok(UdpFloor {
-        sendto: best(false)?,
-        gso: best(true)?,
+        sendto: best(Way::Sendto)?,
+        gso: best(Way::Gso)?,
+        gso_gro: best(Way::GsoToGro)?,
     })
 }
 
 /// Runs per way; the fastest counts.
 pub const TRIES: usize = 3;
 
-fn measure_case(gso: bool, duration: Duration) -> std::io::Result<UdpCase> {
+fn measure_case(way: Way, duration: Duration) -> std::io::Result<UdpCase> {
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
     let mut addrs = Vec::new();
     let mut readers = Vec::new();
     for _ in 0..RECEIVERS {
         let rx = UdpSocket::bind("127.0.0.1:0")?;
         // Room for bursts (root may exceed rmem_max; if not, the default).
         let _ = socket::setsockopt(&rx, sockopt::RcvBufForce, &(8 << 20));
+        if way == Way::GsoToGro {
+            socket::setsockopt(&rx, sockopt::UdpGroSegment, &true)?;
+        }
         rx.set_read_timeout(Some(Duration::from_millis(50)))?;
         addrs.push(rx.local_addr()?);
-        let (stop, received) = (stop.clone(), received.clone());
+        let (stop, received, reads) = (stop.clone(), received.clone(), reads.clone());
         readers.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            // Room for a whole coalesced run (UDP's 64 KB limit).
+            let mut buf = vec![0u8; 1 << 16];
             while !stop.load(Ordering::Relaxed) {
-                if rx.recv(&mut buf).is_ok() {
-                    received.fetch_add(1, Ordering::Relaxed);
+                if let Ok(n) = rx.recv(&mut buf) {
+                    // Every datagram is DATAGRAM bytes long.
+                    let datagrams = n.div_ceil(DATAGRAM) as u64;
+                    received.fetch_add(datagrams, Ordering::Relaxed);
+                    reads.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
     }
     let tx = UdpSocket::bind("127.0.0.1:0")?;
+    let gso = way != Way::Sendto;
     let sent = std::thread::spawn(move || send_for(&tx, &addrs, gso, duration))
         .join()
         .map_err(|_| std::io::Error::other("sender panicked"))??;
@@ -116,6 +144,8 @@ fn measure_case(gso: bool, duration: Duration) -> std::io::Result<UdpCase> {
         cpu,
         packets_per_sec: packets as f64 / cpu.as_secs_f64().max(1e-9),
         delivered: received.load(Ordering::Relaxed) as f64 / packets.max(1) as f64,
+        per_read: received.load(Ordering::Relaxed) as f64
+            / reads.load(Ordering::Relaxed).max(1) as f64,
     })
 }
 
@@ -170,19 +200,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_ways_send_datagrams_that_arrive_and_cost_cpu() {
+    fn every_way_sends_datagrams_that_arrive_and_cost_cpu() {
         let f = measure(Duration::from_millis(300)).expect("loopback UDP");
-        for (name, c) in [("sendto", f.sendto), ("gso", f.gso)] {
+        for (name, c) in [("sendto", f.sendto), ("gso", f.gso), ("gso to gro", f.gso_gro)] {
             eprintln!(
-                "{name}: {} packets, {:?} CPU, {:.0}/s, {:.1}% delivered",
+                "{name}: {} packets, {:?} CPU, {:.0}/s, {:.1}% delivered, {:.1} per read",
                 c.packets,
                 c.cpu,
                 c.packets_per_sec,
-                c.delivered * 100.0
+                c.delivered * 100.0,
+                c.per_read
             );
             assert!(c.packets > 0, "{name} sent nothing");
             assert!(c.delivered > 0.0, "{name}: nothing arrived");
             assert!(c.delivered <= 1.0, "{name}: more arrived than was sent");
         }
+        assert_eq!(f.sendto.per_read, 1.0, "a plain socket reads one datagram at a time");
+        assert_eq!(f.gso.per_read, 1.0, "a plain socket gets GSO runs cut up");
+        assert!(
+            f.gso_gro.per_read > 1.0,
+            "a socket with UDP_GRO on reads runs coalesced ({:.2} per read)",
+            f.gso_gro.per_read
+        );
     }
 }

@@ -559,7 +559,7 @@ pub async fn bench_relays(env: &Env, plan: &Plan, report: &mut Report) -> anyhow
         .await?
         .map_err(|e| report.note(format!("6: UDP send floor not measured: {e}")))
         .ok();
-    let api = load::api()?;
+    let api = load::api(!plan.plain_receivers)?;
     let mut results = Vec::new();
     for spec in chosen {
         match relay_stream(env, plan, &api, spec).await {
@@ -727,14 +727,21 @@ fn write_tables(
     ));
     if let Some(u) = udp {
         md.push_str(&format!(
-            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered), the best of {} runs each; its CPU includes the loopback delivery, as the relays' does. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate): what no relay on this loopback can go below.\n\n",
+            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered) to plain sockets and {:.0}/s to sockets with UDP receive offload on ({:.1}% delivered), the best of {} runs each; its CPU includes the loopback delivery, as the relays' does. Receivers: {}. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate to these receivers): what no relay on this loopback can go below.\n\n",
             u.sendto.packets_per_sec,
             system_tests::udp_floor::DATAGRAM,
             u.sendto.delivered * 100.0,
             u.gso.packets_per_sec,
             system_tests::udp_floor::GSO_RUN,
             u.gso.delivered * 100.0,
+            u.gso_gro.packets_per_sec,
+            u.gso_gro.delivered * 100.0,
             system_tests::udp_floor::TRIES,
+            if plan.plain_receivers {
+                "plain sockets, one datagram per read (`--plain-receivers`), so a GSO run sent over loopback is delivered, and billed to its sender, datagram by datagram"
+            } else {
+                "each viewer's socket has UDP receive offload on, so a GSO run sent over loopback is delivered whole, once, as a viewer host's NIC would coalesce it on its own machine; a relay sending one datagram per `sendto` (Janus) pays the same either way"
+            },
         ));
     }
     md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | Kernel share | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -749,7 +756,8 @@ fn write_tables(
         // The send floor adds the viewer's packets (video + 50 Opus/s) at
         // the GSO rate.
         let send_cpv = udp.map_or(f64::NAN, |u| {
-            (kbps * 1000.0 / 8.0 / 1200.0 + 50.0) / u.gso.packets_per_sec
+            let gso = if plan.plain_receivers { u.gso } else { u.gso_gro };
+            (kbps * 1000.0 / 8.0 / 1200.0 + 50.0) / gso.packets_per_sec
         });
         let floor2_cpv = floor_cpv + send_cpv;
         for run in &r.runs {
@@ -969,7 +977,10 @@ fn write_tables(
                 "gso_run": system_tests::udp_floor::GSO_RUN,
                 "gso_packets_per_s": u.gso.packets_per_sec,
                 "gso_delivered": u.gso.delivered,
+                "gso_to_gro_packets_per_s": u.gso_gro.packets_per_sec,
+                "gso_to_gro_delivered": u.gso_gro.delivered,
             })),
+            "receivers": if plan.plain_receivers { "plain" } else { "gro" },
         }),
     );
     report.table("Relays side by side (section 6)", md);

@@ -17,14 +17,20 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::API;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::peer_connection::RTCPeerConnection;
 
+use super::gro_mux::GroMux;
 use super::producer::frame_id;
 use super::starts_keyframe;
 
-/// One API for every viewer of the load client.
-pub fn api() -> anyhow::Result<API> {
+/// One API for every viewer of the load client; with `gro`, each viewer's
+/// socket takes UDP receive offload ([`GroMux`]).
+pub fn api(gro: bool) -> anyhow::Result<API> {
     let mut se = SettingEngine::default();
+    if gro {
+        se.set_udp_network(UDPNetwork::Muxed(GroMux::new()));
+    }
     se.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
     // IPv4 host candidates only: Janus gathers no IPv6 by default, and
     // fewer candidate pairs make joins cheaper for both relays.

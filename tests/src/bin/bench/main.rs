@@ -16,6 +16,7 @@
 
 mod compare;
 mod egress;
+mod gro_mux;
 mod janus;
 mod load;
 mod producer;
@@ -47,6 +48,11 @@ struct Plan {
     /// Section 6: run our worker with a UDP port per peer (webrtc-rs's
     /// default) instead of one batched UDP port (`UDP_PORT`).
     per_peer_ports: bool,
+    /// Section 6: the load client's viewers read with plain sockets, one
+    /// datagram per read, instead of taking UDP receive offload
+    /// (`gro_mux.rs`), so that each GSO run a relay sends over loopback is
+    /// delivered, and billed to the relay, datagram by datagram.
+    plain_receivers: bool,
     only: Option<BTreeSet<u32>>,
     /// Extra time the largest viewer count is held while RSS is sampled.
     hold: Duration,
@@ -79,6 +85,7 @@ impl Plan {
             Self {
                 quick,
                 per_peer_ports: false,
+                plain_receivers: false,
                 only,
                 hold,
                 creates_small: 15,
@@ -98,6 +105,7 @@ impl Plan {
             Self {
                 quick,
                 per_peer_ports: false,
+                plain_receivers: false,
                 only,
                 hold,
                 creates_small: 50,
@@ -1542,7 +1550,7 @@ fn list<T: std::str::FromStr, C: FromIterator<T>>(arg: Option<String>) -> C {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
+    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports] [--plain-receivers] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
     std::process::exit(2)
 }
 
@@ -1558,6 +1566,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut quick = false;
     let mut per_peer_ports = false;
+    let mut plain_receivers = false;
     let mut only = None;
     let mut hold = Duration::ZERO;
     let (mut stream, mut viewers) = (None, None);
@@ -1566,6 +1575,7 @@ async fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--quick" => quick = true,
             "--per-peer-ports" => per_peer_ports = true,
+            "--plain-receivers" => plain_receivers = true,
             "--hold" => {
                 let secs = args.next().unwrap_or_else(|| usage());
                 hold = Duration::from_secs(secs.parse().unwrap_or_else(|_| usage()));
@@ -1578,6 +1588,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut plan = Plan {
         per_peer_ports,
+        plain_receivers,
         relay_stream: stream,
         ..Plan::new(quick, only, hold)
     };
