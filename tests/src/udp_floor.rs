@@ -202,7 +202,11 @@ mod tests {
     #[test]
     fn every_way_sends_datagrams_that_arrive_and_cost_cpu() {
         let f = measure(Duration::from_millis(300)).expect("loopback UDP");
-        for (name, c) in [("sendto", f.sendto), ("gso", f.gso), ("gso to gro", f.gso_gro)] {
+        for (name, c) in [
+            ("sendto", f.sendto),
+            ("gso", f.gso),
+            ("gso to gro", f.gso_gro),
+        ] {
             eprintln!(
                 "{name}: {} packets, {:?} CPU, {:.0}/s, {:.1}% delivered, {:.1} per read",
                 c.packets,
@@ -215,7 +219,10 @@ mod tests {
             assert!(c.delivered > 0.0, "{name}: nothing arrived");
             assert!(c.delivered <= 1.0, "{name}: more arrived than was sent");
         }
-        assert_eq!(f.sendto.per_read, 1.0, "a plain socket reads one datagram at a time");
+        assert_eq!(
+            f.sendto.per_read, 1.0,
+            "a plain socket reads one datagram at a time"
+        );
         assert_eq!(f.gso.per_read, 1.0, "a plain socket gets GSO runs cut up");
         assert!(
             f.gso_gro.per_read > 1.0,

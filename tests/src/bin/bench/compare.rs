@@ -756,7 +756,11 @@ fn write_tables(
         // The send floor adds the viewer's packets (video + 50 Opus/s) at
         // the GSO rate.
         let send_cpv = udp.map_or(f64::NAN, |u| {
-            let gso = if plan.plain_receivers { u.gso } else { u.gso_gro };
+            let gso = if plan.plain_receivers {
+                u.gso
+            } else {
+                u.gso_gro
+            };
             (kbps * 1000.0 / 8.0 / 1200.0 + 50.0) / gso.packets_per_sec
         });
         let floor2_cpv = floor_cpv + send_cpv;
