@@ -13,15 +13,20 @@
 //!
 //! webrtc-rs's ICE agent takes a [`UDPMux`] and asks it for one connection
 //! per peer (its local ufrag), whose port becomes the peer's host candidate.
-//! [`GroMux`] binds a socket per peer with GRO on (quinn-udp turns it on in
-//! [`quinn_udp::UdpSocketState::new`]) and hands the agent the coalesced
-//! datagrams one at a time.
+//! [`GroMux`] binds a socket per peer with GRO on and hands the agent the
+//! coalesced datagrams one at a time, asking the kernel for no control
+//! message but the segment size.
+//!
+//! The load client costs more this way than with webrtc-rs's own sockets,
+//! about a fifth more CPU at 100 viewers of either relay (bench cores in
+//! docs/benchmarks.md, "Receivers that take GSO runs whole").
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +81,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One peer's socket and what it has read but not yet handed out.
 struct GroConn {
     socket: UdpSocket,
-    state: quinn_udp::UdpSocketState,
     read: tokio::sync::Mutex<Coalesced>,
     closed: CancellationToken,
 }
@@ -108,10 +112,9 @@ impl GroConn {
     fn bind() -> Result<Self, Error> {
         let std = std::net::UdpSocket::bind("0.0.0.0:0")?;
         std.set_nonblocking(true)?;
-        let state = quinn_udp::UdpSocketState::new((&std).into())?;
+        socket::setsockopt(&std, sockopt::UdpGroSegment, &true).map_err(std::io::Error::from)?;
         Ok(Self {
             socket: UdpSocket::from_std(std)?,
-            state,
             read: tokio::sync::Mutex::new(Coalesced {
                 buf: vec![0; GRO_BUFFER].into_boxed_slice(),
                 at: 0,
@@ -123,24 +126,42 @@ impl GroConn {
         })
     }
 
-    async fn read_more(&self, c: &mut Coalesced) -> std::io::Result<()> {
-        loop {
-            self.socket.readable().await?;
-            let mut meta = [quinn_udp::RecvMeta::default()];
-            let got = self.socket.try_io(Interest::READABLE, || {
-                let mut bufs = [IoSliceMut::new(&mut c.buf)];
-                self.state.recv((&self.socket).into(), &mut bufs, &mut meta)
-            });
-            match got {
-                Ok(n) if n > 0 => {
-                    let m = meta[0];
-                    (c.at, c.len, c.stride, c.from) = (0, m.len, m.stride, m.addr);
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+    /// Reads what is queued into `c` without waiting: `Ok(false)` when
+    /// nothing is.
+    fn try_read(&self, c: &mut Coalesced) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        let mut cmsgs = nix::cmsg_space!(i32);
+        let got = self.socket.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut c.buf)];
+            let msg = socket::recvmsg::<SockaddrStorage>(
+                fd,
+                &mut iov,
+                Some(&mut cmsgs),
+                MsgFlags::empty(),
+            )?;
+            // Without the message the read was one datagram.
+            let stride = msg
+                .cmsgs()?
+                .find_map(|m| match m {
+                    ControlMessageOwned::UdpGroSegments(size) => usize::try_from(size).ok(),
+                    _ => None,
+                })
+                .unwrap_or(msg.bytes);
+            let from = msg
+                .address
+                .and_then(|a| a.as_sockaddr_in().map(|v4| SocketAddr::V4((*v4).into())));
+            Ok((msg.bytes, stride, from))
+        });
+        match got {
+            Ok((len, stride, Some(from))) => {
+                (c.at, c.len, c.stride, c.from) = (0, len, stride, from);
+                Ok(true)
             }
+            // Not from an IPv4 peer (the socket is IPv4): skipped.
+            Ok((_, _, None)) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
@@ -161,9 +182,15 @@ impl Conn for GroConn {
             if let Some(got) = c.next(buf) {
                 return Ok(got);
             }
-            tokio::select! {
-                () = self.closed.cancelled() => return Err(Error::ErrClosedListener),
-                r = self.read_more(&mut c) => r?,
+            if self.closed.is_cancelled() {
+                return Err(Error::ErrClosedListener);
+            }
+            // Only an empty socket costs a wait (and the close watch with it).
+            if !self.try_read(&mut c)? {
+                tokio::select! {
+                    () = self.closed.cancelled() => return Err(Error::ErrClosedListener),
+                    r = self.socket.readable() => r?,
+                }
             }
         }
     }
