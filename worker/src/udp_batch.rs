@@ -49,30 +49,25 @@ pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 const MAX_GSO_BYTES: usize = 64_000;
 
 /// Packets one destination gets per turn when several are waiting: about
-/// 19 KB of video. A viewer's keyframe (often 100-200 packets) sent in one
+/// 39 KB of video, a whole 1080p60 12 Mbit/s P frame (about 21 packets),
+/// so that such a frame leaves in one GSO send (16 split it in two; bench
+/// section 6 at 1080p60 measured 3–5% less CPU per viewer at 50 and 100
+/// viewers with 32). A viewer's keyframe (often 100-200 packets) sent in one
 /// go would overflow a receiver's default socket buffer (~90 full-size
 /// packets once the kernel's per-packet overhead is counted); in turns,
 /// every receiver drains while the others are served, and every viewer's
 /// frame completes at about the same time.
-pub const PACKETS_PER_TURN: usize = 16;
+pub const PACKETS_PER_TURN: usize = 32;
 
-/// Most `sendmsg` calls a caller of [`UdpQueue::send`] makes itself. A burst
-/// for a few viewers leaves at once from the fan-out's own thread, without
-/// waking the sender thread (less CPU and delay at small N: bench section
-/// 6, docs/benchmarks.md); a burst for more goes to the sender thread, so
-/// that sending one burst and sealing the next overlap on two cores
-/// (sending 50 viewers' bursts inline raised the egress p99 from 0.22–0.24×
-/// Janus's to 0.53–0.82×).
-const SEND_NOW_MAX_RUNS: usize = 16;
-
-/// The shortest time between two turns of one destination: 16 packets per
-/// 200 µs is 780 Mbit/s, more than any stream and about a gigabit link's
-/// pace, yet spreads a 1080p keyframe of 200 packets over 2.5 ms instead
+/// The shortest time between two turns of one destination: 32 packets per
+/// 400 µs is 780 Mbit/s, more than any stream and about a gigabit link's
+/// pace, yet spreads a 1080p keyframe of 200 packets over 2.4 ms instead
 /// of the tens of microseconds GSO takes. A receiver (a browser, or the
 /// bench's webrtc-rs viewers on loopback with the default 212 KB socket
 /// buffer, about 90 full packets) then drains it as it arrives instead of
-/// dropping its end: at 100 µs the bench still lost 2.7% at 1080p60, N=1.
-const ROUND: Duration = Duration::from_micros(200);
+/// dropping its end: at that rate doubled (16 packets per 100 µs) the bench
+/// still lost 2.7% at 1080p60, N=1.
+const ROUND: Duration = Duration::from_micros(400);
 
 /// Most sender threads a port runs.
 pub const MAX_SEND_THREADS: usize = 16;
@@ -515,15 +510,15 @@ impl UdpQueue {
     }
 
     /// Sends a whole outbox from the caller's thread when the sender thread
-    /// waits with nothing queued, no destination has more than one turn of
-    /// packets (a burst of RTP input, not a keyframe to be paced) and it
-    /// takes at most [`SEND_NOW_MAX_RUNS`] sends: spares the thread's
-    /// wake-up and hand-off. What the socket does not take at once is
+    /// waits with nothing queued and no destination has more than one turn
+    /// of packets (a burst or a frame of RTP input, not a keyframe to be
+    /// paced): spares the thread's wake-up and hand-off, whatever the
+    /// number of viewers. Bench section 6 at 1080p60 (docs/benchmarks.md,
+    /// "Sends from the fan-out's thread"): 7–10% less CPU per viewer at 50
+    /// and 100 viewers than handing more than 16 sends to the thread, with
+    /// the same egress delay. What the socket does not take at once is
     /// queued, in order. `false` (nothing sent) otherwise.
     fn send_now(&mut self, lane: usize, wire: &[u8], packets: &[(usize, SocketAddr)]) -> bool {
-        if packets.len() > SEND_NOW_MAX_RUNS * PACKETS_PER_TURN {
-            return false;
-        }
         {
             let p = self.shared.lock(lane);
             if p.closed || !p.idle || !p.packets.is_empty() {
@@ -538,9 +533,6 @@ impl UdpQueue {
         let (Some(round), None) = (rounds.next(), rounds.next()) else {
             return false;
         };
-        if round.len() > SEND_NOW_MAX_RUNS {
-            return false;
-        }
         let c = &self.shared.counters;
         for (i, run) in round.iter().enumerate() {
             let transmit = run.transmit(wire);

@@ -480,17 +480,26 @@ fn with_many_viewers_a_frame_is_held_until_its_marker_and_each_viewers_share_lie
     take(&mut fan);
 
     // A frame longer than a sender's turn leaves a turn at a time.
-    fan.media(&open_burst(7, 8, 6000, false), &payloads, now);
+    let half = (PACKETS_PER_TURN / 2) as u8;
+    fan.media(&open_burst(7, half, 6000, false), &payloads, now);
     assert_eq!(take(&mut fan), 0);
-    fan.media(&open_burst(15, 8, 6000, false), &payloads, now);
-    assert_eq!(first_bytes(&received(&mut fan, &mut a)).len(), 16);
-    assert_eq!(take(&mut fan), 32, "16 packets for each viewer");
+    fan.media(&open_burst(7 + half, half, 6000, false), &payloads, now);
+    assert_eq!(
+        first_bytes(&received(&mut fan, &mut a)).len(),
+        PACKETS_PER_TURN
+    );
+    assert_eq!(
+        take(&mut fan),
+        2 * PACKETS_PER_TURN,
+        "a turn for each viewer"
+    );
 
     // Below the threshold each burst goes out as it comes (cut-through).
     b.left.cancel();
     assert_eq!(fan.prune(), 1);
-    fan.media(&open_burst(23, 2, 6000, false), &payloads, now);
-    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [23, 24]);
+    let next = 7 + 2 * half;
+    fan.media(&open_burst(next, 2, 6000, false), &payloads, now);
+    assert_eq!(first_bytes(&received(&mut fan, &mut a)), [next, next + 1]);
 }
 
 #[test]

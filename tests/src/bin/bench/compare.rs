@@ -379,6 +379,9 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
     let s0: Vec<_> = viewers.iter().map(snap).collect();
     let drops0 = udp_rcvbuf_errors();
     RECORDING.store(true, Ordering::Relaxed);
+    if std::env::var_os("BENCH_MARK").is_some() {
+        eprintln!("MARK {} {} {}", run.pid, n, run.side.name());
+    }
     let (t0, wait0) = (Instant::now(), proc_cpu_wait(run.pid));
     let ticks0 = proc_user_system_ticks(run.pid);
     let (cores, bench_cores, host_cores) = cpu_windows(&[run.pid], plan.relay_window).await;
