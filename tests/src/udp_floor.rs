@@ -57,6 +57,30 @@ pub struct UdpFloor {
     pub gso_gro: UdpCase,
 }
 
+impl UdpFloor {
+    /// A send call's cost on this machine as a fixed part per call and a
+    /// part per datagram, in CPU seconds, fitted to two measured ways: one
+    /// datagram per call (`sendto`) and [`GSO_RUN`] per call (to receivers
+    /// with UDP receive offload on when `gro`). `None` when the two do not
+    /// make a cost that grows with the datagrams from a non-negative base.
+    pub fn call_cost(&self, gro: bool) -> Option<(f64, f64)> {
+        let gso = if gro { self.gso_gro } else { self.gso };
+        split_call_cost(self.sendto.packets_per_sec, gso.packets_per_sec, GSO_RUN)
+    }
+}
+
+/// The line through (1 datagram per call, `one_rate`) and (`run` per call,
+/// `run_rate`), both in datagrams per CPU second: (per call, per datagram).
+fn split_call_cost(one_rate: f64, run_rate: f64, run: usize) -> Option<(f64, f64)> {
+    if !(one_rate > 0.0 && run_rate > 0.0 && run > 1) {
+        return None;
+    }
+    let (one, whole_run) = (1.0 / one_rate, run as f64 / run_rate);
+    let per_datagram = (whole_run - one) / (run - 1) as f64;
+    let per_call = one - per_datagram;
+    (per_datagram >= 0.0 && per_call >= 0.0).then_some((per_call, per_datagram))
+}
+
 /// How the sender sends and the receivers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -197,6 +221,19 @@ fn send_for(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_call_cost_splits_into_a_part_per_call_and_a_part_per_datagram() {
+        // 1 µs per call and 0.1 µs per datagram: 1.1 µs for one, 2.6 µs
+        // for 16.
+        let (call, datagram) = super::split_call_cost(1.0 / 1.1e-6, 16.0 / 2.6e-6, 16)
+            .expect("a cost that grows with the datagrams");
+        assert!((call - 1.0e-6).abs() < 1e-12, "{call}");
+        assert!((datagram - 0.1e-6).abs() < 1e-12, "{datagram}");
+        // A run cheaper than one datagram alone is no such cost.
+        assert_eq!(super::split_call_cost(1.0 / 3e-6, 16.0 / 2e-6, 16), None);
+        assert_eq!(super::split_call_cost(0.0, 1.0, 16), None);
+    }
+
     use super::*;
 
     #[test]

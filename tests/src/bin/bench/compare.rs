@@ -119,8 +119,25 @@ struct Step {
     kernel_share: Option<f64>,
     /// UDP datagrams the host dropped for full receive buffers (any socket).
     host_udp_drops: u64,
+    /// Ours: the one UDP port's send calls over the window (the worker's
+    /// counters).
+    sends: Option<Sends>,
     no_key: usize,
     failed: Option<String>,
+}
+
+/// Send calls and datagrams per viewer per second over a window.
+#[derive(Debug, Clone, Copy)]
+struct Sends {
+    calls: f64,
+    datagrams: f64,
+}
+
+/// The one UDP port's (send calls, datagrams sent) so far, from the
+/// worker's `$SRV.STATS` data; `None` without the one port.
+async fn udp_sends(client: &async_nats::Client) -> Option<(u64, u64)> {
+    let udp = system_tests::worker_stats(client).await["udp"].clone();
+    Some((udp["sends"].as_u64()?, udp["packets"].as_u64()?))
 }
 
 impl Step {
@@ -143,6 +160,8 @@ impl Step {
             "host_busy_cores": self.host_cores, "relay_cpu_wait": self.cpu_wait,
             "relay_kernel_share": self.kernel_share, "viewers_without_keyframe": self.no_key,
             "host_udp_rcvbuf_drops": self.host_udp_drops,
+            "send_calls_per_viewer_s": self.sends.map(|s| s.calls),
+            "datagrams_per_viewer_s": self.sends.map(|s| s.datagrams),
             "failed": self.failed,
         })
     }
@@ -379,6 +398,10 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
     let s0: Vec<_> = viewers.iter().map(snap).collect();
     let drops0 = udp_rcvbuf_errors();
     RECORDING.store(true, Ordering::Relaxed);
+    let sends0 = match side {
+        Side::Ours => udp_sends(&relays.bus.client).await,
+        Side::Janus => None,
+    };
     if std::env::var_os("BENCH_MARK").is_some() {
         eprintln!("MARK {} {} {}", run.pid, n, run.side.name());
     }
@@ -387,6 +410,13 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
     let (cores, bench_cores, host_cores) = cpu_windows(&[run.pid], plan.relay_window).await;
     RECORDING.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
+    let sends = match (sends0, udp_sends(&relays.bus.client).await) {
+        (Some((c0, d0)), Some((c1, d1))) => Some(Sends {
+            calls: c1.saturating_sub(c0) as f64 / secs / n as f64,
+            datagrams: d1.saturating_sub(d0) as f64 / secs / n as f64,
+        }),
+        _ => None,
+    };
     let cpu_wait = proc_cpu_wait(run.pid).saturating_sub(wait0).as_secs_f64() / secs;
     let ticks1 = proc_user_system_ticks(run.pid);
     let (user, system) = (
@@ -488,6 +518,7 @@ async fn step(relays: &Relays<'_>, run: &mut RelayRun, n: usize, sent: &Sent, pl
         cpu_wait,
         kernel_share,
         host_udp_drops,
+        sends,
         no_key,
         failed: (!failed.is_empty()).then(|| failed.join("; ")),
     };
@@ -746,8 +777,15 @@ fn write_tables(
                 "each viewer's socket has UDP receive offload on, so a GSO run sent over loopback is delivered whole, once, as a viewer host's NIC would coalesce it on its own machine; a relay sending one datagram per `sendto` (Janus) pays the same either way"
             },
         ));
+        if let Some((per_call, per_datagram)) = u.call_cost(!plan.plain_receivers) {
+            md.push_str(&format!(
+                "Send calls: ours's send calls on its one UDP port and the datagrams they carried per viewer per second over the window (the worker's counters), audio and reports included; Janus sends each datagram with its own `sendto`. A call costs {:.2} µs plus {:.3} µs per datagram here (the line through the send floor's `sendto` and GSO cases), so × SRTP + its calls' floor = cores/viewer ÷ (the SRTP floor + what those calls cost at that price): the least a relay sending as ours does could cost.\n\n",
+                per_call * 1e6,
+                per_datagram * 1e6,
+            ));
+        }
     }
-    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | Kernel share | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| Stream | N | Relay | Relay cores | Cores/viewer | Viewers/core | × SRTP floor | × SRTP + send floor | Send calls/viewer/s (datagrams/call) | × SRTP + its calls' floor | Kernel share | RSS MiB/viewer | Slowest viewer frames | Loss (host UDP drops) | Whole frames | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 | Bench cores | Result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut data = Vec::new();
     let mut headline = Vec::new();
     let mut ratio_md = String::from("\nRatios ours / Janus at every N both delivered (below 1: ours cheaper or faster; p99 broken = late: \"ours only\" where only Janus lost more than 1% of its frames):\n\n| Stream | N | Cores/viewer | RSS/viewer | Delay p50 | Delay p99 | p99, broken = late | Egress p50 | Egress p99 |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -767,9 +805,10 @@ fn write_tables(
             (kbps * 1000.0 / 8.0 / 1200.0 + 50.0) / gso.packets_per_sec
         });
         let floor2_cpv = floor_cpv + send_cpv;
+        let call_cost = udp.and_then(|u| u.call_cost(!plan.plain_receivers));
         for run in &r.runs {
             md.push_str(&format!(
-                "| {} | 0 | {} | {:.3} | | | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
+                "| {} | 0 | {} | {:.3} | | | | | | | | RSS {:.1} MiB | | | | | | | | | {:.2} | |\n",
                 r.spec.label,
                 run.side.name(),
                 run.base_cores,
@@ -789,7 +828,7 @@ fn write_tables(
                     continue;
                 };
                 md.push_str(&format!(
-                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.1}× | {} | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                    "| {} | {n} | {} | {:.3} | {:.4} | {:.0} | {:.1}× | {:.1}× | {} | {} | {} | {:.2} | {:.1}% | {:.2}% ({}) | {:.1}% | {} | {} | {} | {} | {} | {:.2} | {} |\n",
                     r.spec.label,
                     run.side.name(),
                     s.relay_cores,
@@ -797,6 +836,19 @@ fn write_tables(
                     1.0 / s.cores_per_viewer.max(1e-6),
                     s.cores_per_viewer / floor_cpv,
                     s.cores_per_viewer / floor2_cpv,
+                    s.sends.map_or("-".into(), |c| format!(
+                        "{:.0} ({:.1})",
+                        c.calls,
+                        c.datagrams / c.calls.max(1e-9)
+                    )),
+                    match (s.sends, call_cost) {
+                        (Some(c), Some((per_call, per_datagram))) => format!(
+                            "{:.1}×",
+                            s.cores_per_viewer
+                                / (floor_cpv + c.calls * per_call + c.datagrams * per_datagram)
+                        ),
+                        _ => "-".into(),
+                    },
                     s.kernel_share.map_or("-".into(), |k| format!("{:.0}%", k * 100.0)),
                     s.rss_mib_per_viewer,
                     s.min_delivered * 100.0,
