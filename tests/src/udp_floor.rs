@@ -221,20 +221,20 @@ fn send_for(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_call_cost_splits_into_a_part_per_call_and_a_part_per_datagram() {
         // 1 µs per call and 0.1 µs per datagram: 1.1 µs for one, 2.6 µs
         // for 16.
-        let (call, datagram) = super::split_call_cost(1.0 / 1.1e-6, 16.0 / 2.6e-6, 16)
+        let (call, datagram) = split_call_cost(1.0 / 1.1e-6, 16.0 / 2.6e-6, 16)
             .expect("a cost that grows with the datagrams");
         assert!((call - 1.0e-6).abs() < 1e-12, "{call}");
         assert!((datagram - 0.1e-6).abs() < 1e-12, "{datagram}");
         // A run cheaper than one datagram alone is no such cost.
-        assert_eq!(super::split_call_cost(1.0 / 3e-6, 16.0 / 2e-6, 16), None);
-        assert_eq!(super::split_call_cost(0.0, 1.0, 16), None);
+        assert_eq!(split_call_cost(1.0 / 3e-6, 16.0 / 2e-6, 16), None);
+        assert_eq!(split_call_cost(0.0, 1.0, 16), None);
     }
-
-    use super::*;
 
     #[test]
     fn every_way_sends_datagrams_that_arrive_and_cost_cpu() {

@@ -513,8 +513,8 @@ impl UdpQueue {
     /// waits with nothing queued and no destination has more than one turn
     /// of packets (a burst or a frame of RTP input, not a keyframe to be
     /// paced): spares the thread's wake-up and hand-off, whatever the
-    /// number of viewers. Bench section 6 at 1080p60 (docs/benchmarks.md,
-    /// "Sends from the fan-out's thread"): 7–10% less CPU per viewer at 50
+    /// number of viewers. Bench section 6 at 1080p60 (docs/profile.md, the
+    /// tenth step): 7–10% less CPU per viewer at 50
     /// and 100 viewers than handing more than 16 sends to the thread, with
     /// the same egress delay. What the socket does not take at once is
     /// queued, in order. `false` (nothing sent) otherwise.
