@@ -10,7 +10,10 @@
 //! latter twice: to plain receiving sockets, where the loopback cuts each run
 //! back into datagrams and queues them one by one in the sender's softirq,
 //! and to sockets with UDP receive offload (`UDP_GRO`) on, which take each
-//! run whole (as the bench's load client does by default). The receivers
+//! run whole (as the bench's load client does by default), and the last
+//! once more with the runs to every destination in one `sendmmsg`, which
+//! tells what of a call's cost is entering the kernel and what is the work
+//! per message behind it. The receivers
 //! (one socket and thread per destination) drain their sockets on other
 //! threads; their time is not counted, and what they miss is.
 
@@ -30,7 +33,7 @@ pub const DATAGRAM: usize = 1216;
 /// Packets per GSO send, as the worker's sender sends a viewer's turn.
 pub const GSO_RUN: usize = 16;
 /// Destinations the sender rotates over.
-const RECEIVERS: usize = 10;
+pub const RECEIVERS: usize = 10;
 
 /// One way of sending, measured.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +58,9 @@ pub struct UdpFloor {
     pub gso: UdpCase,
     /// GSO runs to receivers with `UDP_GRO` on.
     pub gso_gro: UdpCase,
+    /// The same runs, one to each of the [`RECEIVERS`] destinations in one
+    /// `sendmmsg`: what a call costs besides entering the kernel.
+    pub gso_gro_mmsg: UdpCase,
 }
 
 impl UdpFloor {
@@ -87,6 +93,8 @@ enum Way {
     Sendto,
     Gso,
     GsoToGro,
+    /// A `GsoToGro` run to every destination in one `sendmmsg`.
+    MmsgToGro,
 }
 
 /// Measures each way as the best of [`TRIES`] runs of `per_case`
@@ -107,6 +115,7 @@ pub fn measure(per_case: Duration) -> std::io::Result<UdpFloor> {
         sendto: best(Way::Sendto)?,
         gso: best(Way::Gso)?,
         gso_gro: best(Way::GsoToGro)?,
+        gso_gro_mmsg: best(Way::MmsgToGro)?,
     })
 }
 
@@ -123,7 +132,7 @@ fn measure_case(way: Way, duration: Duration) -> std::io::Result<UdpCase> {
         let rx = UdpSocket::bind("127.0.0.1:0")?;
         // Room for bursts (root may exceed rmem_max; if not, the default).
         let _ = socket::setsockopt(&rx, sockopt::RcvBufForce, &(8 << 20));
-        if way == Way::GsoToGro {
+        if matches!(way, Way::GsoToGro | Way::MmsgToGro) {
             socket::setsockopt(&rx, sockopt::UdpGroSegment, &true)?;
         }
         rx.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -143,8 +152,7 @@ fn measure_case(way: Way, duration: Duration) -> std::io::Result<UdpCase> {
         }));
     }
     let tx = UdpSocket::bind("127.0.0.1:0")?;
-    let gso = way != Way::Sendto;
-    let sent = std::thread::spawn(move || send_for(&tx, &addrs, gso, duration))
+    let sent = std::thread::spawn(move || send_for(&tx, &addrs, way, duration))
         .join()
         .map_err(|_| std::io::Error::other("sender panicked"))??;
     // Let the receivers drain what is queued, then stop them.
@@ -178,7 +186,7 @@ fn measure_case(way: Way, duration: Duration) -> std::io::Result<UdpCase> {
 fn send_for(
     tx: &UdpSocket,
     to: &[SocketAddr],
-    gso: bool,
+    way: Way,
     duration: Duration,
 ) -> std::io::Result<(u64, Duration)> {
     let run = vec![0x5au8; DATAGRAM * GSO_RUN];
@@ -190,6 +198,11 @@ fn send_for(
         })
         .collect();
     let segment = DATAGRAM as u16;
+    // For `MmsgToGro`: one run to each destination per call.
+    let mut headers =
+        socket::MultiHeaders::<SockaddrIn>::preallocate(dests.len(), Some(nix::cmsg_space!(u16)));
+    let runs: Vec<[IoSlice; 1]> = dests.iter().map(|_| [IoSlice::new(&run)]).collect();
+    let to_each: Vec<Option<SockaddrIn>> = dests.iter().copied().map(Some).collect();
     let cpu0 = thread_cpu().ok_or_else(|| std::io::Error::other("no thread CPU time"))?;
     let start = Instant::now();
     let mut packets = 0u64;
@@ -197,9 +210,16 @@ fn send_for(
     while start.elapsed() < duration {
         let dest = &dests[i % dests.len()];
         i += 1;
-        if gso {
+        let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+        if way == Way::MmsgToGro {
+            let fd = tx.as_raw_fd();
+            match socket::sendmmsg(fd, &mut headers, &runs, &to_each, cmsg, MsgFlags::empty()) {
+                Ok(sent) => packets += (sent.count() * GSO_RUN) as u64,
+                Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if way != Way::Sendto {
             let iov = [IoSlice::new(&run)];
-            let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
             match socket::sendmsg(tx.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(dest)) {
                 Ok(_) => packets += GSO_RUN as u64,
                 Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {}
@@ -243,6 +263,7 @@ mod tests {
             ("sendto", f.sendto),
             ("gso", f.gso),
             ("gso to gro", f.gso_gro),
+            ("gso to gro, sendmmsg", f.gso_gro_mmsg),
         ] {
             eprintln!(
                 "{name}: {} packets, {:?} CPU, {:.0}/s, {:.1}% delivered, {:.1} per read",
@@ -261,10 +282,12 @@ mod tests {
             "a plain socket reads one datagram at a time"
         );
         assert_eq!(f.gso.per_read, 1.0, "a plain socket gets GSO runs cut up");
-        assert!(
-            f.gso_gro.per_read > 1.0,
-            "a socket with UDP_GRO on reads runs coalesced ({:.2} per read)",
-            f.gso_gro.per_read
-        );
+        for (name, c) in [("gso to gro", f.gso_gro), ("sendmmsg", f.gso_gro_mmsg)] {
+            assert!(
+                c.per_read > 1.0,
+                "{name}: a socket with UDP_GRO on reads runs coalesced ({:.2} per read)",
+                c.per_read
+            );
+        }
     }
 }

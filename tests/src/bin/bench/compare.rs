@@ -761,7 +761,7 @@ fn write_tables(
     ));
     if let Some(u) = udp {
         md.push_str(&format!(
-            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered) to plain sockets and {:.0}/s to sockets with UDP receive offload on ({:.1}% delivered), the best of {} runs each; its CPU includes the loopback delivery, as the relays' does. Receivers: {}. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate to these receivers): what no relay on this loopback can go below.\n\n",
+            "Send floor: one core sends {:.0} {}-byte UDP datagrams/s over loopback with one `sendto` each ({:.1}% delivered), {:.0}/s as GSO runs of {} (one `sendmsg` each, {:.1}% delivered) to plain sockets and {:.0}/s to sockets with UDP receive offload on ({:.1}% delivered), {:.0}/s when a run to each of {} such sockets goes in one `sendmmsg` ({:.1}% delivered), the best of {} runs each; its CPU includes the loopback delivery, as the relays' does. Receivers: {}. × SRTP + send floor = cores/viewer ÷ (the SRTP floor + the viewer's packets at the GSO rate to these receivers): what no relay on this loopback can go below.\n\n",
             u.sendto.packets_per_sec,
             system_tests::udp_floor::DATAGRAM,
             u.sendto.delivered * 100.0,
@@ -770,6 +770,9 @@ fn write_tables(
             u.gso.delivered * 100.0,
             u.gso_gro.packets_per_sec,
             u.gso_gro.delivered * 100.0,
+            u.gso_gro_mmsg.packets_per_sec,
+            system_tests::udp_floor::RECEIVERS,
+            u.gso_gro_mmsg.delivered * 100.0,
             system_tests::udp_floor::TRIES,
             if plan.plain_receivers {
                 "plain sockets, one datagram per read (`--plain-receivers`), so a GSO run sent over loopback is delivered, and billed to its sender, datagram by datagram"
@@ -779,7 +782,7 @@ fn write_tables(
         ));
         if let Some((per_call, per_datagram)) = u.call_cost(!plan.plain_receivers) {
             md.push_str(&format!(
-                "Send calls: ours's send calls on its one UDP port and the datagrams they carried per viewer per second over the window (the worker's counters), audio and reports included; Janus sends each datagram with its own `sendto`. A call costs {:.2} µs plus {:.3} µs per datagram here (the line through the send floor's `sendto` and GSO cases), so × SRTP + its calls' floor = cores/viewer ÷ (the SRTP floor + what those calls cost at that price): the least a relay sending as ours does could cost.\n\n",
+                "Send calls: ours' send calls on its one UDP port and the datagrams they carried per viewer per second over the window (the worker's counters), audio and reports included; Janus sends each datagram with its own `sendto`. A call costs {:.2} µs plus {:.3} µs per datagram here (the line through the send floor's `sendto` and GSO cases), so × SRTP + its calls' floor = cores/viewer ÷ (the SRTP floor + what those calls cost at that price): the least a relay sending as ours does could cost.\n\n",
                 per_call * 1e6,
                 per_datagram * 1e6,
             ));
@@ -1038,6 +1041,9 @@ fn write_tables(
                 "gso_delivered": u.gso.delivered,
                 "gso_to_gro_packets_per_s": u.gso_gro.packets_per_sec,
                 "gso_to_gro_delivered": u.gso_gro.delivered,
+                "gso_to_gro_sendmmsg_packets_per_s": u.gso_gro_mmsg.packets_per_sec,
+                "gso_to_gro_sendmmsg_delivered": u.gso_gro_mmsg.delivered,
+                "sendmmsg_messages": system_tests::udp_floor::RECEIVERS,
             })),
             "receivers": if plan.plain_receivers { "plain" } else { "gro" },
         }),
