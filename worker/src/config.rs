@@ -81,6 +81,10 @@ pub struct Config {
     /// to 2 ms more delay for a frame's first packets.
     #[arg(long, env = "FANOUT_HOLD_FROM", default_value_t = crate::fanout::HOLD_FROM)]
     pub fanout_hold_from: usize,
+    /// Threads the sessions' fan-outs run on (`UDP_PORT` only), sessions
+    /// dealt out in turn; default: one per core, at most 4.
+    #[arg(long, env = "FANOUT_THREADS")]
+    pub fanout_threads: Option<usize>,
     /// Where the registry bucket keeps its data when this worker creates it.
     #[arg(long, env = "REGISTRY_STORAGE", value_enum, default_value = "file")]
     pub registry_storage: StorageKind,
@@ -143,6 +147,14 @@ impl Config {
             Some(n) => return Err(bad(format!("UDP_SEND_THREADS {n} is not 1 to {max}"))),
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         };
+        let fanout_threads = match self.fanout_threads {
+            Some(n) if (1..=crate::fanout::MAX_FANOUT_THREADS).contains(&n) => n,
+            Some(n) => {
+                let max = crate::fanout::MAX_FANOUT_THREADS;
+                return Err(bad(format!("FANOUT_THREADS {n} is not 1 to {max}")));
+            }
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        };
         let ice_servers = self
             .ice_servers
             .iter()
@@ -164,6 +176,7 @@ impl Config {
             udp_port_range,
             udp_send_threads,
             fanout_hold_from: self.fanout_hold_from,
+            fanout_threads,
         })
     }
 
@@ -230,6 +243,20 @@ mod tests {
         );
         c.udp_port_range = Some("5-1".into());
         assert!(c.rtc_settings().is_err());
+    }
+
+    #[test]
+    fn fanout_threads_default_to_the_cores_and_bad_counts_are_refused() {
+        let mut c = Config::for_tests("nats://x");
+        let n = c.rtc_settings().unwrap().fanout_threads;
+        assert!((1..=4).contains(&n), "{n}");
+        c.fanout_threads = Some(2);
+        assert_eq!(c.rtc_settings().unwrap().fanout_threads, 2);
+        for bad in [0, crate::fanout::MAX_FANOUT_THREADS + 1] {
+            c.fanout_threads = Some(bad);
+            let e = c.rtc_settings().unwrap_err();
+            assert!(e.message.contains("FANOUT_THREADS"), "{e:?}");
+        }
     }
 
     #[test]

@@ -349,8 +349,10 @@ pub struct FanoutHandle {
 }
 
 impl FanoutHandle {
-    /// Starts a session's fan-out task (inside a tokio runtime).
+    /// Starts a session's fan-out task on `runtime` (one of
+    /// [`FanoutThreads`]).
     pub fn spawn(
+        runtime: &tokio::runtime::Handle,
         tap: SourceTap,
         gate: SendGate,
         payloads: Arc<PayloadCache>,
@@ -360,7 +362,7 @@ impl FanoutHandle {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (nacks, nacks_rx) = mpsc::channel(NACK_QUEUE);
         let fan = Fanout::new(udp.lanes()).holding_from(hold_from);
-        tokio::spawn(run(fan, tap, gate, payloads, udp, control_rx, nacks_rx));
+        runtime.spawn(run(fan, tap, gate, payloads, udp, control_rx, nacks_rx));
         Self {
             control,
             nacks,
@@ -393,6 +395,60 @@ impl FanoutHandle {
     /// queue drops the NACK (the viewer asks again).
     pub fn nack(&self, id: u64, lost: Vec<u16>) {
         let _ = self.nacks.try_send((id, lost));
+    }
+}
+
+/// The most [`FanoutThreads`] a worker may start (`FANOUT_THREADS`).
+pub const MAX_FANOUT_THREADS: usize = 64;
+
+/// The threads the fan-out tasks run on: each a single-threaded tokio
+/// runtime of its own (`fanout-N`), sessions dealt out in turn. A frame or
+/// an Opus packet wakes exactly the thread of its session's fan-out; on the
+/// worker's multi-threaded runtime each such wake-up also woke a second
+/// worker thread to look for work to steal, which found none (bench
+/// section 6 at 1080p60: 5–9% less worker CPU at 50 and 100 viewers with
+/// the runtime at one thread, docs/profile.md, the eleventh step). The
+/// threads end when this is dropped, and their tasks with them.
+pub struct FanoutThreads {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl FanoutThreads {
+    /// Starts `n` threads (at least one).
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut runtimes = Vec::new();
+        for i in 0..n.max(1) {
+            // Timers only: a fan-out does no IO through tokio (it queues
+            // on the port's send queue), so its thread parks on a futex.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
+            runtimes.push(rt.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("fanout-{i}"))
+                .spawn(move || rt.block_on(stop.cancelled()))?;
+        }
+        Ok(Self {
+            runtimes,
+            next: AtomicU64::new(0),
+            stop,
+        })
+    }
+
+    /// The runtime the next session's fan-out runs on.
+    pub fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        &self.runtimes[i % self.runtimes.len()]
+    }
+}
+
+impl Drop for FanoutThreads {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

@@ -53,7 +53,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 use crate::direct::{self, DirectOut, OutStream};
-use crate::fanout::FanoutHandle;
+use crate::fanout::{FanoutHandle, FanoutThreads};
 use crate::source::{EncodedVideo, Media, SourceTap};
 use crate::udp_batch::{BatchedUdp, SendCounters, UdpQueue};
 
@@ -176,6 +176,9 @@ pub struct RtcSettings {
     /// Viewers from which a fan-out holds RTP video back
     /// (`crate::fanout::HOLD_FROM`); 0: never.
     pub fanout_hold_from: usize,
+    /// Threads the sessions' fan-outs run on (`crate::fanout::FanoutThreads`,
+    /// one UDP port only); 0 is taken as 1.
+    pub fanout_threads: usize,
 }
 
 /// Whether media may leave: the session is not suspended and the worker's
@@ -212,6 +215,8 @@ pub struct Engine {
     /// With one UDP port: its send queue, for viewers' media sent by the
     /// worker itself (`crate::direct`).
     direct: Option<UdpQueue>,
+    /// With one UDP port: where the sessions' fan-outs run.
+    fanout_threads: Option<FanoutThreads>,
     fanout_hold_from: usize,
 }
 
@@ -363,6 +368,7 @@ impl Engine {
         }
         let mut udp_counters = None;
         let mut direct = None;
+        let mut fanout_threads = None;
         if let Some(port) = settings.udp_port {
             // One port for every peer: the worker owns the socket and
             // batches its sends (crate::udp_batch), and sends viewers'
@@ -373,6 +379,7 @@ impl Engine {
             )?;
             udp_counters = Some(sock.counters());
             direct = Some(sock.queue());
+            fanout_threads = Some(FanoutThreads::start(settings.fanout_threads)?);
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
                 sock,
             ))));
@@ -426,6 +433,7 @@ impl Engine {
             video_payloads: Arc::default(),
             udp_counters,
             direct,
+            fanout_threads,
             fanout_hold_from: settings.fanout_hold_from,
         })
     }
@@ -449,7 +457,9 @@ impl Engine {
     /// own writer on webrtc-rs's tracks).
     pub fn fanout(&self, tap: SourceTap, gate: SendGate) -> Option<FanoutHandle> {
         let udp = self.direct.clone()?;
+        let runtime = self.fanout_threads.as_ref()?.next();
         Some(FanoutHandle::spawn(
+            runtime,
             tap,
             gate,
             self.video_payloads.clone(),

@@ -101,8 +101,12 @@ fn thread_cpu() -> HashMap<String, f64> {
 
 /// Which side a thread belongs to, from its name.
 fn group(comm: &str) -> &str {
-    // udp-send: the worker's batched sender on its one UDP port.
-    if comm.starts_with(WORKER_THREADS) || comm.starts_with("udp-send") {
+    // udp-send: the worker's batched sender on its one UDP port; fanout:
+    // the threads its sessions' fan-outs run on (one port).
+    if comm.starts_with(WORKER_THREADS)
+        || comm.starts_with("udp-send")
+        || comm.starts_with("fanout")
+    {
         "worker runtime (fan-out, signalling, NATS)"
     } else if comm.starts_with(VIEWER_THREADS) {
         "viewer clients (webrtc-rs, bench side)"

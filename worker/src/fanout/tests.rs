@@ -535,3 +535,48 @@ fn video_held_past_its_deadline_is_released_and_a_viewer_joining_meanwhile_misse
     fan.release(now);
     assert_eq!(take(&mut fan), 0, "nothing was kept");
 }
+
+/// Sends on `tx` when dropped: tells a test its task is gone.
+struct DroppedSignal(std::sync::mpsc::Sender<()>);
+
+impl Drop for DroppedSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn fanouts_are_dealt_out_over_their_threads_and_end_with_them() {
+    let threads = FanoutThreads::start(2).expect("threads");
+    let name_of_next = || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.next().spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the task ran")
+    };
+    let names: Vec<_> = (0..3).map(|_| name_of_next()).collect();
+    assert_eq!(
+        names,
+        ["fanout-0", "fanout-1", "fanout-0"].map(|n| Some(n.to_owned())),
+        "each session in turn on the next thread"
+    );
+
+    // A fan-out still running when the threads stop is dropped with them.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    threads.next().spawn(async move {
+        let _signal = DroppedSignal(dropped_tx);
+        let _ = started_tx.send(());
+        std::future::pending::<()>().await;
+    });
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the task started");
+    assert!(dropped.try_recv().is_err(), "running, not dropped");
+    drop(threads);
+    dropped
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the task was dropped with its thread");
+}
