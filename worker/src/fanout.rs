@@ -482,6 +482,10 @@ async fn run(
 ) {
     use broadcast::error::RecvError;
     let mut rx = None;
+    // One waiter per member for its `left` token: a viewer leaving wakes
+    // the fan-out, which prunes then (checking every member's token after
+    // each broadcast item took a lock per viewer per item).
+    let mut leaving = tokio::task::JoinSet::<()>::new();
     loop {
         let held_until = fan.hold_deadline();
         let media = tokio::select! {
@@ -495,6 +499,7 @@ async fn run(
                             fan.resume_from(gop);
                             rx = Some(sub);
                         }
+                        leaving.spawn(left.clone().cancelled_owned());
                         fan.join(id, *out, left, (random_u32(), random_u32()));
                         // Suspended: nothing leaves, so no replay; the
                         // viewer starts at a keyframe once the session
@@ -507,6 +512,16 @@ async fn run(
                         tap.request_keyframe();
                     }
                     Some(Control::Destination { id, to }) => fan.set_destination(id, to),
+                }
+                continue;
+            }
+            Some(_) = leaving.join_next() => {
+                if fan.prune() == 0 {
+                    // Nobody left: stop taking the broadcast until someone
+                    // joins (who takes the source's group of pictures
+                    // afresh).
+                    rx = None;
+                    fan.forget_gop();
                 }
                 continue;
             }
@@ -554,12 +569,6 @@ async fn run(
             Err(RecvError::Closed) => return,
         }
         fan.outbox().flush(&mut udp);
-        if fan.prune() == 0 {
-            // Nobody left: stop taking the broadcast until someone joins
-            // (who takes the source's group of pictures afresh).
-            rx = None;
-            fan.forget_gop();
-        }
     }
 }
 

@@ -580,3 +580,126 @@ fn fanouts_are_dealt_out_over_their_threads_and_end_with_them() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the task was dropped with its thread");
 }
+
+/// Opus packets (not reports) a socket has received so far, without
+/// waiting: an audio packet of [`audio`] sealed is 32 bytes (RTP header,
+/// "opus", GCM tag).
+fn audio_received(sock: &std::net::UdpSocket) -> usize {
+    let mut buf = [0u8; 1500];
+    let mut n = 0;
+    while let Ok(len) = sock.recv(&mut buf) {
+        n += usize::from(len == 32);
+    }
+    n
+}
+
+/// Waits (up to 10 s) until `sock` has received an Opus packet.
+fn await_audio(sock: &std::net::UdpSocket) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    loop {
+        assert!(Instant::now() < deadline, "no Opus packet within 10 s");
+        if matches!(sock.recv(&mut buf), Ok(32)) {
+            break;
+        }
+    }
+    sock.set_nonblocking(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_on() {
+    let threads = FanoutThreads::start(1).unwrap();
+    let port =
+        crate::udp_batch::BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1)
+            .unwrap();
+    let mut source = crate::source::SourceHandle::new(64);
+    let (link_tx, link_rx) = std::sync::mpsc::channel();
+    let (_done, done_rx) = std::sync::mpsc::channel::<()>();
+    source
+        .spawn_thread("test-source", move |link| {
+            link_tx.send(link).map_err(|e| e.to_string())?;
+            let _ = done_rx.recv(); // until the test ends
+            Ok(())
+        })
+        .unwrap();
+    let link = link_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let now = Instant::now();
+    let gate = SendGate {
+        paused: Arc::default(),
+        lease: Arc::new(crate::core::lease::LeaseGate::new(
+            now,
+            now + Duration::from_secs(3600),
+        )),
+    };
+    let fanout = FanoutHandle::spawn(
+        threads.next(),
+        source.tap(),
+        gate,
+        Arc::default(),
+        port.queue(),
+        0,
+    );
+    let mut viewers = Vec::new();
+    for id in [1u64, 2] {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let out = DirectOut::new(
+            &keys(id as u8),
+            PROFILE,
+            sock.local_addr().unwrap(),
+            OutStream::new(100 + id as u32, 102, 90_000, 0, VIDEO_HISTORY),
+            OutStream::new(200 + id as u32, 111, 48_000, 0, 0),
+        )
+        .unwrap();
+        let left = CancellationToken::new();
+        assert!(fanout.join(id, out, left.clone()).await, "the fan-out runs");
+        viewers.push((sock, left));
+    }
+    let [(leaving, left), (staying, _)] = &viewers[..] else {
+        unreachable!()
+    };
+    let mut pts = 0;
+    let mut publish = || {
+        pts += 960;
+        link.publish(audio(pts));
+    };
+    // Joins reach the fan-out in its own time: publish until both viewers
+    // get audio.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut got_leaving, mut got_staying) = (0, 0);
+    while got_leaving == 0 || got_staying == 0 {
+        assert!(Instant::now() < deadline, "both viewers get audio");
+        publish();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        got_leaving += audio_received(leaving);
+        got_staying += audio_received(staying);
+    }
+
+    left.cancel();
+    // Until an Opus packet the staying viewer got after one more (sent by
+    // a later flush, so after anything the first sent) finds none for the
+    // one who left. Without the leave reaching the fan-out, this fails.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the viewer who left still gets audio"
+        );
+        audio_received(leaving);
+        publish();
+        await_audio(staying);
+        publish();
+        await_audio(staying);
+        if audio_received(leaving) == 0 {
+            break;
+        }
+    }
+    for _ in 0..5 {
+        publish();
+        await_audio(staying);
+    }
+    assert_eq!(audio_received(leaving), 0, "nothing more after leaving");
+}
