@@ -406,8 +406,9 @@ pub const MAX_FANOUT_THREADS: usize = 64;
 /// an Opus packet wakes exactly the thread of its session's fan-out; on the
 /// worker's multi-threaded runtime each such wake-up also woke a second
 /// worker thread to look for work to steal, which found none (bench
-/// section 6 at 1080p60: 5–9% less worker CPU at 50 and 100 viewers with
-/// the runtime at one thread, docs/profile.md, the eleventh step). The
+/// section 6 at 1080p60: 4–5% less worker CPU at 50 and 100 viewers,
+/// about what running the whole worker on one tokio thread saved,
+/// docs/profile.md, the eleventh step). The
 /// threads end when this is dropped, and their tasks with them.
 pub struct FanoutThreads {
     runtimes: Vec<tokio::runtime::Handle>,
