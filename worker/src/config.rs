@@ -141,20 +141,22 @@ impl Config {
                 Some((lo, hi))
             }
         };
-        let max = crate::udp_batch::MAX_SEND_THREADS;
-        let udp_send_threads = match self.udp_send_threads {
-            Some(n) if (1..=max).contains(&n) => n,
-            Some(n) => return Err(bad(format!("UDP_SEND_THREADS {n} is not 1 to {max}"))),
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        // A thread count: 1 to `max`, by default one per core, at most 4.
+        let threads = |name: &str, value: Option<usize>, max: usize| match value {
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => Err(bad(format!("{name} {n} is not 1 to {max}"))),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(4))),
         };
-        let fanout_threads = match self.fanout_threads {
-            Some(n) if (1..=crate::fanout::MAX_FANOUT_THREADS).contains(&n) => n,
-            Some(n) => {
-                let max = crate::fanout::MAX_FANOUT_THREADS;
-                return Err(bad(format!("FANOUT_THREADS {n} is not 1 to {max}")));
-            }
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
-        };
+        let udp_send_threads = threads(
+            "UDP_SEND_THREADS",
+            self.udp_send_threads,
+            crate::udp_batch::MAX_SEND_THREADS,
+        )?;
+        let fanout_threads = threads(
+            "FANOUT_THREADS",
+            self.fanout_threads,
+            crate::fanout::MAX_FANOUT_THREADS,
+        )?;
         let ice_servers = self
             .ice_servers
             .iter()
@@ -246,30 +248,34 @@ mod tests {
     }
 
     #[test]
-    fn fanout_threads_default_to_the_cores_and_bad_counts_are_refused() {
-        let mut c = Config::for_tests("nats://x");
-        let n = c.rtc_settings().unwrap().fanout_threads;
-        assert!((1..=4).contains(&n), "{n}");
-        c.fanout_threads = Some(2);
-        assert_eq!(c.rtc_settings().unwrap().fanout_threads, 2);
-        for bad in [0, crate::fanout::MAX_FANOUT_THREADS + 1] {
-            c.fanout_threads = Some(bad);
-            let e = c.rtc_settings().unwrap_err();
-            assert!(e.message.contains("FANOUT_THREADS"), "{e:?}");
-        }
-    }
-
-    #[test]
-    fn udp_send_threads_default_to_the_cores_and_bad_counts_are_refused() {
-        let mut c = Config::for_tests("nats://x");
-        let n = c.rtc_settings().unwrap().udp_send_threads;
-        assert!((1..=4).contains(&n), "{n}");
-        c.udp_send_threads = Some(3);
-        assert_eq!(c.rtc_settings().unwrap().udp_send_threads, 3);
-        for bad in [0, crate::udp_batch::MAX_SEND_THREADS + 1] {
-            c.udp_send_threads = Some(bad);
-            let e = c.rtc_settings().unwrap_err();
-            assert!(e.message.contains("UDP_SEND_THREADS"), "{e:?}");
+    fn thread_counts_default_to_the_cores_and_bad_counts_are_refused() {
+        type Set = fn(&mut Config, Option<usize>);
+        type Get = fn(&crate::rtc::RtcSettings) -> usize;
+        let settings: [(&str, Set, Get, usize); 2] = [
+            (
+                "UDP_SEND_THREADS",
+                |c, n| c.udp_send_threads = n,
+                |s| s.udp_send_threads,
+                crate::udp_batch::MAX_SEND_THREADS,
+            ),
+            (
+                "FANOUT_THREADS",
+                |c, n| c.fanout_threads = n,
+                |s| s.fanout_threads,
+                crate::fanout::MAX_FANOUT_THREADS,
+            ),
+        ];
+        for (name, set, get, max) in settings {
+            let mut c = Config::for_tests("nats://x");
+            let n = get(&c.rtc_settings().unwrap());
+            assert!((1..=4).contains(&n), "{name} {n}");
+            set(&mut c, Some(3));
+            assert_eq!(get(&c.rtc_settings().unwrap()), 3, "{name}");
+            for bad in [0, max + 1] {
+                set(&mut c, Some(bad));
+                let e = c.rtc_settings().unwrap_err();
+                assert!(e.message.contains(name), "{e:?}");
+            }
         }
     }
 }

@@ -593,20 +593,31 @@ fn audio_received(sock: &std::net::UdpSocket) -> usize {
     n
 }
 
-/// Waits (up to 10 s) until `sock` has received an Opus packet.
-fn await_audio(sock: &std::net::UdpSocket) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Whether `sock` receives an Opus packet within `timeout` (waiting on
+/// the socket).
+fn audio_within(sock: &std::net::UdpSocket, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
     sock.set_nonblocking(false).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
     let mut buf = [0u8; 1500];
-    loop {
-        assert!(Instant::now() < deadline, "no Opus packet within 10 s");
-        if matches!(sock.recv(&mut buf), Ok(32)) {
+    let mut got = false;
+    while !got {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             break;
         }
+        sock.set_read_timeout(Some(left)).unwrap();
+        got = matches!(sock.recv(&mut buf), Ok(32));
     }
     sock.set_nonblocking(true).unwrap();
+    got
+}
+
+/// Waits (up to 10 s) until `sock` has received an Opus packet.
+fn await_audio(sock: &std::net::UdpSocket) {
+    assert!(
+        audio_within(sock, Duration::from_secs(10)),
+        "no Opus packet within 10 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,13 +680,13 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
     // Joins reach the fan-out in its own time: publish until both viewers
     // get audio.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut got_leaving, mut got_staying) = (0, 0);
-    while got_leaving == 0 || got_staying == 0 {
+    let (mut got_leaving, mut got_staying) = (false, false);
+    while !(got_leaving && got_staying) {
         assert!(Instant::now() < deadline, "both viewers get audio");
         publish();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        got_leaving += audio_received(leaving);
-        got_staying += audio_received(staying);
+        let wait = Duration::from_millis(50);
+        got_leaving |= audio_within(leaving, wait);
+        got_staying |= audio_within(staying, wait);
     }
 
     left.cancel();
