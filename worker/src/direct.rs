@@ -29,7 +29,7 @@ use webrtc::srtp::config::SessionKeys;
 use webrtc::srtp::context::Context;
 use webrtc::srtp::protection_profile::ProtectionProfile;
 
-use crate::udp_batch::UdpQueue;
+use crate::udp_batch::{trim_entries, Trim, UdpQueue, TRIM_FLOOR_BYTES};
 
 pub mod srtp;
 
@@ -223,11 +223,24 @@ pub struct Outbox {
     lanes: Vec<Waiting>,
 }
 
-/// One lane's packets in an [`Outbox`].
-#[derive(Default)]
+/// One lane's packets in an [`Outbox`], and how their buffers follow what
+/// the lane has needed lately ([`Trim`]).
 struct Waiting {
     wire: Vec<u8>,
     packets: Vec<(usize, SocketAddr)>,
+    trim_wire: Trim,
+    trim_packets: Trim,
+}
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Self {
+            wire: Vec::new(),
+            packets: Vec::new(),
+            trim_wire: Trim::new(TRIM_FLOOR_BYTES),
+            trim_packets: trim_entries(),
+        }
+    }
 }
 
 impl Default for Outbox {
@@ -294,12 +307,16 @@ impl Outbox {
     }
 
     /// Queues everything on the port and empties the outbox (its buffers
-    /// are kept for the next round).
-    pub fn flush(&mut self, udp: &mut UdpQueue) {
+    /// are kept for the next round, their capacity trimmed to what recent
+    /// rounds needed, [`Trim`]).
+    pub fn flush(&mut self, udp: &mut UdpQueue, now: Instant) {
         for lane in &mut self.lanes {
             if !lane.packets.is_empty() {
+                let (bytes, packets) = (lane.wire.len(), lane.packets.len());
                 udp.send(&mut lane.wire, &lane.packets);
                 lane.packets.clear();
+                lane.trim_wire.used(bytes, &mut lane.wire, now);
+                lane.trim_packets.used(packets, &mut lane.packets, now);
             }
         }
     }

@@ -509,7 +509,7 @@ async fn run(
                         if gate.open(now) {
                             fan.offer_replays(now, |to| replay_room(&udp, to));
                         }
-                        fan.outbox().flush(&mut udp);
+                        fan.outbox().flush(&mut udp, now);
                         tap.request_keyframe();
                     }
                     Some(Control::Destination { id, to }) => fan.set_destination(id, to),
@@ -528,7 +528,7 @@ async fn run(
             }
             Some((id, lost)) = nacks.recv() => {
                 fan.resend(id, &lost);
-                fan.outbox().flush(&mut udp);
+                fan.outbox().flush(&mut udp, Instant::now());
                 continue;
             }
             // Video held back past HOLD_MAX (its frame's end is late or
@@ -537,7 +537,7 @@ async fn run(
                 let now = Instant::now();
                 if gate.open(now) {
                     fan.release(now);
-                    fan.outbox().flush(&mut udp);
+                    fan.outbox().flush(&mut udp, now);
                 } else {
                     fan.restart_at_keyframe();
                     fan.forget_gop();
@@ -569,7 +569,7 @@ async fn run(
             }
             Err(RecvError::Closed) => return,
         }
-        fan.outbox().flush(&mut udp);
+        fan.outbox().flush(&mut udp, now);
     }
 }
 

@@ -90,6 +90,61 @@ pub fn lane_of(to: SocketAddr, lanes: usize) -> usize {
     (((h >> 32) * lanes as u64) >> 32) as usize
 }
 
+/// How long a reused buffer keeps capacity that no use has needed.
+pub const TRIM_AFTER: Duration = Duration::from_secs(2);
+
+/// Bytes a reused packet buffer always keeps (a few frames of a few
+/// viewers: what small sessions need without reallocating).
+pub const TRIM_FLOOR_BYTES: usize = 256 << 10;
+
+/// Keeps a reused buffer's capacity near what it has needed lately. The
+/// packet buffers (a fan-out's outbox, a lane's queue, a sender thread's
+/// batch) are cleared and reused so that steady sending allocates
+/// nothing, but they then kept whatever one burst grew them to: a join
+/// storm's replays of the group of pictures to every viewer at once held
+/// several MiB per lane for the rest of the process (heaptrack in bench
+/// section 6, docs/profile.md, the twelfth step). Over each window of
+/// [`TRIM_AFTER`] the largest use is noted; a buffer holding more than
+/// twice that (and than the floor) is shrunk to it. A keyframe a second
+/// keeps its own size, so steady sending never reallocates. Pure: the
+/// caller gives the time.
+#[derive(Debug, Clone)]
+pub struct Trim {
+    floor: usize,
+    most: usize,
+    since: Option<Instant>,
+}
+
+impl Trim {
+    /// A governor that never shrinks a buffer below `floor` elements.
+    pub fn new(floor: usize) -> Self {
+        Self {
+            floor,
+            most: 0,
+            since: None,
+        }
+    }
+
+    /// After a use that filled `len` elements of `buf` (now cleared or
+    /// not): at the end of a window, shrinks `buf` to the window's
+    /// largest use when it holds more than twice that. Whether it shrank.
+    pub fn used<T>(&mut self, len: usize, buf: &mut Vec<T>, now: Instant) -> bool {
+        self.most = self.most.max(len);
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) < TRIM_AFTER {
+            return false;
+        }
+        let keep = self.most.max(self.floor);
+        self.most = 0;
+        self.since = Some(now);
+        if buf.capacity() <= keep.saturating_mul(2) {
+            return false;
+        }
+        buf.shrink_to(keep);
+        true
+    }
+}
+
 /// A queued packet: its destination and where its bytes lie in the queue's
 /// buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +655,7 @@ fn send_loop(shared: &Shared, lane: usize) {
     let (socket, state) = (shared.socket.get_ref(), &shared.state);
     let mut batch = Pending::default();
     let mut plan = Schedule::default();
+    let (mut trim_bytes, mut trim_packets) = (Trim::new(TRIM_FLOOR_BYTES), trim_entries());
     loop {
         {
             let mut p = shared.lock(lane);
@@ -633,9 +689,19 @@ fn send_loop(shared: &Shared, lane: usize) {
                 send_run(socket, state, &shared.counters, &batch.bytes, run);
             }
         }
+        let now = Instant::now();
+        let (bytes, packets) = (batch.bytes.len(), batch.packets.len());
         batch.bytes.clear();
         batch.packets.clear();
+        trim_bytes.used(bytes, &mut batch.bytes, now);
+        trim_packets.used(packets, &mut batch.packets, now);
     }
+}
+
+/// A [`Trim`] for a buffer of packet entries, its floor as many entries
+/// as [`TRIM_FLOOR_BYTES`] holds full-size packets.
+pub fn trim_entries() -> Trim {
+    Trim::new(TRIM_FLOOR_BYTES / 1200)
 }
 
 /// Sends one run and counts it.
@@ -1059,6 +1125,57 @@ pub(crate) mod tests {
         let c = sender.counters();
         assert_eq!(c.direct.load(Ordering::Relaxed), 100);
         assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_buffer_grown_by_one_burst_shrinks_back_after_a_window_and_steady_use_keeps_its_own() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut trim = Trim::new(1000);
+        let mut buf: Vec<u8> = Vec::new();
+        // A burst (a join storm's replays) grows the buffer to 8 MB.
+        buf.resize(8 << 20, 1);
+        buf.clear();
+        assert!(
+            !trim.used(8 << 20, &mut buf, at(0)),
+            "not before a window has passed"
+        );
+        // Then frames of 50 KB for a window: the burst is in this window,
+        // so the capacity stays.
+        for ms in (10..TRIM_AFTER.as_millis() as u64).step_by(10) {
+            buf.resize(50_000, 1);
+            buf.clear();
+            assert!(!trim.used(50_000, &mut buf, at(ms)));
+        }
+        assert!(buf.capacity() >= 8 << 20);
+        // A window without the burst: the buffer shrinks to its largest use.
+        let end = 2 * TRIM_AFTER.as_millis() as u64;
+        let mut shrank = false;
+        for ms in (TRIM_AFTER.as_millis() as u64..=end).step_by(10) {
+            buf.resize(50_000, 1);
+            buf.clear();
+            shrank |= trim.used(50_000, &mut buf, at(ms));
+        }
+        assert!(shrank, "the burst's capacity is given back");
+        assert!(
+            (50_000..100_000).contains(&buf.capacity()),
+            "capacity {} is about the frames' size",
+            buf.capacity()
+        );
+        // Steady use of its own size never reallocates.
+        let ptr = buf.as_ptr();
+        for ms in (end..end + 5 * TRIM_AFTER.as_millis() as u64).step_by(10) {
+            buf.resize(50_000, 1);
+            buf.clear();
+            assert!(!trim.used(50_000, &mut buf, at(ms)));
+        }
+        assert_eq!(buf.as_ptr(), ptr, "no reallocation in steady use");
+        // Never below the floor, however little is used.
+        let mut small = Trim::new(4096);
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        small.used(10, &mut buf, at(0));
+        assert!(small.used(10, &mut buf, at(TRIM_AFTER.as_millis() as u64)));
+        assert!(buf.capacity() >= 4096 && buf.capacity() < 8192);
     }
 
     #[test]

@@ -191,7 +191,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             .map(|i| (Bytes::from(vec![i; 1186]), i == 2, 3000))
             .collect();
         out.send_video(frame.iter().map(|(p, m, t)| (p, *m, *t)), now, &mut outbox);
-        outbox.flush(&mut udp);
+        outbox.flush(&mut udp, now);
         let mut sealed = Vec::new();
         for (i, (payload, marker, ts)) in frame.iter().enumerate() {
             let wire = recv(&viewer).await;
@@ -204,7 +204,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
             sealed.push(wire);
         }
         out.send_audio(&Bytes::from_static(b"opus"), 960, now, &mut outbox);
-        outbox.flush(&mut udp);
+        outbox.flush(&mut udp, now);
         let p = parse(
             &rx.decrypt_rtp(&recv(&viewer).await)
                 .expect("audio decrypts"),
@@ -220,7 +220,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
 
         // A NACK for seq 11 gets the same packet again; 99 was never sent.
         assert_eq!(out.resend(&[11, 99], &mut outbox), 1);
-        outbox.flush(&mut udp);
+        outbox.flush(&mut udp, now);
         assert_eq!(
             recv(&viewer).await,
             sealed[1],
@@ -229,7 +229,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
 
         assert!(out.report_due(now));
         out.report(now, SystemTime::now(), &mut outbox).unwrap();
-        outbox.flush(&mut udp);
+        outbox.flush(&mut udp, now);
         assert!(!out.report_due(now + Duration::from_millis(10)));
         let rtcp = rx
             .decrypt_rtcp(&recv(&viewer).await)
@@ -270,7 +270,7 @@ async fn an_outbox_keeps_each_lanes_packets_apart_and_every_destination_in_order
         assert_eq!(waiting.packets.len(), 20, "lane {lane}");
         assert!(waiting.packets.iter().all(|&(_, a)| lane_of(a) == lane));
     }
-    outbox.flush(&mut udp);
+    outbox.flush(&mut udp, Instant::now());
     assert!(outbox.is_empty());
     for (v, rx) in viewers.iter().enumerate() {
         for n in 0..20u8 {
