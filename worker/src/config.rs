@@ -81,8 +81,9 @@ pub struct Config {
     /// to 2 ms more delay for a frame's first packets.
     #[arg(long, env = "FANOUT_HOLD_FROM", default_value_t = crate::fanout::HOLD_FROM)]
     pub fanout_hold_from: usize,
-    /// Threads the sessions' fan-outs run on (`UDP_PORT` only), sessions
-    /// dealt out in turn; default: one per core, at most 4.
+    /// Threads the sessions' fan-outs run on (`UDP_PORT` only), a new
+    /// session on the least loaded (fan-outs and viewers counted); default:
+    /// one per core, at most 4.
     #[arg(long, env = "FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
     /// Where the registry bucket keeps its data when this worker creates it.

@@ -22,7 +22,7 @@
 //! and keeps its destination current.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -202,6 +202,11 @@ impl Fanout {
         self.members.is_empty()
     }
 
+    /// Viewers in the fan-out.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
     /// Every viewer's video waits for the next keyframe (the fan-out fell
     /// behind the broadcast, or the session may not send).
     pub fn restart_at_keyframe(&mut self) {
@@ -352,7 +357,7 @@ impl FanoutHandle {
     /// Starts a session's fan-out task on `runtime` (one of
     /// [`FanoutThreads`]).
     pub fn spawn(
-        runtime: &tokio::runtime::Handle,
+        placement: Placement,
         tap: SourceTap,
         gate: SendGate,
         payloads: Arc<PayloadCache>,
@@ -362,7 +367,16 @@ impl FanoutHandle {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (nacks, nacks_rx) = mpsc::channel(NACK_QUEUE);
         let fan = Fanout::new(udp.lanes()).holding_from(hold_from);
-        runtime.spawn(run(fan, tap, gate, payloads, udp, control_rx, nacks_rx));
+        let Placement { runtime, load } = placement;
+        runtime.spawn(run(
+            fan,
+            tap,
+            gate,
+            payloads,
+            udp,
+            (control_rx, nacks_rx),
+            load,
+        ));
         Self {
             control,
             nacks,
@@ -402,18 +416,69 @@ impl FanoutHandle {
 pub const MAX_FANOUT_THREADS: usize = 64;
 
 /// The threads the fan-out tasks run on: each a single-threaded tokio
-/// runtime of its own (`fanout-N`), sessions dealt out in turn. A frame or
-/// an Opus packet wakes exactly the thread of its session's fan-out; on the
-/// worker's multi-threaded runtime each such wake-up also woke a second
-/// worker thread to look for work to steal, which found none (bench
-/// section 6 at 1080p60: 4–5% less worker CPU at 50 and 100 viewers,
-/// about what running the whole worker on one tokio thread saved,
-/// docs/profile.md, the eleventh step). The
-/// threads end when this is dropped, and their tasks with them.
+/// runtime of its own (`fanout-N`). A frame or an Opus packet wakes
+/// exactly the thread of its session's fan-out; on the worker's
+/// multi-threaded runtime each such wake-up also woke a second worker
+/// thread to look for work to steal, which found none (bench section 6 at
+/// 1080p60: 4–5% less worker CPU at 50 and 100 viewers, about what running
+/// the whole worker on one tokio thread saved, docs/profile.md, the
+/// eleventh step). A new session goes to the thread with the least load,
+/// its fan-outs and their viewers counted ([`ThreadLoad`]), so sessions
+/// that end or draw many viewers do not leave the threads uneven as
+/// dealing them out in turn did. The threads end when this is dropped,
+/// and their tasks with them.
 pub struct FanoutThreads {
     runtimes: Vec<tokio::runtime::Handle>,
-    next: AtomicU64,
+    loads: Vec<Arc<AtomicUsize>>,
     stop: CancellationToken,
+}
+
+/// Where a session's fan-out runs ([`FanoutThreads::next`]) and its share
+/// of that thread's load.
+pub struct Placement {
+    pub runtime: tokio::runtime::Handle,
+    pub load: ThreadLoad,
+}
+
+/// A fan-out's share of its thread's load: one for the fan-out and one per
+/// viewer, given back when dropped (the fan-out task holds it).
+#[derive(Debug)]
+pub struct ThreadLoad {
+    load: Arc<AtomicUsize>,
+    viewers: usize,
+}
+
+impl ThreadLoad {
+    fn new(load: Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        Self { load, viewers: 0 }
+    }
+
+    /// The fan-out has `n` viewers now.
+    pub fn set_viewers(&mut self, n: usize) {
+        if n >= self.viewers {
+            self.load.fetch_add(n - self.viewers, Ordering::Relaxed);
+        } else {
+            self.load.fetch_sub(self.viewers - n, Ordering::Relaxed);
+        }
+        self.viewers = n;
+    }
+}
+
+impl Drop for ThreadLoad {
+    fn drop(&mut self) {
+        self.load.fetch_sub(1 + self.viewers, Ordering::Relaxed);
+    }
+}
+
+/// The index of the least of `loads`, the first of equals (so equal loads
+/// are dealt out in turn). Pure.
+pub fn least_loaded(loads: impl IntoIterator<Item = usize>) -> usize {
+    loads
+        .into_iter()
+        .enumerate()
+        .min_by_key(|&(i, load)| (load, i))
+        .map_or(0, |(i, _)| i)
 }
 
 impl FanoutThreads {
@@ -434,16 +499,30 @@ impl FanoutThreads {
                 .spawn(move || rt.block_on(stop.cancelled()))?;
         }
         Ok(Self {
+            loads: runtimes.iter().map(|_| Arc::default()).collect(),
             runtimes,
-            next: AtomicU64::new(0),
             stop,
         })
     }
 
-    /// The runtime the next session's fan-out runs on.
-    pub fn next(&self) -> &tokio::runtime::Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
-        &self.runtimes[i % self.runtimes.len()]
+    /// Where the next session's fan-out runs: the least loaded thread,
+    /// counted as loaded by it from now on. (Two sessions placed at the
+    /// same moment may both take the same thread; the next ones even it
+    /// out.)
+    pub fn next(&self) -> Placement {
+        let i = least_loaded(self.loads.iter().map(|l| l.load(Ordering::Relaxed)));
+        Placement {
+            runtime: self.runtimes[i].clone(),
+            load: ThreadLoad::new(self.loads[i].clone()),
+        }
+    }
+
+    /// Each thread's load: its fan-outs and their viewers.
+    pub fn loads(&self) -> Vec<usize> {
+        self.loads
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -478,8 +557,8 @@ async fn run(
     gate: SendGate,
     payloads: Arc<PayloadCache>,
     mut udp: UdpQueue,
-    mut control: mpsc::Receiver<Control>,
-    mut nacks: mpsc::Receiver<(u64, Vec<u16>)>,
+    (mut control, mut nacks): (mpsc::Receiver<Control>, mpsc::Receiver<(u64, Vec<u16>)>),
+    mut load: ThreadLoad,
 ) {
     use broadcast::error::RecvError;
     let mut rx = None;
@@ -502,6 +581,7 @@ async fn run(
                         }
                         leaving.spawn(left.clone().cancelled_owned());
                         fan.join(id, *out, left, (random_u32(), random_u32()));
+                        load.set_viewers(fan.len());
                         // Suspended: nothing leaves, so no replay; the
                         // viewer starts at a keyframe once the session
                         // may send.
@@ -517,7 +597,9 @@ async fn run(
                 continue;
             }
             Some(_) = leaving.join_next() => {
-                if fan.prune() == 0 {
+                let viewers = fan.prune();
+                load.set_viewers(viewers);
+                if viewers == 0 {
                     // Nobody left: stop taking the broadcast until someone
                     // joins (who takes the source's group of pictures
                     // afresh).

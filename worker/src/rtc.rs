@@ -457,9 +457,9 @@ impl Engine {
     /// own writer on webrtc-rs's tracks).
     pub fn fanout(&self, tap: SourceTap, gate: SendGate) -> Option<FanoutHandle> {
         let udp = self.direct.clone()?;
-        let runtime = self.fanout_threads.as_ref()?.next();
+        let placement = self.fanout_threads.as_ref()?.next();
         Some(FanoutHandle::spawn(
-            runtime,
+            placement,
             tap,
             gate,
             self.video_payloads.clone(),

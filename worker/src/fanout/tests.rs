@@ -546,27 +546,53 @@ impl Drop for DroppedSignal {
 }
 
 #[test]
-fn fanouts_are_dealt_out_over_their_threads_and_end_with_them() {
+fn fanouts_go_to_the_least_loaded_thread_and_end_with_it() {
     let threads = FanoutThreads::start(2).expect("threads");
-    let name_of_next = || {
+    // Where a placement's task runs, by thread name.
+    let thread_of = |p: &Placement| {
         let (tx, rx) = std::sync::mpsc::channel();
-        threads.next().spawn(async move {
+        p.runtime.spawn(async move {
             let _ = tx.send(std::thread::current().name().map(str::to_owned));
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the task ran")
+            .expect("a named thread")
     };
-    let names: Vec<_> = (0..3).map(|_| name_of_next()).collect();
+    let mut placed: Vec<Placement> = (0..3).map(|_| threads.next()).collect();
+    let names: Vec<_> = placed.iter().map(thread_of).collect();
     assert_eq!(
         names,
-        ["fanout-0", "fanout-1", "fanout-0"].map(|n| Some(n.to_owned())),
-        "each session in turn on the next thread"
+        ["fanout-0", "fanout-1", "fanout-0"],
+        "equal loads are dealt out in turn"
     );
+    assert_eq!(threads.loads(), [2, 1]);
+
+    // Both sessions on fanout-0 end: the next two go there, not in turn.
+    placed.remove(2);
+    placed.remove(0);
+    assert_eq!(threads.loads(), [0, 1]);
+    let a = threads.next();
+    assert_eq!(thread_of(&a), "fanout-0", "the idle thread");
+    let mut b = threads.next();
+    assert_eq!(thread_of(&b), "fanout-0", "equal loads: the first");
+    assert_eq!(threads.loads(), [2, 1]);
+
+    // Viewers count: a session with 5 of them sends the next ones to the
+    // other thread until it is as loaded.
+    b.load.set_viewers(5);
+    assert_eq!(threads.loads(), [7, 1]);
+    let more: Vec<Placement> = (0..6).map(|_| threads.next()).collect();
+    assert!(more.iter().all(|p| thread_of(p) == "fanout-1"));
+    assert_eq!(threads.loads(), [7, 7]);
+    b.load.set_viewers(1);
+    assert_eq!(threads.loads(), [3, 7]);
+    drop((a, b, more, placed));
+    assert_eq!(threads.loads(), [0, 0], "every share given back");
 
     // A fan-out still running when the threads stop is dropped with them.
     let (dropped_tx, dropped) = std::sync::mpsc::channel();
     let (started_tx, started) = std::sync::mpsc::channel();
-    threads.next().spawn(async move {
+    threads.next().runtime.spawn(async move {
         let _signal = DroppedSignal(dropped_tx);
         let _ = started_tx.send(());
         std::future::pending::<()>().await;
@@ -688,6 +714,7 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
         got_leaving |= audio_within(leaving, wait);
         got_staying |= audio_within(staying, wait);
     }
+    assert_eq!(threads.loads(), [3], "the fan-out and its two viewers");
 
     left.cancel();
     // Until an Opus packet the staying viewer got after one more (sent by
@@ -713,4 +740,5 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
         await_audio(staying);
     }
     assert_eq!(audio_received(leaving), 0, "nothing more after leaving");
+    assert_eq!(threads.loads(), [2], "the viewer who left no longer counts");
 }
