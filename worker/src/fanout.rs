@@ -354,8 +354,8 @@ pub struct FanoutHandle {
 }
 
 impl FanoutHandle {
-    /// Starts a session's fan-out task on `runtime` (one of
-    /// [`FanoutThreads`]).
+    /// Starts a session's fan-out task where `placement` puts it (one of
+    /// [`FanoutThreads`]); the task holds its share of that thread's load.
     pub fn spawn(
         placement: Placement,
         tap: SourceTap,
@@ -473,7 +473,7 @@ impl Drop for ThreadLoad {
 
 /// The index of the least of `loads`, the first of equals (so equal loads
 /// are dealt out in turn). Pure.
-pub fn least_loaded(loads: impl IntoIterator<Item = usize>) -> usize {
+fn least_loaded(loads: impl IntoIterator<Item = usize>) -> usize {
     loads
         .into_iter()
         .enumerate()

@@ -99,7 +99,9 @@ pub const TRIM_FLOOR_BYTES: usize = 256 << 10;
 
 /// Keeps a reused buffer's capacity near what it has needed lately. The
 /// packet buffers (a fan-out's outbox, a lane's queue, a sender thread's
-/// batch) are cleared and reused so that steady sending allocates
+/// batch; trimmed where they come to rest, after an outbox lane's flush
+/// and a sender thread's batch, the queue taking its buffers from those
+/// two) are cleared and reused so that steady sending allocates
 /// nothing, but they then kept whatever one burst grew them to: a join
 /// storm's replays of the group of pictures to every viewer at once held
 /// several MiB per lane for the rest of the process (heaptrack in bench
