@@ -20,6 +20,7 @@ mod gro_mux;
 mod janus;
 mod load;
 mod producer;
+mod through_api;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,12 @@ struct Plan {
     /// 10 s hold 10 of them at 720p30 (3 s held 3, and one slow IDR moved
     /// the p99 by milliseconds).
     egress_window: Duration,
+    /// Section 7: viewers that join one after another.
+    api_viewers: usize,
+    /// Section 7: viewers joining at once (whole joins; twice as many for
+    /// signalling only), and for how long.
+    join_concurrency: usize,
+    join_window: Duration,
 }
 
 impl Plan {
@@ -100,6 +107,9 @@ impl Plan {
                 relay_stream: None,
                 relay_window: Duration::from_secs(3),
                 egress_window: Duration::from_secs(1),
+                api_viewers: 5,
+                join_concurrency: 4,
+                join_window: Duration::from_secs(3),
             }
         } else {
             Self {
@@ -120,6 +130,9 @@ impl Plan {
                 relay_stream: None,
                 relay_window: Duration::from_secs(8),
                 egress_window: Duration::from_secs(10),
+                api_viewers: 20,
+                join_concurrency: 8,
+                join_window: Duration::from_secs(10),
             }
         }
     }
@@ -1466,13 +1479,15 @@ async fn leave_all(bus: &Bus, id: &SessionId, viewers: Vec<Viewer>, report: &mut
 
 // ------------------------------------------------------------------ main
 
-fn worker_bin() -> anyhow::Result<PathBuf> {
+/// A workspace binary next to this executable (`worker`, `api`), so that
+/// a `--release` bench runs release services.
+fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
-    let p = dir.join("worker");
+    let p = dir.join(name);
     if !p.exists() {
         bail!(
-            "{} is missing: build it with the same profile (`cargo build --release -p worker --bin worker`)",
+            "{} is missing: build it with the same profile (`cargo build --release -p {name} --bin {name}`)",
             p.display()
         );
     }
@@ -1550,7 +1565,7 @@ fn list<T: std::str::FromStr, C: FromIterator<T>>(arg: Option<String>) -> C {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6] [--hold SECS] [--per-peer-ports] [--plain-receivers] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
+    eprintln!("usage: bench [--quick] [--only 1,2,3,4,5,6,7] [--hold SECS] [--per-peer-ports] [--plain-receivers] [--stream 720p30|1080p60] [--viewers 1,10,50,100]");
     std::process::exit(2)
 }
 
@@ -1601,7 +1616,7 @@ async fn main() -> anyhow::Result<()> {
     let mut machine = Machine::probe();
     let env = Env {
         out_dir: out.clone(),
-        worker_bin: worker_bin()?,
+        worker_bin: sibling_bin("worker")?,
     };
     let command = format!(
         "cargo run --release -p system-tests --bin bench --{}",
@@ -1620,13 +1635,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut report = Report::default();
-    let sections: [(u32, &str); 6] = [
+    let sections: [(u32, &str); 7] = [
         (1, "create latency"),
         (2, "throughput"),
         (3, "janitor"),
         (4, "source CPU"),
         (5, "fan-out"),
         (6, "relays side by side"),
+        (7, "through the api"),
     ];
     // Ctrl-C or SIGTERM drops the running section, whose worker, Janus and
     // nats-server processes stop with it (they would outlive a killed
@@ -1644,7 +1660,8 @@ async fn main() -> anyhow::Result<()> {
                 3 => bench_janitor(&env, &plan, &mut report).await,
                 4 => bench_source_cpu(&env, &plan, &mut report).await,
                 5 => bench_fanout(&env, &plan, &mut report).await,
-                _ => compare::bench_relays(&env, &plan, &mut report).await,
+                6 => compare::bench_relays(&env, &plan, &mut report).await,
+                _ => through_api::bench_api(&env, &plan, &mut report).await,
             }
         };
         let r = tokio::select! {
