@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::API;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
 
 use super::*;
@@ -364,13 +366,87 @@ impl KeyframeWatch {
     }
 }
 
-/// When a viewer reached each mark, from opening its WebSocket.
+/// A point in a viewer's join, in the order they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// `joined`, the worker's offer, is in.
+    Joined,
+    /// The answer is sent (its candidates gathered).
+    Answered,
+    /// ICE connected.
+    Ice,
+    /// DTLS done: the peer connection is connected.
+    Dtls,
+    FirstPacket,
+    /// The first packet starting an IDR or SPS.
+    FirstKey,
+    /// A keyframe is in whole ([`KeyframeWatch`]).
+    WholeKey,
+}
+
+impl Mark {
+    const ALL: [Mark; 7] = [
+        Mark::Joined,
+        Mark::Answered,
+        Mark::Ice,
+        Mark::Dtls,
+        Mark::FirstPacket,
+        Mark::FirstKey,
+        Mark::WholeKey,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mark::Joined => "`joined` (offer)",
+            Mark::Answered => "answer sent",
+            Mark::Ice => "ICE connected",
+            Mark::Dtls => "DTLS done",
+            Mark::FirstPacket => "first video packet",
+            Mark::FirstKey => "first keyframe packet",
+            Mark::WholeKey => "whole keyframe",
+        }
+    }
+}
+
+/// When a viewer reached each [`Mark`], from opening its WebSocket.
 #[derive(Default)]
-struct Marks {
-    joined: OnceLock<Duration>,
-    first_packet: OnceLock<Duration>,
-    first_key: OnceLock<Duration>,
-    whole_key: OnceLock<Duration>,
+struct Marks([OnceLock<Duration>; 7]);
+
+impl Marks {
+    fn set(&self, mark: Mark, at: Duration) {
+        let _ = self.0[mark as usize].set(at);
+    }
+
+    fn get(&self, mark: Mark) -> Option<Duration> {
+        self.0[mark as usize].get().copied()
+    }
+
+    fn all(&self) -> [Option<Duration>; 7] {
+        Mark::ALL.map(|m| self.get(m))
+    }
+}
+
+/// Each mark's distribution over `joins` (marks as [`Marks::all`]), for
+/// the report: text and JSON.
+fn marks_dist(joins: &[[Option<Duration>; 7]], marks: &[Mark]) -> (String, Value) {
+    let mut text = Vec::new();
+    let mut data = serde_json::Map::new();
+    for &m in marks {
+        let at: Vec<Duration> = joins.iter().filter_map(|j| j[m as usize]).collect();
+        let (t, d) = dist_text(&at);
+        text.push(format!("→ {} {t}", m.name()));
+        data.insert(format!("{m:?}"), d);
+    }
+    (text.join("; "), Value::Object(data))
+}
+
+/// One join's marks on one line (`joined 2.1 ms, answer sent 5.0 ms, …`).
+fn marks_line(join: &[Option<Duration>; 7]) -> String {
+    Mark::ALL
+        .iter()
+        .filter_map(|&m| join[m as usize].map(|d| format!("{} {}", m.name(), ms(d))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A viewer joined through the api's WebSocket, as a page joins.
@@ -403,7 +479,7 @@ impl WsViewer {
             bail!("refused: {joined}");
         }
         let marks = Arc::new(Marks::default());
-        let _ = marks.joined.set(t0.elapsed());
+        marks.set(Mark::Joined, t0.elapsed());
         let Some(api) = api else {
             return Ok(Self {
                 tx,
@@ -415,6 +491,20 @@ impl WsViewer {
         let offer = joined["offer"].as_str().context("offer")?.to_string();
         let pc = viewer::peer(api).await?;
         let m = marks.clone();
+        pc.on_ice_connection_state_change(Box::new(move |state| {
+            if state == RTCIceConnectionState::Connected {
+                m.set(Mark::Ice, t0.elapsed());
+            }
+            Box::pin(async {})
+        }));
+        let m = marks.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            if state == RTCPeerConnectionState::Connected {
+                m.set(Mark::Dtls, t0.elapsed());
+            }
+            Box::pin(async {})
+        }));
+        let m = marks.clone();
         viewer::on_tracks(&pc, move |track, video| {
             let m = m.clone();
             async move {
@@ -423,14 +513,14 @@ impl WsViewer {
                     if !video {
                         continue;
                     }
-                    let _ = m.first_packet.set(t0.elapsed());
-                    if m.first_key.get().is_none() && starts_keyframe(&pkt.payload) {
-                        let _ = m.first_key.set(t0.elapsed());
+                    m.set(Mark::FirstPacket, t0.elapsed());
+                    if m.get(Mark::FirstKey).is_none() && starts_keyframe(&pkt.payload) {
+                        m.set(Mark::FirstKey, t0.elapsed());
                     }
-                    if m.whole_key.get().is_none()
+                    if m.get(Mark::WholeKey).is_none()
                         && watch.packet(pkt.header.sequence_number, pkt.header.marker, &pkt.payload)
                     {
-                        let _ = m.whole_key.set(t0.elapsed());
+                        m.set(Mark::WholeKey, t0.elapsed());
                     }
                 }
             }
@@ -460,6 +550,7 @@ impl WsViewer {
             json!({"type": "answer", "sdp": sdp}).to_string().into(),
         ))
         .await?;
+        marks.set(Mark::Answered, t0.elapsed());
         Ok(Self {
             tx,
             pc: Some(pc),
@@ -469,15 +560,11 @@ impl WsViewer {
     }
 
     /// Waits (polling, up to `timeout`) until `mark` is reached.
-    async fn wait(
-        &self,
-        mark: fn(&Marks) -> &OnceLock<Duration>,
-        timeout: Duration,
-    ) -> Option<Duration> {
+    async fn wait(&self, mark: Mark, timeout: Duration) -> Option<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(d) = mark(&self.marks).get() {
-                return Some(*d);
+            if let Some(d) = self.marks.get(mark) {
+                return Some(d);
             }
             if Instant::now() > deadline {
                 return None;
@@ -503,19 +590,20 @@ impl WsViewer {
 }
 
 /// One join to completion for 7c (`api` none: to `joined`) or 7d (to the
-/// first keyframe packet), then leave; its time or why it failed.
-async fn join_once(url: String, api: Option<&API>) -> Result<Duration, String> {
+/// first keyframe packet), then leave; its marks or why it failed.
+async fn join_once(url: String, api: Option<&API>) -> Result<[Option<Duration>; 7], String> {
     let join = async {
         let v = WsViewer::join(&url, api)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let took = if api.is_some() {
-            v.wait(|m| &m.first_key, JOIN_TIMEOUT).await
-        } else {
-            v.marks.joined.get().copied()
+        let done = match api {
+            Some(_) => v.wait(Mark::FirstKey, JOIN_TIMEOUT).await.is_some(),
+            None => true,
         };
+        let marks = v.marks.all();
         v.leave().await;
-        took.ok_or_else(|| "no keyframe".to_string())
+        done.then_some(marks)
+            .ok_or_else(|| "no keyframe".to_string())
     };
     tokio::time::timeout(JOIN_TIMEOUT, join)
         .await
@@ -600,33 +688,25 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
     let mut missing = 0;
     for _ in 0..plan.api_viewers {
         let v = WsViewer::join(&rig.ws_url(&id), Some(&api)).await?;
-        if v.wait(|m| &m.whole_key, JOIN_TIMEOUT).await.is_none() {
+        if v.wait(Mark::WholeKey, JOIN_TIMEOUT).await.is_none() {
             missing += 1;
         }
         viewers.push(v);
     }
-    let col = |mark: fn(&Marks) -> &OnceLock<Duration>| -> Vec<Duration> {
-        viewers
-            .iter()
-            .filter_map(|v| mark(&v.marks).get().copied())
-            .collect()
-    };
-    let (joined, jd) = dist_text(&col(|m| &m.joined));
-    let (first, fd) = dist_text(&col(|m| &m.first_packet));
-    let (key, kd) = dist_text(&col(|m| &m.first_key));
-    let (whole, wd) = dist_text(&col(|m| &m.whole_key));
+    let joins: Vec<_> = viewers.iter().map(|v| v.marks.all()).collect();
+    let (text, data) = marks_dist(&joins, &Mark::ALL);
     report.row(
         "7b",
         "WebSocket open → first keyframe, 1280x720@30 2500 kbit/s",
         format!(
-            "→ `joined` (offer) {joined}; → first video packet {first}; → first keyframe packet {key}; → whole keyframe {whole}{}",
+            "{text}{}",
             if missing > 0 { format!("; {missing} viewers had no whole keyframe in {JOIN_TIMEOUT:?}") } else { String::new() }
         ),
         &format!(
-            "{} viewers join one after another (each stays) through the api's WebSocket with a join token; a webrtc-rs peer (default interceptors) answers with its host candidates and takes the worker's trickled ones from the socket; timed from opening the socket (TCP connect and upgrade included) to `joined`, to the first RTP packet of video, to the first packet starting an IDR or SPS, and to the marker bit of that access unit with no sequence gap",
+            "{} viewers join one after another (each stays) through the api's WebSocket with a join token; a webrtc-rs peer (default interceptors) answers with its host candidates and takes the worker's trickled ones from the socket; timed from opening the socket (TCP connect and upgrade included) to `joined`, to the answer sent, to ICE connected, to the peer connected (DTLS done), to the first RTP packet of video, to the first packet starting an IDR or SPS, and to the marker bit of that access unit with no sequence gap",
             plan.api_viewers
         ),
-        json!({"joined": jd, "first_packet": fd, "first_keyframe": kd, "whole_keyframe": wd, "missing": missing}),
+        json!({"marks": data, "missing": missing}),
     );
     for v in viewers {
         v.leave().await;
@@ -654,7 +734,7 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
                 let mut took = Vec::new();
                 while Instant::now() < deadline {
                     match join_once(rig.ws_url(id), api).await {
-                        Ok(d) => took.push(d),
+                        Ok(marks) => took.push(marks),
                         Err(e) => {
                             *errors.lock().unwrap().entry(error_kind(&e)).or_default() += 1;
                         }
@@ -663,7 +743,7 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
                 took
             }
         });
-        let took: Vec<Duration> = futures::future::join_all(loops)
+        let joins: Vec<[Option<Duration>; 7]> = futures::future::join_all(loops)
             .await
             .into_iter()
             .flatten()
@@ -672,8 +752,24 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
         let cores = cpu.since(&rig);
         let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
         let failed: u64 = errors.values().sum();
-        let rate = took.len() as f64 / elapsed.as_secs_f64();
-        let (text, d) = dist_text(&took);
+        let rate = joins.len() as f64 / elapsed.as_secs_f64();
+        let last = if whole { Mark::FirstKey } else { Mark::Joined };
+        let took: Vec<Duration> = joins.iter().filter_map(|j| j[last as usize]).collect();
+        let (text, mut d) = dist_text(&took);
+        // Where the time of a whole join goes, and of the slowest one.
+        let phases = if whole {
+            let (text, data) = marks_dist(&joins, &Mark::ALL[..Mark::FirstKey as usize]);
+            let slowest = joins
+                .iter()
+                .max_by_key(|j| j[last as usize])
+                .map(marks_line)
+                .unwrap_or_default();
+            d["marks"] = data;
+            d["slowest"] = slowest.clone().into();
+            format!("; {text}; the slowest: {slowest}")
+        } else {
+            String::new()
+        };
         let (what, until) = if whole {
             (
                 "Whole joins per second through the api, 320x240@15 300 kbit/s",
@@ -689,8 +785,8 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
             row,
             what,
             format!(
-                "{rate:.1} joins/s: {} done, {failed} failed in {:.1} s; each {text}; {}",
-                took.len(),
+                "{rate:.1} joins/s: {} done, {failed} failed in {:.1} s; each {text}; {}{phases}",
+                joins.len(),
                 elapsed.as_secs_f64(),
                 cpu_text(cores)
             ),
@@ -698,7 +794,7 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
                 "{concurrency} concurrent viewers on one session, each in a loop for {:.0} s: {until}; a join's time runs from opening the socket to the last of those marks, failed after {JOIN_TIMEOUT:?}",
                 plan.join_window.as_secs_f64()
             ),
-            json!({"joins": took.len(), "joins_per_s": rate, "failed": failed, "errors": errors, "each": d, "cpu": cpu_json(cores), "concurrency": concurrency}),
+            json!({"joins": joins.len(), "joins_per_s": rate, "failed": failed, "errors": errors, "each": d, "cpu": cpu_json(cores), "concurrency": concurrency}),
         );
         if failed > 0 {
             report.note(format!("{row}: failed joins by kind: {errors:?}"));
