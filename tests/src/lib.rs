@@ -587,22 +587,32 @@ pub async fn api_process_on(port: u16, envs: &[(&str, String)]) -> Proc {
     let mut all = vec![("API_LISTEN", format!("127.0.0.1:{port}"))];
     all.extend(envs.iter().cloned());
     let mut p = Proc::spawn("api", &all);
+    if let Err(e) = api_answers(port, &mut p).await {
+        panic!("{e}");
+    }
+    p
+}
+
+/// Waits until the api process `p`, listening on `127.0.0.1:port`, answers
+/// `/healthz` (up to 15 s); why not otherwise (it exited, or no answer).
+pub async fn api_answers(port: u16, p: &mut Proc) -> Result<(), String> {
     let url = format!("http://127.0.0.1:{port}/healthz");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(r) = http.get(&url).send().await {
             if r.status().is_success() {
-                return p;
+                return Ok(());
             }
         }
         if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("the api exited before answering on port {port}: {status}");
+            return Err(format!(
+                "the api exited before answering on port {port}: {status}"
+            ));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the api did not answer {url} within 15 s"
-        );
+        if Instant::now() >= deadline {
+            return Err(format!("the api did not answer {url} within 15 s"));
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

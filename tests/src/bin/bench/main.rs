@@ -500,23 +500,29 @@ struct Env {
 impl Env {
     /// A worker process (the binary next to this one), stderr to a log file.
     fn spawn_worker(&self, nats_url: &str, id: &str, extra: &[(&str, &str)]) -> Proc {
-        let log = std::fs::File::create(self.out_dir.join("logs").join(format!("{id}.log")))
+        let mut envs = vec![("NATS_URL", nats_url), ("WORKER_ID", id)];
+        envs.extend_from_slice(extra);
+        self.spawn(&self.worker_bin, id, &envs)
+    }
+
+    /// A service process from `bin` with `envs` (and `RUST_LOG`, `warn`
+    /// unless set), its stderr to `logs/<log>.log`.
+    fn spawn(&self, bin: &Path, log: &str, envs: &[(&str, &str)]) -> Proc {
+        let log = std::fs::File::create(self.out_dir.join("logs").join(format!("{log}.log")))
             .expect("log file");
-        let mut cmd = Command::new(&self.worker_bin);
+        let mut cmd = Command::new(bin);
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .env("NATS_URL", nats_url)
-        .env("WORKER_ID", id);
-        for (k, v) in extra {
+        );
+        for (k, v) in envs {
             cmd.env(k, v);
         }
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn the worker binary");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         Proc { child }
     }
 }

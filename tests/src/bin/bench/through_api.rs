@@ -73,36 +73,20 @@ impl Rig {
         drop(hb);
         let secret = "bench-join-token-secret";
         let port = system_tests::free_port();
-        let log = std::fs::File::create(env.out_dir.join("logs").join("api.log"))?;
-        let child = Command::new(&api_bin)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .env("NATS_URL", nats.url())
-            .env("API_LISTEN", format!("127.0.0.1:{port}"))
-            .env("JOIN_TOKEN_SECRET", secret)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", api_bin.display()))?;
-        let mut api = Proc { child };
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let up = http.get(format!("{base}/healthz")).send().await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if let Some(status) = api.child.try_wait()? {
-                bail!("the api exited before answering: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("the api did not answer {base}/healthz within 15 s");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let listen = format!("127.0.0.1:{port}");
+        let mut api = env.spawn(
+            &api_bin,
+            "api",
+            &[
+                ("NATS_URL", &nats.url()),
+                ("API_LISTEN", &listen),
+                ("JOIN_TOKEN_SECRET", secret),
+            ],
+        );
+        system_tests::api_answers(port, &mut api)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let base = format!("http://{listen}");
         Ok(Self {
             bus: bus_of(&client, Duration::from_secs(15)),
             nats,
