@@ -134,6 +134,19 @@ pub async fn answer(pc: &RTCPeerConnection, offer: String) -> anyhow::Result<Str
         .sdp)
 }
 
+/// Adds a candidate the worker trickled to `pc`; one `pc` refuses (it
+/// cannot parse or use it) is left out, and the others still connect.
+pub async fn add_candidate(pc: &RTCPeerConnection, c: bus_schema::Candidate) {
+    let _ = pc
+        .add_ice_candidate(RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: None,
+        })
+        .await;
+}
+
 /// A join the worker has accepted, with its offer, not yet answered.
 pub struct Pending {
     peer: PeerId,
@@ -223,14 +236,7 @@ impl Pending {
                     seen.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(candidate.candidate.clone());
-                    let _ = pc2
-                        .add_ice_candidate(RTCIceCandidateInit {
-                            candidate: candidate.candidate,
-                            sdp_mid: candidate.sdp_mid,
-                            sdp_mline_index: candidate.sdp_mline_index,
-                            username_fragment: None,
-                        })
-                        .await;
+                    add_candidate(&pc2, candidate).await;
                 }
             }
         });

@@ -553,6 +553,23 @@ async fn heartbeat(
     }
 }
 
+/// Starts a worker for each of `ids` with `start` and waits until each
+/// has sent a heartbeat.
+async fn start_workers<W>(
+    client: &async_nats::Client,
+    ids: &[&str],
+    start: impl FnMut(&str) -> W,
+) -> anyhow::Result<Vec<W>> {
+    let mut hb = client
+        .subscribe(Subjects::default().heartbeat_any())
+        .await?;
+    let workers = ids.iter().copied().map(start).collect();
+    for id in ids {
+        heartbeat(&mut hb, id, Duration::from_secs(20), |_| true).await?;
+    }
+    Ok(workers)
+}
+
 async fn create(
     bus: &Bus,
     id: Option<&SessionId>,
@@ -778,23 +795,16 @@ async fn bench_throughput(plan: &Plan, report: &mut Report) -> anyhow::Result<()
     eprintln!("[2] create/stop throughput");
     let nats = NatsServer::start().await;
     let client = nats.client().await;
-    let mut hb = client
-        .subscribe(Subjects::default().heartbeat_any())
-        .await?;
-    let mut workers = Vec::new();
-    for id in ["w-tp-1", "w-tp-2"] {
+    let workers = start_workers(&client, &["w-tp-1", "w-tp-2"], |id| {
         let mut cfg = worker::Config::for_tests(&nats.url());
         cfg.worker_id = Some(id.into());
         cfg.capacity = 64;
         cfg.heartbeat_interval = Duration::from_secs(1).into();
         cfg.lease = Duration::from_secs(2).into();
         cfg.registry_storage = worker::config::StorageKind::File;
-        workers.push(system_tests::worker(cfg));
-    }
-    for id in ["w-tp-1", "w-tp-2"] {
-        heartbeat(&mut hb, id, Duration::from_secs(20), |_| true).await?;
-    }
-    drop(hb);
+        system_tests::worker(cfg)
+    })
+    .await?;
 
     #[derive(Default)]
     struct Tally {

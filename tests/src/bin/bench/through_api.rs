@@ -27,7 +27,6 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::API;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -56,21 +55,14 @@ impl Rig {
         let api_bin = sibling_bin("api")?;
         let nats = NatsServer::start().await;
         let client = nats.client().await;
-        let mut hb = client
-            .subscribe(Subjects::default().heartbeat_any())
-            .await?;
-        let mut workers = Vec::new();
-        for id in ["w-api-1", "w-api-2"] {
-            workers.push(env.spawn_worker(
+        let workers = start_workers(&client, &["w-api-1", "w-api-2"], |id| {
+            env.spawn_worker(
                 &nats.url(),
                 id,
                 &[("WORKER_CAPACITY", "64"), ("MAX_VIEWERS", "64")],
-            ));
-        }
-        for id in ["w-api-1", "w-api-2"] {
-            heartbeat(&mut hb, id, Duration::from_secs(20), |_| true).await?;
-        }
-        drop(hb);
+            )
+        })
+        .await?;
         let secret = "bench-join-token-secret";
         let port = system_tests::free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -519,14 +511,7 @@ impl WsViewer {
                 if let Ok(bus_schema::ToPeer::Candidate { candidate }) =
                     serde_json::from_str::<bus_schema::ToPeer>(&t)
                 {
-                    let _ = pc2
-                        .add_ice_candidate(RTCIceCandidateInit {
-                            candidate: candidate.candidate,
-                            sdp_mid: candidate.sdp_mid,
-                            sdp_mline_index: candidate.sdp_mline_index,
-                            username_fragment: None,
-                        })
-                        .await;
+                    viewer::add_candidate(&pc2, candidate).await;
                 }
             }
         });
