@@ -105,7 +105,11 @@ impl Registry {
         };
         let kv = match js.get_or_create_stream(stream).await {
             Ok(_) => js.get_key_value(&bucket).await.map_err(unavailable),
-            Err(e) => Err(unavailable(e)),
+            // Services that start together race to create the bucket: the
+            // server refuses all but the first create ("subjects overlap
+            // with an existing stream"), so a refused one takes the bucket
+            // that won, and fails only if there is none.
+            Err(e) => js.get_key_value(&bucket).await.map_err(|_| unavailable(e)),
         };
         kv.map(|kv| Self {
             kv,

@@ -273,3 +273,37 @@ async fn registry_list_skips_deleted_unreadable_and_foreign_entries() {
         assert_eq!(one.revision, v.revision, "{}", v.record.id);
     }
 }
+
+/// Services start together and each opens the registry, creating its
+/// bucket if it is missing: all of them get it, whoever creates it (the
+/// loser of that race used to fail with "subjects overlap with an existing
+/// stream", taking down what opened it).
+#[tokio::test]
+async fn services_opening_the_registry_at_once_all_get_it() {
+    init_tracing();
+    for round in 0..5 {
+        let nats = NatsServer::start().await;
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(nats.client().await);
+        }
+        let opened = futures::future::join_all(clients.iter().map(|c| async move {
+            let js = async_nats::jetstream::new(c.clone());
+            Registry::open(&js, &Subjects::default(), Storage::Memory).await
+        }))
+        .await;
+        for (i, r) in opened.iter().enumerate() {
+            assert!(
+                r.is_ok(),
+                "round {round}, opener {i}: {:?}",
+                r.as_ref().err()
+            );
+        }
+        // And they share one bucket: what one writes, another reads.
+        let regs: Vec<Registry> = opened.into_iter().map(Result::unwrap).collect();
+        let record = ghost_record("shared", 1, false, 0);
+        regs[0].create(&record).await.expect("record written");
+        let id = SessionId::parse("shared").unwrap();
+        assert!(regs[7].get(&id).await.expect("read").is_some());
+    }
+}
