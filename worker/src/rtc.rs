@@ -400,6 +400,19 @@ impl Engine {
         }
         // Browsers hide host addresses behind mDNS names; resolve them.
         se.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
+        // The worker offers, so its ICE agent is the controlling one and
+        // nominates the pair. A viewer's checks often reach it before the
+        // viewer's candidates do (those go through the api and NATS; a
+        // browser behind a NAT, or hiding its host address behind an mDNS
+        // name the worker cannot resolve, has none that match), so the
+        // worker first knows the viewer as a peer-reflexive candidate.
+        // webrtc-rs holds such a pair back until 1 s after ICE started
+        // (500 ms for server-reflexive), waiting for a better one; the
+        // worker has one address, and the pair the viewer's checks came
+        // through is the path to it, so it nominates at once (bench
+        // section 7, 7e).
+        se.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
+        se.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
         // A viewer that vanished without `leave` (its api restarted, its
         // page was killed) goes disconnected after 3 s of silence and
         // failed 5 s later, and the session then releases it; the defaults

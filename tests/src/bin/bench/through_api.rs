@@ -19,6 +19,9 @@
 //!   its offer), leave and close, over and over.
 //! - **7d** whole joins per second: the same, but each viewer answers and
 //!   connects (ICE, DTLS) and leaves once its first keyframe packet is in.
+//! - **7e** as 7d with answers that carry no candidate: the worker learns
+//!   each viewer's address from its checks (peer-reflexive), as it learns
+//!   a browser's behind a NAT or an mDNS name.
 
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -425,6 +428,27 @@ fn marks_line(join: &[Option<Duration>; 7]) -> String {
         .join(", ")
 }
 
+/// How far a viewer of [`WsViewer::join`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// To `joined` only.
+    Signalling,
+    /// Answers with its host candidates and connects.
+    Whole,
+    /// Answers without candidates: the worker learns the viewer's address
+    /// only from its connectivity checks (a peer-reflexive candidate), as
+    /// it does a browser's behind a NAT or behind an mDNS name it cannot
+    /// resolve, or whose candidates trickle in after its checks.
+    Prflx,
+}
+
+/// `sdp` without its candidate lines.
+fn without_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
+        .collect()
+}
+
 /// A viewer joined through the api's WebSocket, as a page joins.
 struct WsViewer {
     tx: futures::stream::SplitSink<Ws, WsMessage>,
@@ -435,10 +459,10 @@ struct WsViewer {
 }
 
 impl WsViewer {
-    /// Opens the WebSocket at `url` and waits for `joined`; with `api`,
-    /// answers the offer with a webrtc-rs peer of it and watches the video
-    /// for [`Marks`].
-    async fn join(url: &str, api: Option<&API>) -> anyhow::Result<Self> {
+    /// Opens the WebSocket at `url` and waits for `joined`; unless `how`
+    /// is [`Join::Signalling`], answers the offer with a webrtc-rs peer of
+    /// `api` and watches the video for [`Marks`].
+    async fn join(url: &str, api: &API, how: Join) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -456,7 +480,7 @@ impl WsViewer {
         }
         let marks = Arc::new(Marks::default());
         marks.set(Mark::Joined, t0.elapsed());
-        let Some(api) = api else {
+        if how == Join::Signalling {
             return Ok(Self {
                 tx,
                 pc: None,
@@ -501,7 +525,10 @@ impl WsViewer {
                 }
             }
         });
-        let sdp = viewer::answer(&pc, offer).await?;
+        let mut sdp = viewer::answer(&pc, offer).await?;
+        if how == Join::Prflx {
+            sdp = without_candidates(&sdp);
+        }
         // The worker's trickled candidates, once the offer is set (the
         // offer carries its host candidates; these add to them).
         let pc2 = pc.clone();
@@ -558,16 +585,16 @@ impl WsViewer {
     }
 }
 
-/// One join to completion for 7c (`api` none: to `joined`) or 7d (to the
-/// first keyframe packet), then leave; its marks or why it failed.
-async fn join_once(url: String, api: Option<&API>) -> Result<[Option<Duration>; 7], String> {
+/// One join to completion, `joined` for [`Join::Signalling`] or else the
+/// first keyframe packet, then leave; its marks or why it failed.
+async fn join_once(url: String, api: &API, how: Join) -> Result<[Option<Duration>; 7], String> {
     let join = async {
-        let v = WsViewer::join(&url, api)
+        let v = WsViewer::join(&url, api, how)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let done = match api {
-            Some(_) => v.wait(Mark::FirstKey, JOIN_TIMEOUT).await.is_some(),
-            None => true,
+        let done = match how {
+            Join::Signalling => true,
+            Join::Whole | Join::Prflx => v.wait(Mark::FirstKey, JOIN_TIMEOUT).await.is_some(),
         };
         let marks = v.marks.all();
         v.leave().await;
@@ -656,7 +683,7 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
     let mut viewers = Vec::new();
     let mut missing = 0;
     for _ in 0..plan.api_viewers {
-        let v = WsViewer::join(&rig.ws_url(&id), Some(&api)).await?;
+        let v = WsViewer::join(&rig.ws_url(&id), &api, Join::Whole).await?;
         if v.wait(Mark::WholeKey, JOIN_TIMEOUT).await.is_none() {
             missing += 1;
         }
@@ -683,26 +710,28 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
     rig.no_viewer_left(&id, report, "7b").await;
     let _ = rig.stop(&http, &id).await;
 
-    // 7c, 7d: joins per second, signalling only and whole.
+    // 7c, 7d, 7e: joins per second, signalling only, whole, and whole
+    // with the viewer peer-reflexive to the worker.
     let id = rig
         .create(&http, &small_source())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    for (row, whole, concurrency) in [
-        ("7c", false, plan.join_concurrency * 2),
-        ("7d", true, plan.join_concurrency),
+    for (row, how, concurrency) in [
+        ("7c", Join::Signalling, plan.join_concurrency * 2),
+        ("7d", Join::Whole, plan.join_concurrency),
+        ("7e", Join::Prflx, plan.join_concurrency),
     ] {
+        let whole = how != Join::Signalling;
         let deadline = Instant::now() + plan.join_window;
         let errors: Mutex<std::collections::BTreeMap<String, u64>> = Mutex::default();
         let cpu = Cpu::now(&rig);
         let start = Instant::now();
-        let api = whole.then_some(&api);
         let loops = (0..concurrency).map(|_| {
-            let (rig, id, errors) = (&rig, &id, &errors);
+            let (rig, id, errors, api) = (&rig, &id, &errors, &api);
             async move {
                 let mut took = Vec::new();
                 while Instant::now() < deadline {
-                    match join_once(rig.ws_url(id), api).await {
+                    match join_once(rig.ws_url(id), api, how).await {
                         Ok(marks) => took.push(marks),
                         Err(e) => {
                             *errors.lock().unwrap().entry(error_kind(&e)).or_default() += 1;
@@ -739,16 +768,19 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
         } else {
             String::new()
         };
-        let (what, until) = if whole {
-            (
+        let (what, until) = match how {
+            Join::Whole => (
                 "Whole joins per second through the api, 320x240@15 300 kbit/s",
                 "opens the WebSocket, takes `joined`, answers with a webrtc-rs peer, connects (ICE, DTLS) and, once the first keyframe packet is in, sends `leave` and closes",
-            )
-        } else {
-            (
+            ),
+            Join::Prflx => (
+                "Whole joins per second, the viewer's address learnt from its checks (peer-reflexive)",
+                "as 7d, but the answer carries no candidate, so the worker learns the viewer's address only from its connectivity checks, as a browser's behind a NAT, behind an mDNS name, or trickling late",
+            ),
+            Join::Signalling => (
                 "Signalling joins per second through the api",
                 "opens the WebSocket, takes `joined` (the worker has built a peer connection and its offer), sends `leave` and closes",
-            )
+            ),
         };
         report.row(
             row,
@@ -776,7 +808,16 @@ pub async fn bench_api(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::KeyframeWatch;
+    use super::{without_candidates, KeyframeWatch};
+
+    #[test]
+    fn an_answer_without_candidates_keeps_every_other_line() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\na=end-of-candidates\r\na=mid:0\r\n";
+        assert_eq!(
+            without_candidates(sdp),
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=mid:0\r\n"
+        );
+    }
 
     const IDR_START: [u8; 2] = [0x7c, 0x85]; // FU-A, start bit, NAL 5
     const IDR_MIDDLE: [u8; 2] = [0x7c, 0x05];
