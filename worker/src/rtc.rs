@@ -407,10 +407,10 @@ impl Engine {
         // name the worker cannot resolve, has none that match), so the
         // worker first knows the viewer as a peer-reflexive candidate.
         // webrtc-rs holds such a pair back until 1 s after ICE started
-        // (500 ms for server-reflexive), waiting for a better one; the
-        // worker has one address, and the pair the viewer's checks came
-        // through is the path to it, so it nominates at once (bench
-        // section 7, 7e).
+        // (500 ms for server-reflexive), waiting for a better one. The
+        // worker's own candidates are host addresses (one, on the one
+        // port), so a pair the viewer's checks came through is as good a
+        // path as any: it nominates at once (bench section 7, 7e).
         se.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         se.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
         // A viewer that vanished without `leave` (its api restarted, its
