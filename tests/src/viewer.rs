@@ -209,6 +209,17 @@ impl Pending {
     /// Adds the worker's trickled candidates to `pc` as they come, answers
     /// the offer and sends the answer to the worker.
     pub async fn connect(self, bus: &Bus, pc: Arc<RTCPeerConnection>) -> anyhow::Result<Viewer> {
+        self.connect_with(bus, pc, |sdp| sdp).await
+    }
+
+    /// [`Self::connect`], with the answer's SDP changed by `edit` before it
+    /// is sent (as a browser that names its candidates differently).
+    pub async fn connect_with(
+        self,
+        bus: &Bus,
+        pc: Arc<RTCPeerConnection>,
+        edit: impl FnOnce(String) -> String,
+    ) -> anyhow::Result<Viewer> {
         let Pending {
             peer,
             session,
@@ -228,6 +239,10 @@ impl Pending {
                 .into(),
         );
         let seen = worker_candidates.clone();
+        // The offer first: a candidate added before the remote description
+        // is refused, so the worker's trickled ones wait in `inbox` until
+        // the answer has set it.
+        let sdp = edit(answer(&pc, offer).await?);
         let signals = tokio::spawn(async move {
             while let Some(m) = inbox.next().await {
                 if let Ok(ToPeer::Candidate { candidate }) =
@@ -240,7 +255,6 @@ impl Pending {
                 }
             }
         });
-        let sdp = answer(&pc, offer).await?;
         bus.request(
             &bus.subjects.worker_peer(&worker, &session, &peer),
             &PeerSignal::Answer { sdp },

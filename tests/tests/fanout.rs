@@ -559,3 +559,120 @@ async fn on_the_one_port_a_viewer_joining_after_the_last_one_left_gets_the_strea
     let udp = &worker_stats(&client).await["udp"];
     assert!(udp["direct"].as_u64().unwrap_or(0) > 0, "{udp}");
 }
+
+/// The answer with every candidate's address replaced by an mDNS name, as
+/// Chrome names host addresses by default.
+fn mdns_named(sdp: String) -> String {
+    sdp.split_inclusive('\n')
+        .enumerate()
+        .map(|(i, line)| match line.strip_prefix("a=candidate:") {
+            Some(rest) => {
+                let mut f: Vec<&str> = rest.split(' ').collect();
+                let name = format!("{i:08x}-0000-4000-8000-000000000000.local");
+                if f.len() > 4 {
+                    f[4] = &name;
+                }
+                format!("a=candidate:{}", f.join(" "))
+            }
+            None => line.to_string(),
+        })
+        .collect()
+}
+
+/// UDP sockets of process `pid` bound to local `port` (its descriptors'
+/// socket inodes found in `/proc/<pid>/net/udp` and `udp6`).
+fn udp_sockets_on(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.display().to_string();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = format!(":{port:04X}");
+    ["udp", "udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 9 && f[1].ends_with(&port) && inodes.contains(f[9])
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Browsers hide host addresses behind mDNS names. The worker does not
+/// resolve them (so it keeps no mDNS socket per viewer, as webrtc-rs's
+/// resolver did) and still connects such viewers, from their checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_naming_their_candidates_with_mdns_get_video_and_the_worker_opens_no_mdns_socket() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let w = Proc::spawn(
+        "worker",
+        &[
+            ("NATS_URL", nats.url()),
+            ("WORKER_ID", "w-mdns".into()),
+            ("REGISTRY_STORAGE", "memory".into()),
+        ],
+    );
+    let c = nats.client().await;
+    worker_answers(&c).await;
+    let bus = Bus::new(c.clone(), Subjects::default()).with_timeout(Duration::from_secs(15));
+    let id = SessionId::parse("mdns").unwrap();
+    let r = raw_request(
+        &c,
+        "streams.v1.session.create",
+        r#"{"id":"mdns","source":{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":200}}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        let (pending, pc) = viewer::start(&bus, &id, Role::View, Interceptors::Default)
+            .await
+            .expect("join accepted");
+        let packets = Arc::new(AtomicU64::new(0));
+        let p = packets.clone();
+        viewer::on_tracks(&pc, move |track, video| {
+            let p = p.clone();
+            async move {
+                while track.read_rtp().await.is_ok() {
+                    if video {
+                        p.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let v = pending
+            .connect_with(&bus, pc, mdns_named)
+            .await
+            .expect("answer accepted");
+        viewers.push((v, packets));
+    }
+    for (i, (_, packets)) in viewers.iter().enumerate() {
+        wait_for(
+            &format!("video at viewer {i}"),
+            Duration::from_secs(30),
+            || async { (packets.load(Ordering::Relaxed) > 0).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(
+        udp_sockets_on(w.child.id(), 5353),
+        0,
+        "the worker keeps an mDNS socket with {} viewers",
+        viewers.len()
+    );
+    for (v, _) in &viewers {
+        v.close().await;
+    }
+}

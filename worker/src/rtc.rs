@@ -398,8 +398,15 @@ impl Engine {
             let range = EphemeralUDP::new(lo, hi).map_err(|e| RtcError::WebRtc(e.into()))?;
             se.set_udp_network(UDPNetwork::Ephemeral(range));
         }
-        // Browsers hide host addresses behind mDNS names; resolve them.
-        se.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
+        // Browsers hide host addresses behind mDNS names. The worker does
+        // not resolve them: its viewers' checks reach it from their real
+        // addresses, which it takes as peer-reflexive candidates and
+        // nominates at once (below), so resolving added nothing but an
+        // mDNS socket, task and 65 KB buffer per viewer (webrtc-rs starts
+        // one per peer to resolve), each reading every mDNS packet on the
+        // LAN. mDNS candidates are left out before webrtc-rs sees them
+        // ([`without_mdns_candidates`], [`is_mdns_candidate`]).
+        se.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         // The worker offers, so its ICE agent is the controlling one and
         // nominates the pair. A viewer's checks often reach it before the
         // viewer's candidates do (those go through the api and NATS; a
@@ -725,6 +732,7 @@ impl Viewer {
     }
 
     pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let sdp = without_mdns_candidates(&sdp);
         let in_sdp = sdp
             .lines()
             .filter(|l| l.starts_with("a=candidate:"))
@@ -743,6 +751,11 @@ impl Viewer {
 
     pub async fn add_candidate(&self, c: Candidate) -> Result<(), RtcError> {
         self.take_candidates(1)?;
+        if is_mdns_candidate(&c.candidate) {
+            // Not resolved (see `Engine::new`): the peer's checks stand in.
+            debug!(candidate = %c.candidate, "mDNS candidate left out");
+            return Ok(());
+        }
         self.pc
             .add_ice_candidate(RTCIceCandidateInit {
                 candidate: c.candidate,
@@ -997,10 +1010,51 @@ async fn write_video(
     Ok(())
 }
 
+/// Whether an ICE candidate (`candidate:…`, with or without `a=`) names
+/// its address with an mDNS name (`<uuid>.local`), as browsers hide host
+/// addresses. Pure.
+pub fn is_mdns_candidate(candidate: &str) -> bool {
+    let fields = candidate.trim_start_matches("a=");
+    fields.starts_with("candidate:")
+        && fields
+            .split_ascii_whitespace()
+            .nth(4)
+            .is_some_and(|address| address.to_ascii_lowercase().ends_with(".local"))
+}
+
+/// `sdp` without its mDNS candidate lines ([`is_mdns_candidate`]). Pure.
+pub fn without_mdns_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|line| !is_mdns_candidate(line.trim_end()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn mdns_candidates_are_told_apart_and_left_out_of_an_answer() {
+        let mdns = "candidate:1 1 udp 2113937151 4f1a2b3c-9d8e-4c1b-a2f3-0123456789ab.local 54321 typ host generation 0";
+        let host = "candidate:2 1 udp 2113937151 192.168.1.20 54321 typ host generation 0";
+        let srflx =
+            "candidate:3 1 udp 1677729535 203.0.113.7 40000 typ srflx raddr 0.0.0.0 rport 0";
+        assert!(is_mdns_candidate(mdns));
+        assert!(is_mdns_candidate(&format!("a={mdns}")));
+        assert!(is_mdns_candidate(&mdns.replace(".local", ".LOCAL")));
+        assert!(!is_mdns_candidate(host));
+        assert!(!is_mdns_candidate(srflx));
+        assert!(!is_mdns_candidate("a=mid:local"));
+        assert!(!is_mdns_candidate(""));
+        let answer = format!(
+            "v=0\r\na=mid:0\r\na={mdns}\r\na={host}\r\na={srflx}\r\na=end-of-candidates\r\n"
+        );
+        assert_eq!(
+            without_mdns_candidates(&answer),
+            format!("v=0\r\na=mid:0\r\na={host}\r\na={srflx}\r\na=end-of-candidates\r\n")
+        );
+    }
 
     fn frame(annexb: Vec<u8>) -> Arc<EncodedVideo> {
         Arc::new(EncodedVideo {
