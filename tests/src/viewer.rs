@@ -96,6 +96,24 @@ where
     }));
 }
 
+/// Counts the video RTP packets `pc` receives (audio is read and left).
+pub fn count_video(pc: &RTCPeerConnection) -> Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let packets = Arc::new(AtomicU64::new(0));
+    let counter = packets.clone();
+    on_tracks(pc, move |track, video| {
+        let counter = counter.clone();
+        async move {
+            while track.read_rtp().await.is_ok() {
+                if video {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    packets
+}
+
 /// The data channel the worker opens (`input`), once it is open.
 pub type Channel = Arc<tokio::sync::Mutex<Option<Arc<RTCDataChannel>>>>;
 

@@ -640,18 +640,7 @@ async fn viewers_naming_their_candidates_with_mdns_get_video_and_the_worker_open
         let (pending, pc) = viewer::start(&bus, &id, Role::View, Interceptors::Default)
             .await
             .expect("join accepted");
-        let packets = Arc::new(AtomicU64::new(0));
-        let p = packets.clone();
-        viewer::on_tracks(&pc, move |track, video| {
-            let p = p.clone();
-            async move {
-                while track.read_rtp().await.is_ok() {
-                    if video {
-                        p.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
+        let packets = viewer::count_video(&pc);
         let v = pending
             .connect_with(&bus, pc, mdns_named)
             .await

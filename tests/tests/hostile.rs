@@ -80,18 +80,7 @@ async fn join_as(bus: &Bus, id: &SessionId, role: Role) -> TestViewer {
     let (pending, pc) = viewer::start(bus, id, role, Interceptors::Default)
         .await
         .expect("join accepted");
-    let video_packets = Arc::new(AtomicU64::new(0));
-    let counter = video_packets.clone();
-    viewer::on_tracks(&pc, move |track, video| {
-        let counter = counter.clone();
-        async move {
-            while track.read_rtp().await.is_ok() {
-                if video {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    });
+    let video_packets = viewer::count_video(&pc);
     let input = viewer::data_channel(&pc);
     let rtc = pending.connect(bus, pc).await.expect("answer accepted");
     TestViewer {
