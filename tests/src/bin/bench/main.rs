@@ -441,6 +441,16 @@ fn host_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// The host's busy cores between two [`host_ticks`] readings.
+fn host_busy_cores((h0, t0): (u64, u64), (h1, t1): (u64, u64)) -> f64 {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if t1 > t0 {
+        (h1 - h0) as f64 / (t1 - t0) as f64 * nproc
+    } else {
+        0.0
+    }
+}
+
 /// CPU use over one window.
 #[derive(Debug, Clone, Copy)]
 struct CpuWindow {
@@ -470,19 +480,14 @@ async fn cpu_window(pid: u32, window: Duration) -> CpuWindow {
 /// CPU of several processes, the bench and the host over one window, in
 /// cores.
 async fn cpu_windows(pids: &[u32], window: Duration) -> (Vec<f64>, f64, f64) {
-    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let p0: Vec<Duration> = pids.iter().map(|&p| proc_cpu(Some(p))).collect();
-    let (b0, (h0, t0), at) = (proc_cpu(None), host_ticks(), Instant::now());
+    let (b0, h0, at) = (proc_cpu(None), host_ticks(), Instant::now());
     tokio::time::sleep(window).await;
     let p1: Vec<Duration> = pids.iter().map(|&p| proc_cpu(Some(p))).collect();
-    let (b1, (h1, t1)) = (proc_cpu(None), host_ticks());
+    let (b1, h1) = (proc_cpu(None), host_ticks());
     let secs = at.elapsed().as_secs_f64();
     let cores = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / secs;
-    let host = if t1 > t0 {
-        (h1 - h0) as f64 / (t1 - t0) as f64 * nproc
-    } else {
-        0.0
-    };
+    let host = host_busy_cores(h0, h1);
     (
         p0.iter().zip(&p1).map(|(&a, &b)| cores(a, b)).collect(),
         cores(b0, b1),

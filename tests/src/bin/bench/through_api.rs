@@ -206,18 +206,11 @@ impl Cpu {
         let now = Self::now(rig);
         let secs = now.at.duration_since(self.at).as_secs_f64();
         let cores = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / secs;
-        let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let ((h0, t0), (h1, t1)) = (self.host, now.host);
-        let host = if t1 > t0 {
-            (h1 - h0) as f64 / (t1 - t0) as f64 * nproc
-        } else {
-            0.0
-        };
         [
             cores(self.api, now.api),
             cores(self.workers, now.workers),
             cores(self.bench, now.bench),
-            host,
+            host_busy_cores(self.host, now.host),
         ]
     }
 }
