@@ -79,7 +79,32 @@ impl ChromeDriver {
     }
 
     /// Starts a new chromium (a WebDriver session) with its own profile.
+    /// It signals its real addresses (mDNS hiding off), so ICE on loopback
+    /// needs nothing from the worker beyond the candidates it is sent.
     pub async fn browser(&self, name: &str) -> Browser {
+        self.launch(name, Addresses::Shown).await
+    }
+
+    /// A chromium as it ships: it names its host candidates with random
+    /// `….local` mDNS names instead of its addresses, which the worker does
+    /// not resolve (it learns the address from the browser's checks).
+    pub async fn browser_hiding_addresses(&self, name: &str) -> Browser {
+        self.launch(name, Addresses::HiddenBehindMdns).await
+    }
+
+    async fn launch(&self, name: &str, addresses: Addresses) -> Browser {
+        // A page allowed to capture media gets its real addresses whatever
+        // the feature says, so the browser hiding them grants nothing.
+        let (mdns, media) = match addresses {
+            Addresses::Shown => (
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--use-fake-ui-for-media-stream",
+            ),
+            Addresses::HiddenBehindMdns => (
+                "--enable-features=WebRtcHideLocalIpsWithMdns",
+                "--deny-permission-prompts",
+            ),
+        };
         let profile = tempfile::Builder::new()
             .prefix("chromium-profile-")
             .tempdir()
@@ -97,9 +122,9 @@ impl ChromeDriver {
                     "--disable-component-update",
                     "--disable-sync",
                     "--no-first-run",
-                    "--disable-features=WebRtcHideLocalIpsWithMdns",
+                    mdns,
                     "--autoplay-policy=no-user-gesture-required",
-                    "--use-fake-ui-for-media-stream",
+                    media,
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
@@ -140,6 +165,13 @@ impl Drop for ChromeDriver {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What a chromium's ICE candidates carry.
+#[derive(Debug, Clone, Copy)]
+enum Addresses {
+    Shown,
+    HiddenBehindMdns,
 }
 
 /// One headless chromium. [`Browser::close`] ends its WebDriver session,

@@ -272,6 +272,46 @@ async fn a_browser_decodes_through_the_one_batched_udp_port() {
     b.close().await;
 }
 
+/// Chromium as it ships hides its addresses: each host candidate it sends
+/// is named `<uuid>.local`, which the worker does not resolve. Its checks
+/// still reach the worker's port, and the worker takes the address they
+/// came from (a peer-reflexive candidate): the browser decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_naming_its_candidates_with_mdns_decodes() {
+    let _serial = SERIAL.lock().await;
+    let port = free_udp_port();
+    let stack = Stack::start_with("w-mdns", |c| c.udp_port = Some(port)).await;
+    let driver = ChromeDriver::start().await;
+    stack.create("mdns", "").await;
+    let token = stack.mint("mdns", json!({"role": "view"})).await;
+    let b = driver.browser_hiding_addresses("M").await;
+    b.open(&stack.page(&token)).await;
+    let s = wait_decoding(&b).await;
+    let sdp = b
+        .execute("return window.viewer.state.pc.localDescription.sdp;")
+        .await
+        .expect("the page's local description");
+    let candidates: Vec<&str> = sdp
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    eprintln!("decoding with mDNS-named candidates: {s}; candidates {candidates:?}");
+    assert!(
+        !candidates.is_empty(),
+        "the browser gathered no candidate: {sdp}"
+    );
+    for c in &candidates {
+        let address = c.split_whitespace().nth(4).unwrap_or_default();
+        assert!(
+            address.ends_with(".local"),
+            "a candidate shows its address instead of an mDNS name: {c}"
+        );
+    }
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_joining_an_rtp_session_between_idrs_decodes_at_once_and_plays_on() {
     let _serial = SERIAL.lock().await;
