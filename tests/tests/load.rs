@@ -366,27 +366,19 @@ async fn five_hundred_viewer_websockets_are_all_answered_and_leave_nothing_behin
     );
     let port = free_port();
     let secret = "load-test-secret";
-    let a = Proc::spawn(
-        "api",
+    let a = api_process_on(
+        port,
         &[
             ("NATS_URL", nats.url()),
-            ("API_LISTEN", format!("127.0.0.1:{port}")),
             ("JOIN_TOKEN_SECRET", secret.into()),
         ],
-    );
+    )
+    .await;
     let api_pid = a.child.id();
     let base = format!("http://127.0.0.1:{port}");
     let c = nats.client().await;
     ready(&c).await;
     let http = reqwest::Client::new();
-    wait_for("the api to listen", Duration::from_secs(30), || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
     for s in 0..SESSIONS {
         let body = format!(r#"{{"id":"ws-{s}","source":{TINY}}}"#);
         let r = raw_request(&c, "streams.v1.session.create", &body).await;
