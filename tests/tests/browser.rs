@@ -273,7 +273,8 @@ async fn a_browser_decodes_through_the_one_batched_udp_port() {
 }
 
 /// Chromium as it ships hides its addresses: each host candidate it sends
-/// is named `<uuid>.local`, which the worker does not resolve. Its checks
+/// is named `<uuid>.local` (none is sent at all where it cannot register
+/// such a name), which the worker does not resolve. Its checks
 /// still reach the worker's port, and the worker takes the address they
 /// came from (a peer-reflexive candidate): the browser decodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,10 +299,8 @@ async fn a_browser_naming_its_candidates_with_mdns_decodes() {
         .filter(|l| l.starts_with("a=candidate:"))
         .collect();
     eprintln!("decoding with mDNS-named candidates: {s}; candidates {candidates:?}");
-    assert!(
-        !candidates.is_empty(),
-        "the browser gathered no candidate: {sdp}"
-    );
+    // A chromium that cannot register its names sends no host candidate
+    // at all; the worker then learns the address from the checks alike.
     for c in &candidates {
         let address = c.split_whitespace().nth(4).unwrap_or_default();
         assert!(
