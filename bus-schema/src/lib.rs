@@ -15,6 +15,7 @@ pub mod input;
 pub mod messages;
 pub mod registry;
 pub mod schema;
+pub mod source_input;
 pub mod subjects;
 pub mod time;
 
@@ -24,5 +25,6 @@ pub use error::{ErrorCode, WireError};
 pub use ids::{PeerId, SessionId, WorkerId};
 pub use input::{InjectInput, InputEvent, TouchPhase};
 pub use messages::*;
+pub use source_input::{InputRoute, SourceEvent, SourceInput};
 pub use subjects::{SessionVerb, Subject, Subjects};
 pub use time::{HumanDuration, Timestamp};

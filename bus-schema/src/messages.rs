@@ -640,6 +640,13 @@ pub struct SessionStats {
     /// workers older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp: Option<RtpSourceStats>,
+    /// Where the merged input goes; absent from workers older than this
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_route: Option<crate::source_input::InputRoute>,
+    /// Merged input events handed on that way (to the source, or published).
+    #[serde(default)]
+    pub input_forwarded: u64,
 }
 
 /// Counters of an `rtp` source since it started on this owner, refreshed

@@ -30,6 +30,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("ToPeer", schema_for!(ToPeer)),
         ("InjectInput", schema_for!(crate::input::InjectInput)),
         ("InputEvent", schema_for!(crate::input::InputEvent)),
+        ("SourceInput", schema_for!(crate::source_input::SourceInput)),
+        ("SourceEvent", schema_for!(crate::source_input::SourceEvent)),
         ("ReplyEnvelope", schema_for!(Envelope<serde_json::Value>)),
     ]
 }

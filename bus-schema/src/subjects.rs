@@ -321,6 +321,12 @@ impl Subjects {
         format!("{}.event.session.>", self.base())
     }
 
+    /// A session's merged input, published by its owner for a source that
+    /// reads it from the bus (`rtp`).
+    pub fn source_input(&self, id: &SessionId) -> Subject<crate::source_input::SourceInput> {
+        Subject::new(format!("{}.source.{id}.input", self.base()))
+    }
+
     /// Published by the janitor when it declares a worker dead.
     pub fn event_worker_lost(&self, w: &WorkerId) -> Subject<WorkerLost> {
         Subject::new(format!("{}.event.worker.{w}.lost", self.base()))

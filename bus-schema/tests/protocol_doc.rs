@@ -120,6 +120,7 @@ struct Seen {
     event_kinds: BTreeSet<&'static str>,
     to_peer: BTreeSet<&'static str>,
     peer_signal: BTreeSet<&'static str>,
+    source_event_kinds: BTreeSet<&'static str>,
 }
 
 /// A command: decoded exactly as a worker decodes it.
@@ -287,6 +288,12 @@ fn check_fixture(f: &DocFixture, seen: &mut Seen) -> Result<(), String> {
             Ok(())
         }
         // ---- records and events, canonical
+        "SourceInput" => {
+            let m = canonical::<SourceInput>(&value()?)?;
+            seen.source_event_kinds
+                .extend(m.events.iter().map(SourceEvent::kind));
+            Ok(())
+        }
         "SessionRecord" => canonical::<SessionRecord>(&value()?).map(drop),
         "SessionInfo" => canonical::<SessionInfo>(&value()?).map(drop),
         "Heartbeat" => canonical::<Heartbeat>(&value()?).map(drop),
@@ -391,6 +398,7 @@ fn every_json_example_in_the_protocol_doc_parses_with_its_type() {
     for (name, _) in schema::all() {
         let covered = match name {
             "ReplyEnvelope" => seen.names.contains("ErrorReply"),
+            "SourceEvent" => seen.names.contains("SourceInput"),
             "Ack" | "SessionInfo" | "SessionList" | "SessionStats" | "Joined" => {
                 seen.names.contains(&format!("Reply<{name}>"))
             }
@@ -402,6 +410,22 @@ fn every_json_example_in_the_protocol_doc_parses_with_its_type() {
     assert_eq!(
         seen.input_kinds, all_input,
         "input event types with examples"
+    );
+    assert_eq!(
+        seen.source_event_kinds,
+        BTreeSet::from([
+            "key",
+            "mouse_move",
+            "mouse_abs",
+            "mouse_button",
+            "wheel",
+            "touch",
+            "pad_button",
+            "pad_axis",
+            "pad_connected",
+            "pad_disconnected",
+        ]),
+        "merged input event types with examples"
     );
     let all_kinds: BTreeSet<_> = EVENT_KINDS.iter().map(|k| k.as_str()).collect();
     assert_eq!(
@@ -686,6 +710,7 @@ fn every_subject() -> Vec<(&'static str, Vec<String>)> {
                 .collect(),
         ),
         ("peer_out", one(&s.peer_out(&p))),
+        ("source_input", one(&s.source_input(&id))),
         ("heartbeat", one(&s.heartbeat(&w))),
         ("heartbeat_any", vec![s.heartbeat_any()]),
         (
@@ -941,6 +966,8 @@ fn parse_fixture(ty: &str, b: &[u8]) -> Result<(), String> {
         "SessionStats" => parses(b, decode_record::<SessionStats>),
         "Joined" => parses(b, decode_record::<Joined>),
         "ToPeer" => parses(b, decode_record::<ToPeer>),
+        "SourceInput" => parses(b, decode_record::<SourceInput>),
+        "SourceEvent" => parses(b, decode_record::<SourceEvent>),
         "ReplyEnvelope" => {
             let env: Envelope<Value> = decode_record(b).map_err(|e| e.to_string())?;
             match (env.ok, env.result.is_some(), env.error.is_some()) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use system_tests::*;
-use worker::source::{EncodedVideo, Media, SourceError, SourceFactory, SourceHandle};
+use worker::source::{EncodedVideo, Media, SourceError, SourceFactory, SourceFault, SourceHandle};
 
 /// Refuses to start.
 struct Broken;
@@ -43,7 +43,10 @@ impl SourceFactory for Flaky {
                     captured_at: Instant::now(),
                 })));
             }
-            Err("stream from the host broke".into())
+            Err(SourceFault::Io {
+                what: "stream from the host",
+                detail: "connection reset".into(),
+            })
         })?;
         Ok(h)
     }
@@ -93,7 +96,10 @@ async fn a_source_failing_mid_stream_ends_its_session_with_the_reason() {
         .unwrap();
     let ev: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(ev["reason"], "source_failed");
-    assert_eq!(ev["detail"], "stream from the host broke");
+    assert_eq!(
+        ev["detail"],
+        "stream from the host failed: connection reset"
+    );
 }
 
 // ------------------------------------------------------------ the RTP source
@@ -386,6 +392,108 @@ async fn rtp_sessions_are_independent_and_bad_ports_are_clear_errors() {
     assert_eq!(r["ok"], json!(true), "{r}");
     let info = raw_request(&c, "streams.v1.session.b.get", "{}").await;
     assert_eq!(info["result"]["state"], "live", "{info}");
+}
+
+// ------------------------------------------- merged input to the source
+
+/// Injects `events` as the backend and returns once the owner acked.
+async fn inject(c: &async_nats::Client, id: &str, events: Value) {
+    let body = json!({ "events": events }).to_string();
+    let r = raw_request(c, &format!("streams.v1.session.{id}.input"), &body).await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+}
+
+/// Everything already delivered to `sub`, without waiting: the owner
+/// publishes a session's merged input before it acks the injection, on
+/// the same connection, so by the ack any message is here.
+fn delivered(sub: &mut async_nats::Subscriber) -> Vec<Value> {
+    use futures::FutureExt;
+    let mut out = Vec::new();
+    while let Some(Some(m)) = sub.next().now_or_never() {
+        out.push(serde_json::from_slice(&m.payload).expect("SourceInput JSON"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_rtp_sessions_merged_input_is_published_for_its_producer_in_order() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _w = worker(cfg(&nats));
+    let c = nats.client().await;
+    worker_answers(&c).await;
+    let r = create(&c, "desk", &rtp_spec(free_udp_port(), None)).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+    let mut sub = subscribe(&c, "streams.v1.source.desk.input").await;
+
+    inject(
+        &c,
+        "desk",
+        json!([
+            {"type": "key", "code": "ShiftLeft", "down": true},
+            {"type": "key", "code": "KeyA", "down": true},
+            {"type": "key", "code": "KeyA", "down": true},
+            {"type": "mouse_move", "dx": 5, "dy": -2},
+        ]),
+    )
+    .await;
+    inject(
+        &c,
+        "desk",
+        json!([
+            {"type": "ping"},
+            {"type": "key", "code": "KeyA", "down": false},
+            {"type": "key", "code": "ShiftLeft", "down": false},
+        ]),
+    )
+    .await;
+    let got = delivered(&mut sub);
+    let key = |code: &str, down: bool| json!({"type": "key", "code": code, "down": down});
+    assert_eq!(
+        got,
+        [
+            json!({"session": "desk", "epoch": 1, "seq": 1, "events": [
+                key("ShiftLeft", true),
+                key("KeyA", true),
+                {"type": "mouse_move", "dx": 5, "dy": -2},
+            ]}),
+            json!({"session": "desk", "epoch": 1, "seq": 2, "events": [
+                key("KeyA", false),
+                key("ShiftLeft", false),
+            ]}),
+        ],
+        "the merged stream: a repeated down is one down, a ping is nothing"
+    );
+    let stats = raw_request(&c, "streams.v1.session.desk.stats", "{}").await;
+    assert_eq!(stats["result"]["input_route"], "bus", "{stats}");
+    assert_eq!(stats["result"]["input_forwarded"], 5, "{stats}");
+
+    // Input that merges to nothing publishes nothing.
+    inject(&c, "desk", json!([{"type": "ping"}])).await;
+    assert_eq!(delivered(&mut sub), Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn a_synthetic_session_draws_its_input_and_publishes_none() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let _w = worker(cfg(&nats));
+    let c = nats.client().await;
+    worker_answers(&c).await;
+    let r = raw_request(&c, "streams.v1.session.create", r#"{"id":"syn"}"#).await;
+    assert_eq!(r["result"]["state"], "live", "{r}");
+    let mut sub = subscribe(&c, "streams.v1.source.>").await;
+    inject(
+        &c,
+        "syn",
+        json!([{"type": "key", "code": "KeyB", "down": true}]),
+    )
+    .await;
+    assert_eq!(delivered(&mut sub), Vec::<Value>::new());
+    let stats = raw_request(&c, "streams.v1.session.syn.stats", "{}").await;
+    assert_eq!(stats["result"]["input_route"], "source", "{stats}");
+    assert_eq!(stats["result"]["input_forwarded"], 1, "{stats}");
+    assert_eq!(stats["result"]["keys_down"], json!(["KeyB"]), "{stats}");
 }
 
 // ------------------------------------------- cut-through RTP forwarding

@@ -49,8 +49,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<(), WorkerError> {
         .bus
         .client
         .subscribe(ctx.bus.subjects.heartbeat_any())
-        .await
-        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+        .await?;
 
     // Inbound: placement table and lease renewal.
     let c = ctx.clone();

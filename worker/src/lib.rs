@@ -40,10 +40,17 @@ pub enum WorkerError {
     Config(#[from] bus_schema::WireError),
     #[error("registry: {0}")]
     Registry(#[from] bus_schema::registry::RegistryError),
+    /// The NATS URL is invalid (an unreachable server is retried, not an
+    /// error).
     #[error("NATS: {0}")]
-    Nats(String),
+    Connect(String),
+    /// The NATS micro service or one of its endpoints could not start.
+    #[error("NATS service: {0}")]
+    Service(#[source] async_nats::Error),
+    #[error("NATS subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
     #[error("WebRTC: {0}")]
-    Rtc(String),
+    Rtc(#[from] rtc::RtcError),
 }
 
 /// What every task of the worker shares. The pure cores sit behind short
@@ -78,7 +85,7 @@ impl Ctx {
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, WorkerError> {
     bus_schema::connect::connect(url, name)
         .await
-        .map_err(WorkerError::Nats)
+        .map_err(WorkerError::Connect)
 }
 
 /// Runs a worker until `shutdown` resolves, then ends its sessions with
@@ -98,9 +105,7 @@ pub async fn run(
     let registry =
         Registry::open_with_retry(&js, &subjects, storage, Duration::from_secs(30)).await?;
     let interval = *config.heartbeat_interval;
-    let engine = rtc::Engine::new(&config.rtc_settings()?)
-        .await
-        .map_err(|e| WorkerError::Rtc(e.to_string()))?;
+    let engine = rtc::Engine::new(&config.rtc_settings()?).await?;
     let now = Instant::now();
     let ctx = Arc::new(Ctx {
         me: me.clone(),

@@ -49,7 +49,6 @@ fn registry_err(e: RegistryError) -> WireError {
 }
 
 pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
-    let nats = |e: async_nats::Error| WorkerError::Nats(e.to_string());
     let service = ctx
         .bus
         .client
@@ -66,7 +65,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
             env!("CARGO_PKG_VERSION"),
         )
         .await
-        .map_err(nats)?;
+        .map_err(WorkerError::Service)?;
     let s = &ctx.bus.subjects;
     let me = &ctx.me;
 
@@ -78,7 +77,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Service, WorkerError> {
                 .name(name)
                 .add(subject)
                 .await
-                .map_err(|e| WorkerError::Nats(e.to_string()))
+                .map_err(WorkerError::Service)
         }
     };
 

@@ -6,22 +6,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus_schema::registry::{RegistryError, Versioned};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bus_schema::{
-    Ack, EndReason, Ended, ErrorCode, InputEvent, JoinPeer, Joined, PeerId, PeerSignal, Role,
-    SessionEvent, SessionEventKind, SessionId, SessionInfo, SessionState, SessionStats, Timestamp,
-    ToPeer, ViewerInfo, WireError,
+    Ack, EndReason, Ended, ErrorCode, InputEvent, InputRoute, JoinPeer, Joined, PeerId, PeerSignal,
+    Role, SessionEvent, SessionEventKind, SessionId, SessionInfo, SessionState, SessionStats,
+    SourceEvent, SourceInput, Timestamp, ToPeer, ViewerInfo, WireError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::core::SessionClock;
+use crate::core::session::{Effect, Event, Outcome, ResumeCheck, Timing};
+use crate::core::SessionCore;
 use crate::fanout::FanoutHandle;
 use crate::input_state::{InputState, BACKEND_VIEWER};
 use crate::rtc::{Viewer, ViewerEvent};
-use crate::source::{Media, SourceExit, SourceHandle};
+use crate::source::{Media, SourceExit, SourceFault, SourceHandle};
 use crate::Ctx;
 
 /// Viewer callbacks queued for the session task; beyond this, input floods
@@ -37,6 +38,9 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// How often a suspended session checks whether it may resume.
 const RESUME_CHECK: Duration = Duration::from_millis(100);
+
+/// How often the input of silent viewers is released.
+const INPUT_SWEEP: Duration = Duration::from_secs(5);
 
 /// How long a new source may take to produce its first encoded frame.
 pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -103,7 +107,8 @@ impl SessionHandle {
 pub struct Session {
     ctx: Arc<Ctx>,
     state: Versioned,
-    clock: SessionClock,
+    /// The lifecycle: states, TTLs and deadlines (pure; this task is its driver).
+    core: SessionCore,
     source: Option<SourceHandle>,
     viewers: HashMap<PeerId, Viewer>,
     /// The viewers' fan-out on the worker's own media path (one UDP port),
@@ -111,26 +116,18 @@ pub struct Session {
     fanout: Option<FanoutHandle>,
     viewer_count: Arc<AtomicU32>,
     paused: Arc<AtomicBool>,
-    suspended_since: Option<Instant>,
     viewer_tx: mpsc::Sender<ViewerEvent>,
     viewer_rx: mpsc::Receiver<ViewerEvent>,
     input: InputState,
+    /// Merged input events handed to the source or published for it.
+    input_forwarded: u64,
+    /// The last `source.<id>.input` message's `seq`.
+    input_seq: u64,
 }
 
-enum Resume {
-    Stay,
-    Resumed,
-    GivenAway,
-    TooLong,
-}
-
-enum Outcome {
-    /// End and record the reason in the registry.
-    End(EndReason, Option<String>),
-    /// Stop streaming; the registry is someone else's now.
-    Fenced,
-    /// Suspended for too long: stop, and record `worker_lost` if possible.
-    LeaseLost,
+/// The session task's clock: tokio's, so a paused runtime drives it too.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Session {
@@ -142,25 +139,30 @@ impl Session {
         paused: Arc<AtomicBool>,
     ) -> Self {
         let spec = &state.record.spec;
-        let clock = SessionClock::new(Instant::now(), spec.idle_ttl.get(), spec.max_lifetime.get());
+        let timing = Timing {
+            idle_ttl: spec.idle_ttl.get(),
+            max_lifetime: spec.max_lifetime.get(),
+            first_frame: FIRST_FRAME_DEADLINE,
+            connect: CONNECT_DEADLINE,
+            input_sweep: INPUT_SWEEP,
+            resume_check: RESUME_CHECK,
+            max_suspension: ctx.lease_lost_retry,
+        };
         let (viewer_tx, viewer_rx) = mpsc::channel(VIEWER_EVENT_QUEUE);
-        let spec = state.record.spec.clone();
         Self {
             ctx,
             state,
-            clock,
+            core: SessionCore::new(now(), timing),
             source: Some(source),
             viewers: HashMap::new(),
             fanout: None,
             viewer_count,
             paused,
-            suspended_since: None,
             viewer_tx,
             viewer_rx,
-            input: {
-                let (width, height) = spec.source.picture_size().unwrap_or((1280, 720));
-                InputState::new(width, height)
-            },
+            input: InputState::default(),
+            input_forwarded: 0,
+            input_seq: 0,
         }
     }
 
@@ -184,116 +186,72 @@ impl Session {
         // A source may have encoded its first frame before we subscribed
         // (the synthetic one does, inside `start`): then it is live now.
         let mut encoded_already = self.source.as_ref().is_some_and(|s| s.is_live());
-        let first_frame_deadline = tokio::time::Instant::now() + FIRST_FRAME_DEADLINE;
         let mut pending_reply: Vec<oneshot::Sender<SessionInfo>> = Vec::new();
         let mut done: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut resume_check = tokio::time::interval(RESUME_CHECK);
-        // First sweep after one period: an immediate tick would race the
-        // first-frame branch in the first iteration.
-        let sweep = Duration::from_secs(5);
-        let mut input_sweep = tokio::time::interval_at(tokio::time::Instant::now() + sweep, sweep);
-        input_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
-            let deadline = tokio::time::Instant::from_std(self.clock.deadline());
+            let deadline = self
+                .core
+                .deadline()
+                .map(tokio::time::Instant::from_std)
+                .expect("a running session has a deadline");
             let source = self.source.as_mut().expect("source present while running");
-            tokio::select! {
+            let effects = tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    None => break Outcome::End(EndReason::WorkerShutdown, None),
-                    Some(Cmd::Info(r)) => { let _ = r.send(self.state.info()); }
+                    None => self.core.handle(now(), Event::Shutdown),
+                    Some(Cmd::Info(r)) => { let _ = r.send(self.state.info()); Vec::new() }
                     Some(Cmd::Keepalive(r)) => {
-                        self.clock.keepalive(Instant::now());
+                        let effects = self.core.handle(now(), Event::Keepalive);
                         let _ = r.send(self.state.info());
+                        effects
                     }
                     Some(Cmd::Stop { detail, reply }) => {
                         pending_reply.push(reply);
-                        break Outcome::End(EndReason::Stopped, detail);
+                        self.core.handle(now(), Event::Stop { detail })
                     }
-                    Some(Cmd::Fence(r)) => { done.push(r); break Outcome::Fenced; }
-                    Some(Cmd::Shutdown(r)) => { done.push(r); break Outcome::End(EndReason::WorkerShutdown, None); }
-                    Some(Cmd::LeaseLost) => self.suspend(),
+                    Some(Cmd::Fence(r)) => { done.push(r); self.core.handle(now(), Event::Fence) }
+                    Some(Cmd::Shutdown(r)) => { done.push(r); self.core.handle(now(), Event::Shutdown) }
+                    Some(Cmd::LeaseLost) => self.core.handle(now(), Event::LeaseLost),
                     Some(Cmd::Join { join, reply }) => {
                         let r = self.join(join).await;
                         let _ = reply.send(r);
+                        Vec::new()
                     }
                     Some(Cmd::Signal { peer, signal, reply }) => {
                         let r = self.signal(peer, signal).await;
                         let _ = reply.send(r);
+                        Vec::new()
                     }
                     Some(Cmd::Stats(reply)) => {
                         let _ = reply.send(self.stats());
+                        Vec::new()
                     }
                     Some(Cmd::Inject { events, reply }) => {
-                        let r = self.inject(events);
+                        let r = self.inject(events).await;
                         let _ = reply.send(r);
+                        Vec::new()
                     }
                 },
-                Some(ev) = self.viewer_rx.recv() => self.on_viewer_event(ev).await,
-                _ = resume_check.tick(), if self.suspended_since.is_some() => {
-                    match self.try_resume().await {
-                        Resume::Stay => {}
-                        Resume::Resumed => {}
-                        Resume::GivenAway => break Outcome::Fenced,
-                        Resume::TooLong => break Outcome::LeaseLost,
-                    }
-                }
-                _ = input_sweep.tick() => {
-                    // A viewer whose connection never came up (it never
-                    // answered, or its api died mid-join) is dropped, so it
-                    // cannot hold the idle clock forever.
-                    let stale: Vec<PeerId> = self
-                        .viewers
-                        .iter()
-                        .filter(|(_, v)| !v.connected && v.joined_at.elapsed() >= CONNECT_DEADLINE)
-                        .map(|(p, _)| p.clone())
-                        .collect();
-                    for p in stale {
-                        self.remove_viewer(&p, "never connected").await;
-                        self.to_peer(&p, &ToPeer::Closed { reason: "connection never established".into() }).await;
-                    }
-                    // A viewer holding keys that went silent (crashed tab,
-                    // dead data channel) releases them.
-                    if let Some(overlay) = self.input.expire(Instant::now(), INPUT_IDLE) {
-                        if let Some(src) = &self.source {
-                            src.set_overlay(overlay);
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Some(reason) = self.clock.expired(Instant::now()) {
-                        break Outcome::End(reason, None);
-                    }
-                }
+                Some(ev) = self.viewer_rx.recv() => { self.on_viewer_event(ev).await; Vec::new() }
+                _ = tokio::time::sleep_until(deadline) => self.core.tick(now()),
                 exit = source.exited() => {
-                    let detail = match exit { SourceExit::Failed(why) => why, SourceExit::Stopped => "source stopped".into() };
-                    break Outcome::End(EndReason::SourceFailed, Some(detail));
+                    let detail = match exit { SourceExit::Failed(fault) => fault.to_string(), SourceExit::Stopped => "source stopped".into() };
+                    self.core.handle(now(), Event::SourceExited { detail })
                 }
                 m = recv_first_video(&mut first_media, std::mem::take(&mut encoded_already)), if first_media.is_some() => {
                     first_media = None;
                     match m {
-                        Ok(()) => match self.mark_live().await {
-                            Ok(()) => {
-                                if let Some(l) = live.take() { let _ = l.send(Ok(self.state.info())); }
-                            }
-                            Err(e) => {
-                                if let Some(l) = live.take() { let _ = l.send(Err(e)); }
-                                break Outcome::Fenced;
-                            }
-                        },
-                        Err(why) => break Outcome::End(EndReason::SourceFailed, Some(why)),
+                        Ok(()) => self.core.handle(now(), Event::FirstFrame),
+                        Err(fault) => self.core.handle(now(), Event::SourceExited { detail: fault.to_string() }),
                     }
                 }
-                _ = tokio::time::sleep_until(first_frame_deadline), if live.is_some() => {
-                    break Outcome::End(EndReason::SourceFailed, Some("no frame within the first-frame deadline".into()));
-                }
+            };
+            if let Some(outcome) = self.carry_out(effects, &mut live).await {
+                break outcome;
             }
         };
 
-        let end_reason = match &outcome {
-            Outcome::End(r, _) => *r,
-            Outcome::Fenced | Outcome::LeaseLost => EndReason::WorkerLost,
-        };
-        self.close_viewers(end_reason).await;
+        self.close_viewers(outcome.reason()).await;
         // The fan-out task ends once its viewers' tasks have too.
         self.fanout = None;
         if let Some(source) = self.source.take() {
@@ -363,29 +321,84 @@ impl Session {
         }
     }
 
-    /// The lease ran out: stop sending media (the source and the viewers'
-    /// connections stay up) until the registry can be checked again.
-    fn suspend(&mut self) {
-        if self.suspended_since.is_none() {
-            warn!(session_id = %self.id(), epoch = self.epoch(), "lease lost: streaming suspended");
-            self.suspended_since = Some(Instant::now());
-            self.paused.store(true, Ordering::Relaxed);
+    /// Carries out the core's effects, and those their results lead to.
+    /// Returns the outcome once the core has ended the session.
+    async fn carry_out(
+        &mut self,
+        effects: Vec<Effect>,
+        live: &mut Option<oneshot::Sender<Result<SessionInfo, WireError>>>,
+    ) -> Option<Outcome> {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::MarkLive => {
+                    let ok = match self.mark_live().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            if let Some(l) = live.take() {
+                                let _ = l.send(Err(e));
+                            }
+                            false
+                        }
+                    };
+                    queue.extend(self.core.handle(now(), Event::LiveRecorded { ok }));
+                }
+                Effect::AnswerLive => {
+                    if let Some(l) = live.take() {
+                        let _ = l.send(Ok(self.state.info()));
+                    }
+                }
+                Effect::PauseMedia => {
+                    warn!(session_id = %self.id(), epoch = self.epoch(), "lease lost: streaming suspended");
+                    self.paused.store(true, Ordering::Relaxed);
+                }
+                Effect::ResumeMedia => {
+                    self.paused.store(false, Ordering::Relaxed);
+                    if let Some(src) = &self.source {
+                        src.request_keyframe();
+                    }
+                    info!(session_id = %self.id(), epoch = self.epoch(), "lease back and the registry still gives us the session: resumed");
+                }
+                Effect::CheckResume => {
+                    let check = self.check_resume().await;
+                    queue.extend(self.core.handle(now(), Event::ResumeChecked(check)));
+                }
+                Effect::DropViewer(peer) => {
+                    // Its connection never came up (it never answered, or
+                    // its api died mid-join): it cannot hold the idle clock.
+                    self.remove_viewer(&peer, "never connected").await;
+                    self.to_peer(
+                        &peer,
+                        &ToPeer::Closed {
+                            reason: "connection never established".into(),
+                        },
+                    )
+                    .await;
+                }
+                Effect::ExpireInput => {
+                    // A viewer holding keys that went silent (crashed tab,
+                    // dead data channel) releases them.
+                    let released = self.input.expire(now(), INPUT_IDLE);
+                    self.forward_input(released).await;
+                }
+                Effect::End(outcome) => return Some(outcome),
+            }
         }
+        None
     }
 
-    /// Once the lease is back, resume if the registry still gives this
-    /// session to this worker under the same epoch; otherwise it was given
-    /// away and must not resume.
-    async fn try_resume(&mut self) -> Resume {
-        let Some(since) = self.suspended_since else {
-            return Resume::Resumed;
-        };
-        let now = Instant::now();
-        if now.duration_since(since) >= self.ctx.lease_lost_retry {
-            return Resume::TooLong;
-        }
-        if !self.ctx.lease.lock().expect("lease lock").is_held(now) {
-            return Resume::Stay;
+    /// Tells the core what has no effects of its own: viewers coming,
+    /// connecting and going, keepalives.
+    fn note(&mut self, event: Event) {
+        let effects = self.core.handle(now(), event);
+        debug_assert!(effects.is_empty(), "unexpected effects {effects:?}");
+    }
+
+    /// Whether a suspended session may resume: the lease is back and the
+    /// registry still gives it to this worker under the same epoch.
+    async fn check_resume(&mut self) -> ResumeCheck {
+        if !self.ctx.lease.lock().expect("lease lock").is_held(now()) {
+            return ResumeCheck::LeaseStillLost;
         }
         match self.ctx.registry.get(self.id()).await {
             Ok(Some(v))
@@ -394,21 +407,15 @@ impl Session {
                     && v.record.state != SessionState::Ended =>
             {
                 self.state = v;
-                self.suspended_since = None;
-                self.paused.store(false, Ordering::Relaxed);
-                if let Some(src) = &self.source {
-                    src.request_keyframe();
-                }
-                info!(session_id = %self.id(), epoch = self.epoch(), suspended_for = ?now.duration_since(since), "lease back and the registry still gives us the session: resumed");
-                Resume::Resumed
+                ResumeCheck::StillOurs
             }
             Ok(_) => {
                 info!(session_id = %self.id(), epoch = self.epoch(), "the registry gave the session away while we were cut off: not resuming");
-                Resume::GivenAway
+                ResumeCheck::GivenAway
             }
             Err(e) => {
                 debug!(session_id = %self.id(), error = %e, "registry not readable yet; still suspended");
-                Resume::Stay
+                ResumeCheck::Unreadable
             }
         }
     }
@@ -439,6 +446,8 @@ impl Session {
             input_events: self.input.accepted,
             input_refused: self.input.refused,
             rtp: self.source.as_ref().and_then(|s| s.rtp_stats()),
+            input_route: self.source.as_ref().map(|s| s.input_route()),
+            input_forwarded: self.input_forwarded,
         }
     }
 
@@ -496,7 +505,7 @@ impl Session {
                 WireError::new(ErrorCode::Internal, "could not create the peer connection")
             })?;
         self.viewers.insert(join.peer.clone(), viewer);
-        self.clock.viewer_joined(Instant::now());
+        self.note(Event::ViewerJoined(join.peer.clone()));
         let count = self.viewers.len() as u32;
         self.viewer_count.store(count, Ordering::Relaxed);
         info!(session_id = %self.id(), peer_id = %join.peer, role = ?join.role, viewers = count, "viewer joined");
@@ -544,19 +553,48 @@ impl Session {
         Ok(Ack {})
     }
 
-    fn inject(&mut self, events: Vec<InputEvent>) -> Result<Ack, WireError> {
+    async fn inject(&mut self, events: Vec<InputEvent>) -> Result<Ack, WireError> {
         for e in &events {
             bus_schema::input::validate_event(e)?;
         }
-        self.clock.keepalive(Instant::now());
-        self.apply_input(BACKEND_VIEWER, &events);
+        self.note(Event::Keepalive);
+        self.apply_input(BACKEND_VIEWER, &events).await;
         Ok(Ack {})
     }
 
-    fn apply_input(&mut self, viewer: &str, events: &[InputEvent]) {
-        if let Some(overlay) = self.input.apply(Instant::now(), viewer, events) {
-            if let Some(src) = &self.source {
-                src.set_overlay(overlay);
+    async fn apply_input(&mut self, viewer: &str, events: &[InputEvent]) {
+        let merged = self.input.apply(now(), viewer, events);
+        self.forward_input(merged).await;
+    }
+
+    /// Hands merged input on where the source takes it: to its threads, or
+    /// published for its producer (`source.<id>.input`).
+    async fn forward_input(&mut self, events: Vec<SourceEvent>) {
+        let Some(src) = &self.source else {
+            return;
+        };
+        if events.is_empty() {
+            return;
+        }
+        match src.input_route() {
+            InputRoute::None => {}
+            InputRoute::Source => self.input_forwarded += src.send_input(&events) as u64,
+            InputRoute::Bus => {
+                self.input_seq += 1;
+                let n = events.len() as u64;
+                let msg = SourceInput {
+                    session: self.id().clone(),
+                    epoch: self.epoch(),
+                    seq: self.input_seq,
+                    events,
+                };
+                let subject = self.ctx.bus.subjects.source_input(self.id());
+                match self.ctx.bus.publish(&subject, &msg).await {
+                    Ok(()) => self.input_forwarded += n,
+                    Err(e) => {
+                        debug!(session_id = %self.id(), error = %e, "merged input not published")
+                    }
+                }
             }
         }
     }
@@ -572,7 +610,7 @@ impl Session {
                     .get(&peer)
                     .is_some_and(|v| v.role == Role::Control)
                 {
-                    self.apply_input(peer.as_str(), &events);
+                    self.apply_input(peer.as_str(), &events).await;
                 } else {
                     self.input.refused += 1;
                 }
@@ -592,6 +630,7 @@ impl Session {
                     if let Some(v) = self.viewers.get_mut(&peer) {
                         v.connected = true;
                     }
+                    self.note(Event::ViewerConnected(peer.clone()));
                 }
                 if matches!(state, S::Failed | S::Closed) && self.viewers.contains_key(&peer) {
                     self.remove_viewer(&peer, "connection failed").await;
@@ -613,14 +652,11 @@ impl Session {
         };
         // Closing takes a moment; the session goes on meanwhile.
         self.ctx.tracker.spawn(v.close());
-        self.clock.viewer_left(Instant::now());
+        self.note(Event::ViewerLeft(peer.clone()));
         let count = self.viewers.len() as u32;
         self.viewer_count.store(count, Ordering::Relaxed);
-        if let Some(overlay) = self.input.release(Instant::now(), peer.as_str()) {
-            if let Some(src) = &self.source {
-                src.set_overlay(overlay);
-            }
-        }
+        let released = self.input.release(now(), peer.as_str());
+        self.forward_input(released).await;
         info!(session_id = %self.id(), peer_id = %peer, viewers = count, why, "viewer left");
         self.viewer_changed(SessionEventKind::ViewerLeft, peer)
             .await;
@@ -783,7 +819,7 @@ impl Session {
 async fn recv_first_video(
     rx: &mut Option<tokio::sync::broadcast::Receiver<Media>>,
     encoded_already: bool,
-) -> Result<(), String> {
+) -> Result<(), SourceFault> {
     use tokio::sync::broadcast::error::RecvError;
     if encoded_already {
         return Ok(());
@@ -795,7 +831,7 @@ async fn recv_first_video(
         match rx.recv().await {
             Ok(Media::Video(_) | Media::VideoPackets(_)) => return Ok(()),
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return Err("source closed before its first frame".into()),
+            Err(RecvError::Closed) => return Err(SourceFault::Vanished),
         }
     }
 }

@@ -7,8 +7,10 @@ pub mod cluster;
 pub mod directory;
 pub mod lease;
 pub mod listing;
+pub mod session;
 
 pub use clock::SessionClock;
 pub use cluster::{Cluster, Placement};
 pub use directory::{Directory, Refusal};
 pub use lease::{Lease, LeaseGate, LeaseStatus};
+pub use session::SessionCore;

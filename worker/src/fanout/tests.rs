@@ -657,7 +657,9 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
     let (_done, done_rx) = std::sync::mpsc::channel::<()>();
     source
         .spawn_thread("test-source", move |link| {
-            link_tx.send(link).map_err(|e| e.to_string())?;
+            link_tx
+                .send(link)
+                .map_err(|_| crate::source::SourceFault::Vanished)?;
             let _ = done_rx.recv(); // until the test ends
             Ok(())
         })

@@ -3,7 +3,7 @@
 //!
 //! [`Aggregator`] is a pure state machine: it is told who sent what and when
 //! ([`Aggregator::apply`]), who left ([`Aggregator::release`]) and what time
-//! it is ([`Aggregator::expire`]), and each time returns the [`Output`]s to
+//! it is ([`Aggregator::expire`]), and each time returns the [`SourceEvent`]s to
 //! feed to the source, in order. It does no IO and reads no clock.
 //!
 //! Union semantics:
@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bus_schema::input::{validate_event, MAX_MOUSE_BUTTON};
-use bus_schema::{InputEvent, TouchPhase};
+use bus_schema::{InputEvent, SourceEvent, TouchPhase};
 
 #[cfg(test)]
 mod tests;
@@ -66,60 +66,6 @@ impl Default for Limits {
             max_viewers: 64,
         }
     }
-}
-
-/// What to send to the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    Key {
-        code: String,
-        down: bool,
-    },
-    /// Relative motion in pixels.
-    MouseMove {
-        dx: i32,
-        dy: i32,
-    },
-    /// Absolute position, normalised to 0..=65535 over the picture.
-    MouseAbs {
-        x: u16,
-        y: u16,
-    },
-    MouseButton {
-        button: u8,
-        down: bool,
-    },
-    /// Scroll in 1/120 notch units.
-    Wheel {
-        dx: i32,
-        dy: i32,
-    },
-    /// `id` is the global touch id (0..max_touches), not the viewer's.
-    Touch {
-        id: u8,
-        phase: TouchPhase,
-        x: u16,
-        y: u16,
-    },
-    PadButton {
-        slot: u8,
-        button: u8,
-        value: u8,
-    },
-    PadAxis {
-        slot: u8,
-        axis: u8,
-        value: i16,
-    },
-    /// A controller appears at the source, at rest.
-    PadConnected {
-        slot: u8,
-    },
-    /// A controller leaves the source; all its buttons and axes were set
-    /// back to 0 just before.
-    PadDisconnected {
-        slot: u8,
-    },
 }
 
 /// The merged state, for drawing it (the synthetic source) or inspecting it.
@@ -244,7 +190,7 @@ impl Aggregator {
     }
 
     /// Merges one event from `viewer`; returns what to send to the source.
-    pub fn apply(&mut self, now: Instant, viewer: &str, ev: &InputEvent) -> Vec<Output> {
+    pub fn apply(&mut self, now: Instant, viewer: &str, ev: &InputEvent) -> Vec<SourceEvent> {
         if let Some(v) = self.viewers.get_mut(viewer) {
             v.last_seen = v.last_seen.max(now);
         }
@@ -253,15 +199,15 @@ impl Aggregator {
         }
         let mut out = Vec::new();
         match ev {
-            InputEvent::MouseMove { dx, dy } => out.push(Output::MouseMove {
+            InputEvent::MouseMove { dx, dy } => out.push(SourceEvent::MouseMove {
                 dx: i32::from(*dx),
                 dy: i32::from(*dy),
             }),
             InputEvent::MouseAbs { x, y } => {
                 self.cursor = Some((*x, *y));
-                out.push(Output::MouseAbs { x: *x, y: *y });
+                out.push(SourceEvent::MouseAbs { x: *x, y: *y });
             }
-            InputEvent::Wheel { dx, dy } => out.push(Output::Wheel {
+            InputEvent::Wheel { dx, dy } => out.push(SourceEvent::Wheel {
                 dx: i32::from(*dx),
                 dy: i32::from(*dy),
             }),
@@ -294,7 +240,7 @@ impl Aggregator {
                     if let Some(Some(s)) = self.slots.get_mut(usize::from(slot)) {
                         set_or_clear(&mut s.buttons, *button, *value, 0);
                     }
-                    out.push(Output::PadButton {
+                    out.push(SourceEvent::PadButton {
                         slot,
                         button: *button,
                         value: *value,
@@ -306,7 +252,7 @@ impl Aggregator {
                     if let Some(Some(s)) = self.slots.get_mut(usize::from(slot)) {
                         set_or_clear(&mut s.axes, *axis, *value, 0);
                     }
-                    out.push(Output::PadAxis {
+                    out.push(SourceEvent::PadAxis {
                         slot,
                         axis: *axis,
                         value: *value,
@@ -320,14 +266,14 @@ impl Aggregator {
 
     /// `viewer` left, crashed or timed out: releases all it held. An unknown
     /// viewer (or one holding nothing) gives nothing.
-    pub fn release(&mut self, _now: Instant, viewer: &str) -> Vec<Output> {
+    pub fn release(&mut self, _now: Instant, viewer: &str) -> Vec<SourceEvent> {
         let mut out = Vec::new();
         let Some(v) = self.viewers.remove(viewer) else {
             return out;
         };
         for code in v.keys {
             if let Some(up) = unhold(&mut self.keys, code) {
-                out.push(Output::Key {
+                out.push(SourceEvent::Key {
                     code: up,
                     down: false,
                 });
@@ -338,7 +284,7 @@ impl Aggregator {
                 let count = &mut self.buttons[usize::from(button)];
                 *count -= 1;
                 if *count == 0 {
-                    out.push(Output::MouseButton {
+                    out.push(SourceEvent::MouseButton {
                         button,
                         down: false,
                     });
@@ -347,7 +293,7 @@ impl Aggregator {
         }
         for global in v.touches.into_values() {
             if let Some(t) = self.touches[usize::from(global)].take() {
-                out.push(Output::Touch {
+                out.push(SourceEvent::Touch {
                     id: global,
                     phase: TouchPhase::End,
                     x: t.x,
@@ -365,7 +311,7 @@ impl Aggregator {
 
     /// Releases every viewer that holds something and has sent nothing (not
     /// even a ping) for longer than `idle`, in viewer order.
-    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<Output> {
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<SourceEvent> {
         let silent: Vec<ViewerKey> = self
             .viewers
             .iter()
@@ -422,7 +368,14 @@ impl Aggregator {
         }
     }
 
-    fn key(&mut self, now: Instant, viewer: &str, code: &str, down: bool, out: &mut Vec<Output>) {
+    fn key(
+        &mut self,
+        now: Instant,
+        viewer: &str,
+        code: &str,
+        down: bool,
+        out: &mut Vec<SourceEvent>,
+    ) {
         let max_keys = self.limits.max_keys_per_viewer;
         let Some(v) = viewer_state(
             &mut self.viewers,
@@ -441,14 +394,14 @@ impl Aggregator {
             let count = self.keys.entry(code.to_owned()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                out.push(Output::Key {
+                out.push(SourceEvent::Key {
                     code: code.to_owned(),
                     down: true,
                 });
             }
         } else if let Some(held) = v.keys.take(code) {
             if let Some(code) = unhold(&mut self.keys, held) {
-                out.push(Output::Key { code, down: false });
+                out.push(SourceEvent::Key { code, down: false });
             }
         }
     }
@@ -459,7 +412,7 @@ impl Aggregator {
         viewer: &str,
         button: u8,
         down: bool,
-        out: &mut Vec<Output>,
+        out: &mut Vec<SourceEvent>,
     ) {
         let Some(v) = viewer_state(
             &mut self.viewers,
@@ -477,13 +430,13 @@ impl Aggregator {
             v.buttons |= bit;
             *count += 1;
             if *count == 1 {
-                out.push(Output::MouseButton { button, down });
+                out.push(SourceEvent::MouseButton { button, down });
             }
         } else if !down && held {
             v.buttons &= !bit;
             *count -= 1;
             if *count == 0 {
-                out.push(Output::MouseButton { button, down });
+                out.push(SourceEvent::MouseButton { button, down });
             }
         }
     }
@@ -495,7 +448,7 @@ impl Aggregator {
         id: u8,
         phase: TouchPhase,
         (x, y): (u16, u16),
-        out: &mut Vec<Output>,
+        out: &mut Vec<SourceEvent>,
     ) {
         let per_viewer = self.limits.max_touches_per_viewer;
         let start = phase == TouchPhase::Start;
@@ -514,7 +467,7 @@ impl Aggregator {
                 // The viewer's end of the previous touch with this id was
                 // lost: end it, then start again under the same global id.
                 if let Some(t) = touches[usize::from(global)].as_mut() {
-                    out.push(Output::Touch {
+                    out.push(SourceEvent::Touch {
                         id: global,
                         phase: TouchPhase::End,
                         x: t.x,
@@ -522,7 +475,7 @@ impl Aggregator {
                     });
                     (t.x, t.y) = (x, y);
                 }
-                out.push(Output::Touch {
+                out.push(SourceEvent::Touch {
                     id: global,
                     phase,
                     x,
@@ -544,7 +497,7 @@ impl Aggregator {
                 // `touches` has at most u8::MAX entries.
                 let global = global as u8;
                 v.touches.insert(id, global);
-                out.push(Output::Touch {
+                out.push(SourceEvent::Touch {
                     id: global,
                     phase,
                     x,
@@ -555,7 +508,7 @@ impl Aggregator {
                 if let Some(t) = touches[usize::from(global)].as_mut() {
                     (t.x, t.y) = (x, y);
                 }
-                out.push(Output::Touch {
+                out.push(SourceEvent::Touch {
                     id: global,
                     phase,
                     x,
@@ -565,7 +518,7 @@ impl Aggregator {
             (TouchPhase::End | TouchPhase::Cancel, Some(global)) => {
                 v.touches.remove(&id);
                 touches[usize::from(global)] = None;
-                out.push(Output::Touch {
+                out.push(SourceEvent::Touch {
                     id: global,
                     phase,
                     x,
@@ -585,7 +538,7 @@ impl Aggregator {
         now: Instant,
         viewer: &str,
         pad: u8,
-        out: &mut Vec<Output>,
+        out: &mut Vec<SourceEvent>,
     ) -> Option<u8> {
         let v = viewer_state(
             &mut self.viewers,
@@ -607,7 +560,7 @@ impl Aggregator {
         // `slots` has at most u8::MAX entries.
         let slot = free as u8;
         v.pads.insert(pad, slot);
-        out.push(Output::PadConnected { slot });
+        out.push(SourceEvent::PadConnected { slot });
         Some(slot)
     }
 }
@@ -651,23 +604,23 @@ fn set_or_clear<V: PartialEq>(map: &mut BTreeMap<u8, V>, k: u8, v: V, rest: V) {
 }
 
 /// Brings the slot's pad to rest, disconnects it and frees the slot.
-fn free_slot(slots: &mut [Option<Slot>], slot: u8, out: &mut Vec<Output>) {
+fn free_slot(slots: &mut [Option<Slot>], slot: u8, out: &mut Vec<SourceEvent>) {
     let Some(s) = slots.get_mut(usize::from(slot)).and_then(Option::take) else {
         return;
     };
     for button in s.buttons.into_keys() {
-        out.push(Output::PadButton {
+        out.push(SourceEvent::PadButton {
             slot,
             button,
             value: 0,
         });
     }
     for axis in s.axes.into_keys() {
-        out.push(Output::PadAxis {
+        out.push(SourceEvent::PadAxis {
             slot,
             axis,
             value: 0,
         });
     }
-    out.push(Output::PadDisconnected { slot });
+    out.push(SourceEvent::PadDisconnected { slot });
 }

@@ -22,8 +22,8 @@ fn key(code: &str, down: bool) -> InputEvent {
     }
 }
 
-fn key_out(code: &str, down: bool) -> Output {
-    Output::Key {
+fn key_out(code: &str, down: bool) -> SourceEvent {
+    SourceEvent::Key {
         code: code.into(),
         down,
     }
@@ -37,8 +37,8 @@ fn touch(id: u8, phase: TouchPhase, x: u16, y: u16) -> InputEvent {
     InputEvent::Touch { id, phase, x, y }
 }
 
-fn touch_out(id: u8, phase: TouchPhase, x: u16, y: u16) -> Output {
-    Output::Touch { id, phase, x, y }
+fn touch_out(id: u8, phase: TouchPhase, x: u16, y: u16) -> SourceEvent {
+    SourceEvent::Touch { id, phase, x, y }
 }
 
 fn pad_button(pad: u8, button: u8, value: u8) -> InputEvent {
@@ -136,11 +136,11 @@ fn keys_down_are_sorted() {
 #[test]
 fn mouse_buttons_have_union_semantics() {
     let mut a = agg();
-    let down = |b| Output::MouseButton {
+    let down = |b| SourceEvent::MouseButton {
         button: b,
         down: true,
     };
-    let up = |b| Output::MouseButton {
+    let up = |b| SourceEvent::MouseButton {
         button: b,
         down: false,
     };
@@ -227,7 +227,7 @@ fn relative_motion_and_wheel_pass_through() {
     let mut a = agg();
     assert_eq!(
         a.apply(t(0), "alice", &InputEvent::MouseMove { dx: 5, dy: -3 }),
-        [Output::MouseMove { dx: 5, dy: -3 }]
+        [SourceEvent::MouseMove { dx: 5, dy: -3 }]
     );
     assert_eq!(
         a.apply(
@@ -238,14 +238,14 @@ fn relative_motion_and_wheel_pass_through() {
                 dy: i16::MAX
             }
         ),
-        [Output::MouseMove {
+        [SourceEvent::MouseMove {
             dx: -32768,
             dy: 32767
         }]
     );
     assert_eq!(
         a.apply(t(0), "bob", &InputEvent::Wheel { dx: 0, dy: -120 }),
-        [Output::Wheel { dx: 0, dy: -120 }]
+        [SourceEvent::Wheel { dx: 0, dy: -120 }]
     );
     // Neither is state.
     assert_eq!(a.snapshot(), Snapshot::default());
@@ -258,7 +258,7 @@ fn absolute_position_is_last_writer_wins() {
     assert_eq!(a.snapshot().cursor, None);
     assert_eq!(
         a.apply(t(0), "alice", &InputEvent::MouseAbs { x: 100, y: 200 }),
-        [Output::MouseAbs { x: 100, y: 200 }]
+        [SourceEvent::MouseAbs { x: 100, y: 200 }]
     );
     a.apply(t(1), "bob", &InputEvent::MouseAbs { x: 65535, y: 0 });
     assert_eq!(a.snapshot().cursor, Some((65535, 0)));
@@ -390,7 +390,7 @@ fn pads_get_slots_on_first_use() {
     let mut a = agg();
     assert_eq!(
         a.apply(t(0), "alice", &presence(0, true)),
-        [Output::PadConnected { slot: 0 }]
+        [SourceEvent::PadConnected { slot: 0 }]
     );
     // Connecting again is idempotent.
     assert_eq!(a.apply(t(0), "alice", &presence(0, true)), []);
@@ -398,8 +398,8 @@ fn pads_get_slots_on_first_use() {
     assert_eq!(
         a.apply(t(1), "bob", &pad_button(0, 3, 255)),
         [
-            Output::PadConnected { slot: 1 },
-            Output::PadButton {
+            SourceEvent::PadConnected { slot: 1 },
+            SourceEvent::PadButton {
                 slot: 1,
                 button: 3,
                 value: 255
@@ -409,8 +409,8 @@ fn pads_get_slots_on_first_use() {
     assert_eq!(
         a.apply(t(1), "alice", &pad_axis(2, 1, -500)),
         [
-            Output::PadConnected { slot: 2 },
-            Output::PadAxis {
+            SourceEvent::PadConnected { slot: 2 },
+            SourceEvent::PadAxis {
                 slot: 2,
                 axis: 1,
                 value: -500
@@ -419,7 +419,7 @@ fn pads_get_slots_on_first_use() {
     );
     assert_eq!(
         a.apply(t(2), "alice", &pad_button(0, 0, 128)),
-        [Output::PadButton {
+        [SourceEvent::PadButton {
             slot: 0,
             button: 0,
             value: 128
@@ -481,13 +481,13 @@ fn slot_exhaustion_drops_the_extra_pads() {
     // Bob unplugs: carol's next event gets his slot.
     assert_eq!(
         a.apply(t(1), "bob", &presence(0, false)),
-        [Output::PadDisconnected { slot: 1 }]
+        [SourceEvent::PadDisconnected { slot: 1 }]
     );
     assert_eq!(
         a.apply(t(2), "carol", &pad_button(0, 0, 255)),
         [
-            Output::PadConnected { slot: 1 },
-            Output::PadButton {
+            SourceEvent::PadConnected { slot: 1 },
+            SourceEvent::PadButton {
                 slot: 1,
                 button: 0,
                 value: 255
@@ -506,22 +506,22 @@ fn unplugging_a_pad_brings_it_to_rest_first() {
     assert_eq!(
         a.apply(t(1), "alice", &presence(1, false)),
         [
-            Output::PadButton {
+            SourceEvent::PadButton {
                 slot: 0,
                 button: 2,
                 value: 0
             },
-            Output::PadButton {
+            SourceEvent::PadButton {
                 slot: 0,
                 button: 4,
                 value: 0
             },
-            Output::PadAxis {
+            SourceEvent::PadAxis {
                 slot: 0,
                 axis: 3,
                 value: 0
             },
-            Output::PadDisconnected { slot: 0 },
+            SourceEvent::PadDisconnected { slot: 0 },
         ]
     );
     assert!(a.snapshot().pads.is_empty());
@@ -564,18 +564,18 @@ fn release_lets_go_of_everything_the_viewer_held() {
         a.release(t(1), "alice"),
         [
             key_out("KeyA", false),
-            Output::MouseButton {
+            SourceEvent::MouseButton {
                 button: 0,
                 down: false
             },
             touch_out(0, End, 9, 10),
-            Output::PadButton {
+            SourceEvent::PadButton {
                 slot: 0,
                 button: 1,
                 value: 0
             },
-            Output::PadDisconnected { slot: 0 },
-            Output::PadDisconnected { slot: 1 },
+            SourceEvent::PadDisconnected { slot: 0 },
+            SourceEvent::PadDisconnected { slot: 1 },
         ]
     );
     let snap = a.snapshot();
@@ -588,7 +588,7 @@ fn release_lets_go_of_everything_the_viewer_held() {
         a.release(t(3), "bob"),
         [
             key_out("KeyB", false),
-            Output::MouseButton {
+            SourceEvent::MouseButton {
                 button: 1,
                 down: false
             }
@@ -667,7 +667,7 @@ fn expire_in_viewer_order_and_keeps_shared_keys_until_the_last() {
     assert_eq!(a.expire(t(101), idle), [key_out("KeyQ", false)]);
     assert_eq!(
         a.expire(t(151), idle),
-        [Output::MouseButton {
+        [SourceEvent::MouseButton {
             button: 0,
             down: false
         }]
@@ -717,29 +717,29 @@ struct Source {
 }
 
 impl Source {
-    fn feed(&mut self, out: &[Output], limits: &Limits) -> Result<(), TestCaseError> {
+    fn feed(&mut self, out: &[SourceEvent], limits: &Limits) -> Result<(), TestCaseError> {
         for o in out {
             match o {
-                Output::Key { code, down: true } => {
+                SourceEvent::Key { code, down: true } => {
                     prop_assert!(self.keys.insert(code.clone()), "double down {code}");
                     self.downs += 1;
                 }
-                Output::Key { code, down: false } => {
+                SourceEvent::Key { code, down: false } => {
                     prop_assert!(self.keys.remove(code), "up of {code} which is up");
                     self.ups += 1;
                 }
-                Output::MouseButton { button, down: true } => {
+                SourceEvent::MouseButton { button, down: true } => {
                     prop_assert!(self.buttons.insert(*button), "double down {button}");
                     self.downs += 1;
                 }
-                Output::MouseButton {
+                SourceEvent::MouseButton {
                     button,
                     down: false,
                 } => {
                     prop_assert!(self.buttons.remove(button), "up of {button} which is up");
                     self.ups += 1;
                 }
-                Output::Touch { id, phase, x, y } => {
+                SourceEvent::Touch { id, phase, x, y } => {
                     prop_assert!(*id < limits.max_touches);
                     match phase {
                         TouchPhase::Start => {
@@ -764,14 +764,14 @@ impl Source {
                         }
                     }
                 }
-                Output::PadConnected { slot } => {
+                SourceEvent::PadConnected { slot } => {
                     prop_assert!(*slot < limits.max_pads);
                     prop_assert!(
                         self.pads.insert(*slot, Default::default()).is_none(),
                         "slot {slot} connected twice"
                     );
                 }
-                Output::PadDisconnected { slot } => {
+                SourceEvent::PadDisconnected { slot } => {
                     let pad = self.pads.remove(slot);
                     prop_assert!(pad.is_some(), "slot {slot} disconnected while free");
                     let (b, a) = pad.unwrap_or_default();
@@ -780,7 +780,7 @@ impl Source {
                         "slot {slot} disconnected while not at rest"
                     );
                 }
-                Output::PadButton {
+                SourceEvent::PadButton {
                     slot,
                     button,
                     value,
@@ -791,14 +791,17 @@ impl Source {
                         set_or_clear(b, *button, *value, 0);
                     }
                 }
-                Output::PadAxis { slot, axis, value } => {
+                SourceEvent::PadAxis { slot, axis, value } => {
                     let pad = self.pads.get_mut(slot);
                     prop_assert!(pad.is_some(), "axis on free slot {slot}");
                     if let Some((_, a)) = pad {
                         set_or_clear(a, *axis, *value, 0);
                     }
                 }
-                Output::MouseMove { .. } | Output::MouseAbs { .. } | Output::Wheel { .. } => {}
+                SourceEvent::MouseMove { .. }
+                | SourceEvent::MouseAbs { .. }
+                | SourceEvent::Wheel { .. } => {}
+                SourceEvent::Unknown => prop_assert!(false, "the aggregator made an unknown event"),
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! The handle a session holds and the link its source threads hold.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -7,9 +8,9 @@ use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use bus_schema::{RtpAudioStats, RtpSourceStats, RtpVideoStats};
+use bus_schema::{InputRoute, RtpAudioStats, RtpSourceStats, RtpVideoStats, SourceEvent};
 
-use super::{Gop, Media, Overlay, SourceError, SourceExit, STOP_TIMEOUT};
+use super::{Gop, Media, SourceError, SourceExit, SourceFault, INPUT_QUEUE, STOP_TIMEOUT};
 
 /// Requests from the handle to the source, and counters back.
 #[derive(Default)]
@@ -17,7 +18,10 @@ struct Control {
     stop: Mutex<bool>,
     wake: Condvar,
     keyframe_wanted: AtomicBool,
-    overlay: Mutex<Option<Overlay>>,
+    /// Merged input waiting for a source that takes it ([`INPUT_QUEUE`]
+    /// at most; past that new events are dropped and counted).
+    input: Mutex<VecDeque<SourceEvent>>,
+    input_dropped: AtomicU64,
     frames_encoded: AtomicU64,
     /// An RTP source's counters, as its receive threads last wrote them.
     rtp: Mutex<Option<RtpSourceStats>>,
@@ -54,9 +58,9 @@ impl SourceLink {
         self.control.keyframe_wanted.swap(false, Ordering::AcqRel)
     }
 
-    /// The overlay set since the last call, if any.
-    pub fn take_overlay(&self) -> Option<Overlay> {
-        lock(&self.control.overlay).take()
+    /// The merged input handed to the source since the last call, in order.
+    pub fn take_input(&self) -> Vec<SourceEvent> {
+        lock(&self.control.input).drain(..).collect()
     }
 
     /// Counts one encoded video frame.
@@ -128,7 +132,7 @@ struct PanicGuard(Option<SourceLink>);
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if let Some(link) = self.0.take() {
-            link.record_exit(SourceExit::Failed("source thread panicked".into()));
+            link.record_exit(SourceExit::Failed(SourceFault::Panicked));
             link.request_stop();
         }
     }
@@ -169,6 +173,8 @@ pub struct SourceHandle {
     alive_rx: mpsc::Receiver<()>,
     /// Live before its first frame (see [`Self::set_live_on_start`]).
     live_on_start: bool,
+    /// Where the session's merged input goes (see [`Self::set_input_route`]).
+    input_route: InputRoute,
 }
 
 impl SourceHandle {
@@ -189,6 +195,7 @@ impl SourceHandle {
             alive_tx: Some(alive_tx),
             alive_rx,
             live_on_start: false,
+            input_route: InputRoute::None,
         }
     }
 
@@ -198,7 +205,7 @@ impl SourceHandle {
     /// unless a stop was requested [`exited`](Self::exited) reports it.
     pub fn spawn_thread<F>(&mut self, name: &str, body: F) -> Result<(), SourceError>
     where
-        F: FnOnce(SourceLink) -> Result<(), String> + Send + 'static,
+        F: FnOnce(SourceLink) -> Result<(), SourceFault> + Send + 'static,
     {
         let link = self.link.clone();
         let alive = self.alive_tx.clone();
@@ -211,9 +218,9 @@ impl SourceHandle {
                 guard.0 = None;
                 match outcome {
                     Ok(()) => link.record_exit(SourceExit::Stopped),
-                    Err(reason) => {
-                        tracing::warn!(%reason, "source failed");
-                        link.record_exit(SourceExit::Failed(reason));
+                    Err(fault) => {
+                        tracing::warn!(%fault, "source failed");
+                        link.record_exit(SourceExit::Failed(fault));
                     }
                 }
                 link.request_stop();
@@ -246,9 +253,43 @@ impl SourceHandle {
             .store(true, Ordering::Release);
     }
 
-    /// Latest wins; drawn on the next frames.
-    pub fn set_overlay(&self, overlay: Overlay) {
-        *lock(&self.link.control.overlay) = Some(overlay);
+    /// Says where the session's merged input goes: [`InputRoute::Source`]
+    /// for a source whose threads read it ([`SourceLink::take_input`]),
+    /// [`InputRoute::Bus`] for one whose producer reads it from NATS (the
+    /// session publishes it), [`InputRoute::None`] (the default) for a
+    /// source that takes none. Set by the factory before it returns.
+    pub fn set_input_route(&mut self, route: InputRoute) {
+        self.input_route = route;
+    }
+
+    pub fn input_route(&self) -> InputRoute {
+        self.input_route
+    }
+
+    /// Hands merged input to a source whose route is
+    /// [`InputRoute::Source`]; returns how many events it queued (none for
+    /// other routes, and none past [`INPUT_QUEUE`] waiting events: a source
+    /// that stopped reading loses input, never memory).
+    pub fn send_input(&self, events: &[SourceEvent]) -> usize {
+        if self.input_route != InputRoute::Source || events.is_empty() {
+            return 0;
+        }
+        let mut queue = lock(&self.link.control.input);
+        let room = INPUT_QUEUE.saturating_sub(queue.len()).min(events.len());
+        queue.extend(events[..room].iter().cloned());
+        let dropped = events.len() - room;
+        if dropped > 0 {
+            self.link
+                .control
+                .input_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// Input events dropped because the source's queue was full.
+    pub fn input_dropped(&self) -> u64 {
+        self.link.control.input_dropped.load(Ordering::Relaxed)
     }
 
     pub fn frames_encoded(&self) -> u64 {
@@ -282,7 +323,7 @@ impl SourceHandle {
             }
             if self.exit.changed().await.is_err() {
                 // Unreachable while `self.link` holds the sender.
-                return SourceExit::Failed("source ended without a record".into());
+                return SourceExit::Failed(SourceFault::Vanished);
             }
         }
     }
@@ -335,14 +376,17 @@ mod tests {
             })
             .unwrap();
         handle
-            .spawn_thread("test-failer", |_| Err("boom".into()))
+            .spawn_thread("test-failer", |_| Err(SourceFault::Injected(7)))
             .unwrap();
         let exit = tokio::time::timeout(Duration::from_secs(5), handle.exited())
             .await
             .expect("exited resolves after a failure");
-        assert_eq!(exit, SourceExit::Failed("boom".into()));
+        assert_eq!(exit, SourceExit::Failed(SourceFault::Injected(7)));
         // A second call gives the same answer.
-        assert_eq!(handle.exited().await, SourceExit::Failed("boom".into()));
+        assert_eq!(
+            handle.exited().await,
+            SourceExit::Failed(SourceFault::Injected(7))
+        );
         let started = Instant::now();
         handle.stop().await;
         assert!(started.elapsed() < STOP_TIMEOUT);
@@ -357,7 +401,37 @@ mod tests {
         let exit = tokio::time::timeout(Duration::from_secs(5), handle.exited())
             .await
             .expect("exited resolves after a panic");
-        assert_eq!(exit, SourceExit::Failed("source thread panicked".into()));
+        assert_eq!(exit, SourceExit::Failed(SourceFault::Panicked));
+    }
+
+    #[test]
+    fn input_reaches_only_a_source_that_takes_it_and_stays_bounded() {
+        let key = |down| SourceEvent::Key {
+            code: "KeyA".into(),
+            down,
+        };
+        let mut handle = SourceHandle::new(4);
+        assert_eq!(
+            handle.send_input(&[key(true)]),
+            0,
+            "route none takes nothing"
+        );
+        assert!(handle.link.take_input().is_empty());
+        handle.set_input_route(InputRoute::Bus);
+        assert_eq!(
+            handle.send_input(&[key(true)]),
+            0,
+            "the bus route is the session's"
+        );
+        handle.set_input_route(InputRoute::Source);
+        assert_eq!(handle.send_input(&[key(true), key(false)]), 2);
+        assert_eq!(handle.link.take_input(), vec![key(true), key(false)]);
+        assert!(handle.link.take_input().is_empty(), "taken once");
+        let many = vec![key(true); INPUT_QUEUE + 10];
+        assert_eq!(handle.send_input(&many), INPUT_QUEUE);
+        assert_eq!(handle.input_dropped(), 10);
+        assert_eq!(handle.link.take_input().len(), INPUT_QUEUE);
+        assert_eq!(handle.send_input(&[key(false)]), 1, "room again once read");
     }
 
     #[tokio::test]

@@ -3,13 +3,17 @@
 //! A [`SourceFactory`] turns a [`bus_schema::SourceSpec`] into a running
 //! source and hands back a [`SourceHandle`]. The handle is the only way in:
 //! consumers [`subscribe`](SourceHandle::subscribe) to a broadcast of
-//! [`Media`] (every consumer gets every frame), ask for keyframes, push the
-//! viewers' merged input as an [`Overlay`], and stop the source.
+//! [`Media`] (every consumer gets every frame), ask for keyframes, hand the
+//! viewers' merged input ([`bus_schema::SourceEvent`]) to a source that
+//! takes it ([`SourceHandle::send_input`]; the handle's
+//! [`input_route`](SourceHandle::input_route) says whether it does, or
+//! whether its producer reads it from the bus), and stop the source.
 //!
 //! A source runs on its own OS threads (encoding is CPU work that must not
 //! stall the async runtime). The threads talk to the handle only through a
-//! [`SourceLink`]: atomics and a small mutex for requests, a condition
-//! variable for the stop signal, and the broadcast sender for output.
+//! [`SourceLink`]: atomics and small mutexes for requests and input, a
+//! condition variable for the stop signal, and the broadcast sender for
+//! output.
 //!
 //! Invariants:
 //! - No source thread outlives its handle for long: dropping the handle asks
@@ -34,7 +38,7 @@ use bytes::Bytes;
 pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 pub use gop::Gop;
 pub use link::{SourceHandle, SourceLink, SourceTap};
-pub use picture::{draw_frame, I420};
+pub use picture::{draw_frame, DrawnInput, Overlay, I420};
 pub use rtp::RtpFactory;
 pub use synthetic::SyntheticFactory;
 
@@ -46,6 +50,9 @@ pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
 pub const AUDIO_CHANNELS: u16 = 2;
 /// Samples per channel in one 20 ms audio packet.
 pub const AUDIO_FRAME_SAMPLES: u32 = AUDIO_SAMPLE_RATE / 50;
+/// Merged input events a source may leave unread before new ones are
+/// dropped (a source reads them at least once a frame).
+pub const INPUT_QUEUE: usize = 4096;
 /// The longest [`SourceHandle::stop`] waits for a source's threads.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -138,19 +145,6 @@ pub enum Media {
     Audio(Arc<EncodedAudio>),
 }
 
-/// What the viewers' merged input looks like, drawn into the synthetic
-/// picture (the round trip made visible).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Overlay {
-    /// Pointer position in picture pixels (clamped to the picture).
-    pub cursor: Option<(u32, u32)>,
-    pub keys_down: Vec<String>,
-    pub buttons_down: Vec<String>,
-    pub pads: Vec<String>,
-    /// Free text; newlines start new lines.
-    pub text: Option<String>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The encoder refused its configuration or failed to initialise.
@@ -171,13 +165,34 @@ pub enum SourceError {
     Bind(String),
 }
 
+/// Why a running source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceFault {
+    /// The encoder refused a frame or its output was unusable.
+    #[error("{codec} encoder: {detail}")]
+    Encoder { codec: &'static str, detail: String },
+    /// A socket the source reads failed.
+    #[error("{what} failed: {detail}")]
+    Io { what: &'static str, detail: String },
+    /// A source thread panicked.
+    #[error("source thread panicked")]
+    Panicked,
+    /// The source's output closed, or its threads all ended, without
+    /// saying how.
+    #[error("source ended without a record")]
+    Vanished,
+    /// A test asked for it.
+    #[error("injected failure at frame {0}")]
+    Injected(u64),
+}
+
 /// How a source ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceExit {
     /// It ended cleanly (asked to, or its input ended).
     Stopped,
-    /// It failed; the reason is for the log.
-    Failed(String),
+    /// It failed; the registry records the fault as the end's detail.
+    Failed(SourceFault),
 }
 
 /// Starts sources from specs. Object-safe so real sources (Moonlight host,

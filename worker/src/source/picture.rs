@@ -2,9 +2,128 @@
 //!
 //! Everything here is pure: the same inputs give the same picture.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use bus_schema::SourceEvent;
 use font8x8::legacy::BASIC_LEGACY;
 
-use super::Overlay;
+/// What the viewers' merged input looks like, drawn into the synthetic
+/// picture (the round trip made visible).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overlay {
+    /// Pointer position in picture pixels (clamped to the picture).
+    pub cursor: Option<(u32, u32)>,
+    pub keys_down: Vec<String>,
+    pub buttons_down: Vec<String>,
+    pub pads: Vec<String>,
+    /// Free text; newlines start new lines.
+    pub text: Option<String>,
+}
+
+/// The synthetic source's view of the merged input: what is held, where the
+/// pointer is. Fed the session's [`SourceEvent`]s in order, it draws what a
+/// real source would act on: keys and buttons down once however many
+/// viewers hold them, pads by slot, the pointer moved by absolute positions
+/// and by relative motion (clamped to the picture).
+#[derive(Clone, Debug)]
+pub struct DrawnInput {
+    size: (u32, u32),
+    cursor: Option<(u32, u32)>,
+    keys: BTreeSet<String>,
+    buttons: BTreeSet<u8>,
+    /// Slot → its non-zero buttons (button → value).
+    pads: BTreeMap<u8, BTreeMap<u8, u8>>,
+}
+
+impl DrawnInput {
+    pub fn new(width: u32, height: u32) -> Self {
+        Self {
+            size: (width.max(1), height.max(1)),
+            cursor: None,
+            keys: BTreeSet::new(),
+            buttons: BTreeSet::new(),
+            pads: BTreeMap::new(),
+        }
+    }
+
+    /// Applies events in order; returns whether anything drawn changed.
+    pub fn apply(&mut self, events: &[SourceEvent]) -> bool {
+        let before = self.overlay();
+        let (w, h) = self.size;
+        for e in events {
+            match e {
+                SourceEvent::Key { code, down: true } => {
+                    self.keys.insert(code.clone());
+                }
+                SourceEvent::Key { code, down: false } => {
+                    self.keys.remove(code);
+                }
+                SourceEvent::MouseButton { button, down: true } => {
+                    self.buttons.insert(*button);
+                }
+                SourceEvent::MouseButton {
+                    button,
+                    down: false,
+                } => {
+                    self.buttons.remove(button);
+                }
+                SourceEvent::MouseAbs { x, y } => {
+                    self.cursor = Some((
+                        u32::from(*x) * (w - 1) / 65535,
+                        u32::from(*y) * (h - 1) / 65535,
+                    ));
+                }
+                SourceEvent::MouseMove { dx, dy } => {
+                    let (cx, cy) = self.cursor.unwrap_or((w / 2, h / 2));
+                    let nx = (i64::from(cx) + i64::from(*dx)).clamp(0, i64::from(w) - 1);
+                    let ny = (i64::from(cy) + i64::from(*dy)).clamp(0, i64::from(h) - 1);
+                    self.cursor = Some((nx as u32, ny as u32));
+                }
+                SourceEvent::PadConnected { slot } => {
+                    self.pads.entry(*slot).or_default();
+                }
+                SourceEvent::PadDisconnected { slot } => {
+                    self.pads.remove(slot);
+                }
+                SourceEvent::PadButton {
+                    slot,
+                    button,
+                    value,
+                } => {
+                    let pad = self.pads.entry(*slot).or_default();
+                    if *value == 0 {
+                        pad.remove(button);
+                    } else {
+                        pad.insert(*button, *value);
+                    }
+                }
+                SourceEvent::Wheel { .. }
+                | SourceEvent::Touch { .. }
+                | SourceEvent::PadAxis { .. }
+                | SourceEvent::Unknown => {}
+            }
+        }
+        self.overlay() != before
+    }
+
+    /// What to draw now.
+    pub fn overlay(&self) -> Overlay {
+        Overlay {
+            cursor: self.cursor,
+            keys_down: self.keys.iter().cloned().collect(),
+            buttons_down: self.buttons.iter().map(|b| format!("mouse{b}")).collect(),
+            pads: self
+                .pads
+                .iter()
+                .map(|(slot, buttons)| {
+                    let held: Vec<(u8, u8)> = buttons.iter().map(|(b, v)| (*b, *v)).collect();
+                    format!("pad{slot}:{held:?}")
+                })
+                .collect(),
+            text: None,
+        }
+    }
+}
 
 /// A picture in planar YUV 4:2:0 (BT.601 limited range), no padding:
 /// the Y plane is `width` bytes a row, U and V `width / 2`.
@@ -486,5 +605,46 @@ mod tests {
         let xs: Vec<i64> = (0..8).map(|t| triangle(t, 3)).collect();
         assert_eq!(xs, vec![0, 1, 2, 3, 2, 1, 0, 1]);
         assert_eq!(triangle(5, 0), 0);
+    }
+
+    #[test]
+    fn drawn_input_follows_the_merged_stream() {
+        let key = |code: &str, down| SourceEvent::Key {
+            code: code.into(),
+            down,
+        };
+        let mut d = DrawnInput::new(320, 240);
+        assert!(!d.apply(&[]), "nothing applied, nothing changed");
+        assert!(d.apply(&[key("ShiftLeft", true), key("KeyA", true)]));
+        assert_eq!(d.overlay().keys_down, ["KeyA", "ShiftLeft"]);
+        assert!(d.apply(&[key("KeyA", false)]));
+        assert_eq!(d.overlay().keys_down, ["ShiftLeft"]);
+        // Absolute position over the picture, then relative motion clamped.
+        d.apply(&[SourceEvent::MouseAbs { x: 65535, y: 0 }]);
+        assert_eq!(d.overlay().cursor, Some((319, 0)));
+        d.apply(&[SourceEvent::MouseMove { dx: 50, dy: -7 }]);
+        assert_eq!(d.overlay().cursor, Some((319, 0)), "clamped to the picture");
+        d.apply(&[SourceEvent::MouseMove { dx: -19, dy: 40 }]);
+        assert_eq!(d.overlay().cursor, Some((300, 40)));
+        d.apply(&[
+            SourceEvent::MouseButton {
+                button: 2,
+                down: true,
+            },
+            SourceEvent::PadConnected { slot: 1 },
+            SourceEvent::PadButton {
+                slot: 1,
+                button: 0,
+                value: 255,
+            },
+        ]);
+        assert_eq!(d.overlay().buttons_down, ["mouse2"]);
+        assert_eq!(d.overlay().pads, ["pad1:[(0, 255)]"]);
+        assert!(d.apply(&[SourceEvent::PadDisconnected { slot: 1 }]));
+        assert!(d.overlay().pads.is_empty());
+        assert!(
+            !d.apply(&[SourceEvent::Unknown]),
+            "unknown types are skipped"
+        );
     }
 }

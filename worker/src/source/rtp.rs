@@ -53,8 +53,8 @@ pub use h264::{H264Forwarder, VideoCounters, MAX_PAYLOAD};
 pub use opus::{AudioCounters, OpusTrack};
 
 use super::{
-    EncodedAudio, Media, SourceError, SourceFactory, SourceHandle, SourceLink, VideoPacket,
-    VIDEO_CLOCK_HZ,
+    EncodedAudio, Media, SourceError, SourceFactory, SourceFault, SourceHandle, SourceLink,
+    VideoPacket, VIDEO_CLOCK_HZ,
 };
 
 /// How long a receive blocks before the thread checks for a stop.
@@ -105,6 +105,10 @@ impl SourceFactory for RtpFactory {
 
         let mut handle = SourceHandle::new(MEDIA_CAPACITY);
         handle.set_live_on_start();
+        // The media comes from elsewhere: its producer reads the merged
+        // input from the bus (`source.<id>.input`), which the session
+        // publishes.
+        handle.set_input_route(bus_schema::InputRoute::Bus);
         let restart_step = u64::from(VIDEO_CLOCK_HZ / RTP_NOMINAL_FPS);
         let forwarder = H264Forwarder::new(video_payload_type, restart_step);
         handle.spawn_thread("rtp-video", move |link| {
@@ -133,7 +137,7 @@ fn bind_udp(addr: SocketAddr, what: &str) -> Result<UdpSocket, SourceError> {
 }
 
 /// Receives one datagram into `buf`. `Ok(None)` on a timeout.
-fn recv(socket: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, String> {
+fn recv(socket: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, SourceFault> {
     use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
     match socket.recv_from(buf) {
         Ok((n, _)) => Ok(Some(n)),
@@ -141,7 +145,10 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, String> {
         // An ICMP error from an earlier send cannot happen (we never send),
         // but some platforms report one on the next receive: not fatal.
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(None),
-        Err(e) => Err(format!("rtp receive failed: {e}")),
+        Err(e) => Err(SourceFault::Io {
+            what: "rtp receive",
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -199,7 +206,7 @@ fn video_loop(
     link: &SourceLink,
     socket: &UdpSocket,
     mut forwarder: H264Forwarder,
-) -> Result<(), String> {
+) -> Result<(), SourceFault> {
     let mut buf = vec![0u8; 65_536];
     let mut house = Housekeeping::new(Instant::now(), true);
     let mut out = Vec::new();
@@ -213,7 +220,10 @@ fn video_loop(
         if wait != timeout {
             socket
                 .set_read_timeout(Some(wait))
-                .map_err(|e| format!("rtp receive timeout: {e}"))?;
+                .map_err(|e| SourceFault::Io {
+                    what: "rtp receive timeout",
+                    detail: e.to_string(),
+                })?;
             timeout = wait;
         }
         let got = recv(socket, &mut buf)?;
@@ -273,7 +283,11 @@ fn push_queued(
     taken
 }
 
-fn audio_loop(link: &SourceLink, socket: &UdpSocket, mut track: OpusTrack) -> Result<(), String> {
+fn audio_loop(
+    link: &SourceLink,
+    socket: &UdpSocket,
+    mut track: OpusTrack,
+) -> Result<(), SourceFault> {
     let mut buf = vec![0u8; 65_536];
     let mut house = Housekeeping::new(Instant::now(), false);
     let mut seq = 0u64;

@@ -15,9 +15,9 @@ use tokio::sync::broadcast;
 
 use super::annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 use super::{
-    draw_frame, EncodedAudio, EncodedVideo, Media, Overlay, SourceError, SourceFactory,
-    SourceHandle, SourceLink, AUDIO_CHANNELS, AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE, I420,
-    VIDEO_CLOCK_HZ,
+    draw_frame, DrawnInput, EncodedAudio, EncodedVideo, Media, Overlay, SourceError, SourceFactory,
+    SourceFault, SourceHandle, SourceLink, AUDIO_CHANNELS, AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE,
+    I420, VIDEO_CLOCK_HZ,
 };
 
 /// Audio packets per second (20 ms each).
@@ -87,15 +87,18 @@ pub(crate) fn start(
     let audio = AudioGen::new()?;
     let capacity = BUFFER_SECS * (config.fps as usize + AUDIO_PACKETS_PER_SEC as usize);
     let mut handle = SourceHandle::new(capacity);
+    // The merged input is drawn into the picture.
+    handle.set_input_route(bus_schema::InputRoute::Source);
     let first_receiver = handle.subscribe();
 
     let start = Instant::now();
     let first = video
         .produce(0, false, start, SystemTime::now())
-        .map_err(SourceError::Encoder)?;
+        .map_err(|e| SourceError::Encoder(e.to_string()))?;
     let fps = u64::from(config.fps);
+    let drawn = DrawnInput::new(config.width, config.height);
     handle.spawn_thread("synthetic-video", move |link| {
-        video_loop(&link, video, first, Pacer::new(start, fps, 1))
+        video_loop(&link, video, drawn, first, Pacer::new(start, fps, 1))
     })?;
     handle.spawn_thread("synthetic-audio", move |link| {
         audio_loop(&link, audio, Pacer::new(start, AUDIO_PACKETS_PER_SEC, 0))
@@ -113,9 +116,10 @@ pub(crate) fn start(
 fn video_loop(
     link: &SourceLink,
     mut video: VideoGen,
+    mut drawn: DrawnInput,
     first: Option<EncodedVideo>,
     mut pacer: Pacer,
-) -> Result<(), String> {
+) -> Result<(), SourceFault> {
     if let Some(frame) = first {
         link.count_frame();
         link.publish(Media::Video(Arc::new(frame)));
@@ -129,8 +133,8 @@ fn video_loop(
         if skipped > 0 {
             tracing::debug!(skipped, "synthetic video fell behind; skipping frames");
         }
-        if let Some(overlay) = link.take_overlay() {
-            video.overlay = overlay;
+        if drawn.apply(&link.take_input()) {
+            video.overlay = drawn.overlay();
         }
         let keyframe = link.take_keyframe_request();
         if let Some(frame) = video.produce(index, keyframe, now, SystemTime::now())? {
@@ -140,7 +144,7 @@ fn video_loop(
     }
 }
 
-fn audio_loop(link: &SourceLink, mut audio: AudioGen, mut pacer: Pacer) -> Result<(), String> {
+fn audio_loop(link: &SourceLink, mut audio: AudioGen, mut pacer: Pacer) -> Result<(), SourceFault> {
     loop {
         if link.sleep_until(pacer.next_deadline()) {
             return Ok(());
@@ -268,9 +272,9 @@ impl VideoGen {
         keyframe_requested: bool,
         captured_at: Instant,
         wallclock: SystemTime,
-    ) -> Result<Option<EncodedVideo>, String> {
+    ) -> Result<Option<EncodedVideo>, SourceFault> {
         if self.fail_at_seq == Some(self.next_seq) {
-            return Err(format!("injected failure at frame {}", self.next_seq));
+            return Err(SourceFault::Injected(self.next_seq));
         }
         let clock = humantime::format_rfc3339_millis(wallclock).to_string();
         draw_frame(&mut self.picture, index, &clock, &self.overlay);
@@ -283,7 +287,10 @@ impl VideoGen {
         let mut annexb = self
             .encoder
             .encode_at(&self.picture, Timestamp::from_millis(pts_ms))
-            .map_err(|e| format!("h264 encode failed: {e}"))?
+            .map_err(|e| SourceFault::Encoder {
+                codec: "h264",
+                detail: e.to_string(),
+            })?
             .to_vec();
         if annexb.is_empty() {
             return Ok(None);
@@ -312,7 +319,7 @@ impl VideoGen {
 
     /// Makes sure the IDR access unit carries SPS and PPS: remembers them
     /// when present, puts the remembered ones in front when not.
-    fn ensure_parameter_sets(&mut self, access_unit: &mut Vec<u8>) -> Result<(), String> {
+    fn ensure_parameter_sets(&mut self, access_unit: &mut Vec<u8>) -> Result<(), SourceFault> {
         let mut sets = Vec::new();
         for nal in nal_units(access_unit) {
             if matches!(nal_type(nal), NAL_SPS | NAL_PPS) {
@@ -325,7 +332,10 @@ impl VideoGen {
         if found.contains(&NAL_SPS) && found.contains(&NAL_PPS) {
             self.parameter_sets = sets;
         } else if self.parameter_sets.is_empty() {
-            return Err("the encoder produced an IDR without SPS/PPS".into());
+            return Err(SourceFault::Encoder {
+                codec: "h264",
+                detail: "an IDR without SPS/PPS".into(),
+            });
         } else {
             access_unit.splice(0..0, self.parameter_sets.iter().copied());
         }
@@ -386,13 +396,16 @@ impl AudioGen {
     }
 
     /// Encodes the 20 ms in slot `index`.
-    fn produce(&mut self, index: u64, captured_at: Instant) -> Result<EncodedAudio, String> {
+    fn produce(&mut self, index: u64, captured_at: Instant) -> Result<EncodedAudio, SourceFault> {
         let first_sample = index * u64::from(AUDIO_FRAME_SAMPLES);
         fill_tone(first_sample, usize::from(AUDIO_CHANNELS), &mut self.pcm);
-        let len = self
-            .encoder
-            .encode(&self.pcm, &mut self.out)
-            .map_err(|e| format!("opus encode failed: {e}"))?;
+        let len =
+            self.encoder
+                .encode(&self.pcm, &mut self.out)
+                .map_err(|e| SourceFault::Encoder {
+                    codec: "opus",
+                    detail: e.to_string(),
+                })?;
         let seq = self.next_seq;
         self.next_seq += 1;
         Ok(EncodedAudio {
@@ -739,7 +752,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn set_overlay_reaches_the_stream() {
+    async fn merged_input_is_drawn_into_the_stream() {
         let (handle, mut rx) = start(config(320, 240, 30)).unwrap();
         let mut decoder = openh264::decoder::Decoder::new().unwrap();
         let mut centre_luma = |f: &EncodedVideo| {
@@ -752,11 +765,19 @@ mod tests {
         for f in videos(&mut rx, 3).await {
             assert!(centre_luma(&f) < 205);
         }
-        handle.set_overlay(Overlay {
-            cursor: Some((200, 150)),
-            keys_down: vec!["KeyA".into()],
-            ..Overlay::default()
-        });
+        assert_eq!(handle.input_route(), bus_schema::InputRoute::Source);
+        // The pointer to (200, 150) of 320x240 in normalised units.
+        let sent = handle.send_input(&[
+            bus_schema::SourceEvent::MouseAbs {
+                x: (200 * 65535 / 319) as u16 + 1,
+                y: (150 * 65535 / 239) as u16 + 1,
+            },
+            bus_schema::SourceEvent::Key {
+                code: "KeyA".into(),
+                down: true,
+            },
+        ]);
+        assert_eq!(sent, 2);
         let mut seen = false;
         for f in videos(&mut rx, 5).await {
             seen |= centre_luma(&f) > 215;
@@ -820,10 +841,7 @@ mod tests {
         let exit = tokio::time::timeout(WAIT, handle.exited())
             .await
             .expect("exited resolves after a failure");
-        assert_eq!(
-            exit,
-            SourceExit::Failed("injected failure at frame 3".into())
-        );
+        assert_eq!(exit, SourceExit::Failed(SourceFault::Injected(3)));
         assert_eq!(videos(&mut rx, 3).await.last().unwrap().seq, 2);
         handle.stop().await;
     }
