@@ -1,39 +1,152 @@
-//! A session's fan-out on the worker's own media path (one UDP port,
-//! `crate::direct`): one task per session takes each item of the source's
-//! broadcast once, seals it for every viewer whose DTLS is up, and queues
-//! all of it on the port under one lock.
+//! A session's fan-out: the one place that decides what each viewer gets.
 //!
-//! Before, each viewer had its own writer task: every RTP burst woke N
-//! tasks, each took the broadcast's slot, sealed its copy and took the
-//! port's queue lock (docs/profile.md: wake-ups and tokio's park/unpark
-//! were a quarter of the worker's time). One task is safe against the
-//! fan-out invariant (a slow viewer never delays the others) because
-//! nothing here waits on a viewer: sealing is bounded work and queueing
-//! never blocks (a full queue drops, as a full NIC queue would).
+//! One task per session takes each item of the source's broadcast once and
+//! gives it to every viewer through that viewer's way out, a [`Sink`]:
+//! sealed SRTP queued on the worker's one UDP port ([`DirectOut`]), or
+//! webrtc-rs's tracks when each peer has its own port ([`TrackSink`]). The
+//! policy is the same for every sink: a viewer starts at a keyframe, or
+//! with the replay of the source's group of pictures when there is room
+//! for it; a viewer whose sink is full, or the whole fan-out when it falls
+//! behind the broadcast or may not send, starts again at the next keyframe
+//! and asks for one; timestamps come from the frame's own presentation
+//! time plus the viewer's random offset.
 //!
-//! With many viewers an RTP source's video is held back until its frame
-//! ends or a sender's turn is full ([`HOLD_FROM`]), so each viewer's share
-//! leaves in one longer GSO send instead of one per input burst.
+//! A slow viewer never delays the others because nothing here waits on a
+//! viewer: sealing is bounded work, and every queue (the port's, a track
+//! sink's) drops rather than blocks.
+//!
+//! With many viewers on the one port an RTP source's video is held back
+//! until its frame ends or a sender's turn is full ([`HOLD_FROM`]), so each
+//! viewer's share leaves in one longer GSO send instead of one per input
+//! burst.
 //!
 //! [`Fanout`] is the pure part (who gets what: keyframe starts, RTP times,
 //! NACK answers, sender reports, what is held back); [`run`] is its driver and
-//! [`FanoutHandle`] how viewers join it. The task owns every member's SRTP
-//! context; a viewer's own task only waits for DTLS, hands its path over,
-//! and keeps its destination current.
+//! [`FanoutHandle`] how viewers join it. The task owns every member's sink
+//! (for the one port: its SRTP context); a viewer's own task only waits for
+//! its connection, hands its sink over, and keeps its destination current.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use std::sync::atomic::AtomicBool;
+
+use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::direct::{DirectOut, Outbox};
-use crate::rtc::{random_u32, PayloadCache, SendGate};
 use crate::source::{Gop, Media, SourceTap, VideoPacket};
 use crate::udp_batch::{UdpQueue, PACKETS_PER_TURN};
+
+mod payloads;
+mod track;
+
+pub use payloads::PayloadCache;
+pub use track::{write_tracks, TrackPacket, TrackSink, TRACK_QUEUE};
+
+/// Whether media may leave: the session is not suspended and the worker's
+/// lease has not run out (checked per frame, so a worker waking from a
+/// freeze sends nothing before its lease watch has even run).
+#[derive(Clone)]
+pub struct SendGate {
+    pub paused: Arc<AtomicBool>,
+    pub lease: Arc<crate::core::LeaseGate>,
+}
+
+impl SendGate {
+    pub fn open(&self, now: std::time::Instant) -> bool {
+        !self.paused.load(Ordering::Relaxed) && self.lease.held(now)
+    }
+}
+
+
+/// A random 32-bit start for a viewer's RTP sequence number and timestamp
+/// (RFC 3550 §5.1), from the std hasher's random keys.
+pub(crate) fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32
+}
+
+
+/// One viewer's way out of the worker.
+// Members live inline in the fan-out's vector and the hot path reads the
+// SRTP one per packet: no box, whatever the size difference.
+#[allow(clippy::large_enum_variant)]
+pub enum Sink {
+    /// Sealed SRTP queued on the one UDP port (`crate::direct`).
+    Srtp(DirectOut),
+    /// webrtc-rs's tracks (a port per peer), through a bounded queue to
+    /// the viewer's writer task.
+    Track(TrackSink),
+}
+
+impl Sink {
+    /// Gives the viewer video payloads (payload, marker, RTP timestamp);
+    /// `false` if its way out is full and it must start again at a keyframe.
+    fn send_video<'a>(
+        &mut self,
+        packets: impl Iterator<Item = (&'a Bytes, bool, u32)>,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> bool {
+        match self {
+            Sink::Srtp(out) => {
+                // The port's queue drops what does not fit, counted there.
+                out.send_video(packets, now, outbox);
+                true
+            }
+            Sink::Track(t) => t.send_video(packets),
+        }
+    }
+
+    fn send_audio(&mut self, opus: &Bytes, timestamp: u32, now: Instant, outbox: &mut Outbox) {
+        match self {
+            Sink::Srtp(out) => out.send_audio(opus, timestamp, now, outbox),
+            Sink::Track(t) => t.send_audio(opus),
+        }
+    }
+
+    /// Whether a replay of `gop` fits in the viewer's way out now;
+    /// `port_room` gives the one port's room for a destination, in bytes.
+    fn fits(&self, gop: &Gop, port_room: &impl Fn(SocketAddr) -> usize) -> bool {
+        match self {
+            Sink::Srtp(out) => replay_size(gop) <= port_room(out.destination()),
+            Sink::Track(t) => gop.len() <= t.room(),
+        }
+    }
+
+    /// Seals again the packets the viewer reported lost (a track's NACKs
+    /// are webrtc-rs's interceptors' business).
+    fn resend(&mut self, lost: &[u16], outbox: &mut Outbox) -> usize {
+        match self {
+            Sink::Srtp(out) => out.resend(lost, outbox),
+            Sink::Track(_) => 0,
+        }
+    }
+
+    fn set_destination(&mut self, to: SocketAddr) {
+        if let Sink::Srtp(out) = self {
+            out.set_destination(to);
+        }
+    }
+
+    /// Seals a sender report if one is due (a track's come from webrtc-rs).
+    fn report(&mut self, now: Instant, wall: SystemTime, outbox: &mut Outbox) {
+        if let Sink::Srtp(out) = self {
+            if out.report_due(now) {
+                if let Err(e) = out.report(now, wall, outbox) {
+                    debug!(error = %e, "sender report");
+                }
+            }
+        }
+    }
+}
 
 /// NACKs from all of a session's viewers waiting for the fan-out; past
 /// this a NACK is dropped and the viewer asks again.
@@ -61,7 +174,7 @@ pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 /// One viewer in the fan-out.
 struct Member {
     id: u64,
-    out: DirectOut,
+    out: Sink,
     /// The viewer's own token: closing the viewer ends its membership.
     left: CancellationToken,
     /// Nothing goes out until a keyframe starts (after joining, or a skip).
@@ -84,6 +197,8 @@ pub struct Fanout {
     held_since: Option<Instant>,
     /// Viewers from which video is held back (0: never).
     hold_from: usize,
+    /// A viewer restarts at a keyframe: the source should send one soon.
+    keyframe_wanted: bool,
 }
 
 impl Default for Fanout {
@@ -103,6 +218,7 @@ impl Fanout {
             held: Vec::new(),
             held_since: None,
             hold_from: HOLD_FROM,
+            keyframe_wanted: false,
         }
     }
 
@@ -119,7 +235,7 @@ impl Fanout {
     /// finds room for it, else at the next keyframe, whichever comes
     /// first. `ts_bases` offset its video (90 kHz) and audio (48 kHz) RTP
     /// timestamps.
-    pub fn join(&mut self, id: u64, out: DirectOut, left: CancellationToken, ts_bases: (u32, u32)) {
+    pub fn join(&mut self, id: u64, out: Sink, left: CancellationToken, ts_bases: (u32, u32)) {
         self.members.retain(|m| m.id != id);
         self.members.push(Member {
             id,
@@ -137,14 +253,13 @@ impl Fanout {
     /// Offered at a join and again before each broadcast item, so a join
     /// while its lane's queue was busy (a keyframe going out to many
     /// viewers) gets its picture once the queue drains, not a GOP later.
-    pub fn offer_replays(&mut self, now: Instant, room_for: impl Fn(SocketAddr) -> usize) {
+    pub fn offer_replays(&mut self, now: Instant, port_room: impl Fn(SocketAddr) -> usize) {
         if self.gop.is_empty() {
             return;
         }
-        let size = replay_size(&self.gop);
         let mut replay = None;
         for m in &mut self.members {
-            if !m.need_key || size > room_for(m.out.destination()) {
+            if !m.need_key || !m.out.fits(&self.gop, &port_room) {
                 continue;
             }
             let replay = replay.get_or_insert_with(|| self.gop.replay());
@@ -152,9 +267,15 @@ impl Fanout {
             let packets = replay
                 .iter()
                 .map(|(p, marker, pts)| (p, *marker, base.wrapping_add(*pts as u32)));
-            m.out.send_video(packets, now, &mut self.outbox);
-            m.need_key = false;
+            m.need_key = !m.out.send_video(packets, now, &mut self.outbox);
+            self.keyframe_wanted |= m.need_key;
         }
+    }
+
+    /// Whether a viewer restarted at a keyframe since the last call (which
+    /// clears it): the source should be asked for one.
+    pub fn take_keyframe_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_wanted)
     }
 
     /// Starts from `gop`, the source's group of pictures taken with a new
@@ -242,11 +363,11 @@ impl Fanout {
                     if m.need_key && !v.keyframe {
                         continue;
                     }
-                    m.need_key = false;
                     // RTP timestamps wrap at 32 bits; truncation is the wrap.
                     let ts = m.video_ts_base.wrapping_add(v.pts_90k as u32);
                     let packets = payloads.iter().enumerate().map(|(i, p)| (p, i == last, ts));
-                    m.out.send_video(packets, now, outbox);
+                    m.need_key = !m.out.send_video(packets, now, outbox);
+                    self.keyframe_wanted |= m.need_key;
                 }
             }
             Media::Audio(a) => {
@@ -274,12 +395,12 @@ impl Fanout {
                 (true, Some(i)) => i,
                 (true, None) => continue,
             };
-            m.need_key = false;
             let base = m.video_ts_base;
             let packets = all()
                 .skip(from)
                 .map(|p| (&p.payload, p.marker, base.wrapping_add(p.pts_90k as u32)));
-            m.out.send_video(packets, now, outbox);
+            m.need_key = !m.out.send_video(packets, now, outbox);
+            self.keyframe_wanted |= m.need_key;
         }
     }
 
@@ -302,11 +423,7 @@ impl Fanout {
     /// Seals a sender report for every viewer that is due one.
     pub fn reports(&mut self, now: Instant, wall: SystemTime) {
         for m in &mut self.members {
-            if m.out.report_due(now) {
-                if let Err(e) = m.out.report(now, wall, &mut self.outbox) {
-                    debug!(error = %e, "sender report");
-                }
-            }
+            m.out.report(now, wall, &mut self.outbox);
         }
     }
 
@@ -335,7 +452,7 @@ fn replay_room(udp: &UdpQueue, to: SocketAddr) -> usize {
 enum Control {
     Join {
         id: u64,
-        out: Box<DirectOut>,
+        out: Box<Sink>,
         left: CancellationToken,
     },
     Destination {
@@ -354,20 +471,26 @@ pub struct FanoutHandle {
 }
 
 impl FanoutHandle {
-    /// Starts a session's fan-out task where `placement` puts it (one of
-    /// [`FanoutThreads`]); the task holds its share of that thread's load.
+    /// Starts a session's fan-out task. With the one UDP port (`udp`) it
+    /// runs where `placement` puts it (one of [`FanoutThreads`]) and holds
+    /// its share of that thread's load; without, on the caller's runtime,
+    /// and its viewers have track sinks.
     pub fn spawn(
-        placement: Placement,
+        placement: Option<Placement>,
         tap: SourceTap,
         gate: SendGate,
         payloads: Arc<PayloadCache>,
-        udp: UdpQueue,
+        udp: Option<UdpQueue>,
         hold_from: usize,
     ) -> Self {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (nacks, nacks_rx) = mpsc::channel(NACK_QUEUE);
-        let fan = Fanout::new(udp.lanes()).holding_from(hold_from);
-        let Placement { runtime, load } = placement;
+        let lanes = udp.as_ref().map_or(1, UdpQueue::lanes);
+        let fan = Fanout::new(lanes).holding_from(hold_from);
+        let (runtime, load) = match placement {
+            Some(Placement { runtime, load }) => (runtime, Some(load)),
+            None => (tokio::runtime::Handle::current(), None),
+        };
         runtime.spawn(run(
             fan,
             tap,
@@ -389,9 +512,9 @@ impl FanoutHandle {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Hands viewer `id`'s direct path to the fan-out; its membership ends
+    /// Hands viewer `id`'s way out to the fan-out; its membership ends
     /// when `left` is cancelled. `false` if the fan-out has ended.
-    pub async fn join(&self, id: u64, out: DirectOut, left: CancellationToken) -> bool {
+    pub async fn join(&self, id: u64, out: Sink, left: CancellationToken) -> bool {
         let join = Control::Join {
             id,
             out: Box::new(out),
@@ -556,10 +679,24 @@ async fn run(
     tap: SourceTap,
     gate: SendGate,
     payloads: Arc<PayloadCache>,
-    mut udp: UdpQueue,
+    mut udp: Option<UdpQueue>,
     (mut control, mut nacks): (mpsc::Receiver<Control>, mpsc::Receiver<(u64, Vec<u16>)>),
-    mut load: ThreadLoad,
+    mut load: Option<ThreadLoad>,
 ) {
+    let port_room = |udp: &Option<UdpQueue>, to| udp.as_ref().map_or(0, |u| replay_room(u, to));
+    let flush = |fan: &mut Fanout, udp: &mut Option<UdpQueue>, now| {
+        if let Some(udp) = udp {
+            fan.outbox().flush(udp, now);
+        }
+        if fan.take_keyframe_wanted() {
+            tap.request_keyframe();
+        }
+    };
+    let set_viewers = |load: &mut Option<ThreadLoad>, n| {
+        if let Some(load) = load {
+            load.set_viewers(n);
+        }
+    };
     use broadcast::error::RecvError;
     let mut rx = None;
     // One waiter per member for its `left` token: a viewer leaving wakes
@@ -581,15 +718,15 @@ async fn run(
                         }
                         leaving.spawn(left.clone().cancelled_owned());
                         fan.join(id, *out, left, (random_u32(), random_u32()));
-                        load.set_viewers(fan.len());
+                        set_viewers(&mut load, fan.len());
                         // Suspended: nothing leaves, so no replay; the
                         // viewer starts at a keyframe once the session
                         // may send.
                         let now = Instant::now();
                         if gate.open(now) {
-                            fan.offer_replays(now, |to| replay_room(&udp, to));
+                            fan.offer_replays(now, |to| port_room(&udp, to));
                         }
-                        fan.outbox().flush(&mut udp, now);
+                        flush(&mut fan, &mut udp, now);
                         tap.request_keyframe();
                     }
                     Some(Control::Destination { id, to }) => fan.set_destination(id, to),
@@ -598,7 +735,7 @@ async fn run(
             }
             Some(_) = leaving.join_next() => {
                 let viewers = fan.prune();
-                load.set_viewers(viewers);
+                set_viewers(&mut load, viewers);
                 if viewers == 0 {
                     // Nobody left: stop taking the broadcast until someone
                     // joins (who takes the source's group of pictures
@@ -610,7 +747,7 @@ async fn run(
             }
             Some((id, lost)) = nacks.recv() => {
                 fan.resend(id, &lost);
-                fan.outbox().flush(&mut udp, Instant::now());
+                flush(&mut fan, &mut udp, Instant::now());
                 continue;
             }
             // Video held back past HOLD_MAX (its frame's end is late or
@@ -619,7 +756,7 @@ async fn run(
                 let now = Instant::now();
                 if gate.open(now) {
                     fan.release(now);
-                    fan.outbox().flush(&mut udp, now);
+                    flush(&mut fan, &mut udp, now);
                 } else {
                     fan.restart_at_keyframe();
                     fan.forget_gop();
@@ -630,7 +767,7 @@ async fn run(
         let now = Instant::now();
         match media {
             Ok(m) if gate.open(now) => {
-                fan.offer_replays(now, |to| replay_room(&udp, to));
+                fan.offer_replays(now, |to| port_room(&udp, to));
                 fan.media(&m, &payloads, now);
                 fan.reports(now, SystemTime::now());
             }
@@ -651,7 +788,7 @@ async fn run(
             }
             Err(RecvError::Closed) => return,
         }
-        fan.outbox().flush(&mut udp, now);
+        flush(&mut fan, &mut udp, now);
     }
 }
 

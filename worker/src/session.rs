@@ -111,8 +111,7 @@ pub struct Session {
     core: SessionCore,
     source: Option<SourceHandle>,
     viewers: HashMap<PeerId, Viewer>,
-    /// The viewers' fan-out on the worker's own media path (one UDP port),
-    /// started with the first viewer.
+    /// The viewers' fan-out, started with the first viewer.
     fanout: Option<FanoutHandle>,
     viewer_count: Arc<AtomicU32>,
     paused: Arc<AtomicBool>,
@@ -481,13 +480,13 @@ impl Session {
         let Some(source) = self.source.as_ref() else {
             return Err(self.ended_error());
         };
-        let gate = crate::rtc::SendGate {
-            paused: self.paused.clone(),
-            lease: self.ctx.lease_gate.clone(),
-        };
-        if self.fanout.is_none() {
-            self.fanout = self.ctx.engine.fanout(source.tap(), gate.clone());
-        }
+        let fanout = self.fanout.get_or_insert_with(|| {
+            let gate = crate::fanout::SendGate {
+                paused: self.paused.clone(),
+                lease: self.ctx.lease_gate.clone(),
+            };
+            self.ctx.engine.fanout(source.tap(), gate)
+        });
         let (viewer, offer) = self
             .ctx
             .engine
@@ -495,8 +494,7 @@ impl Session {
                 join.peer.clone(),
                 join.role,
                 source.tap(),
-                gate,
-                self.fanout.as_ref(),
+                fanout,
                 self.viewer_tx.clone(),
             )
             .await
@@ -627,9 +625,6 @@ impl Session {
                 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
                 debug!(session_id = %self.id(), peer_id = %peer, ?state, "peer state");
                 if state == S::Connected {
-                    if let Some(v) = self.viewers.get_mut(&peer) {
-                        v.connected = true;
-                    }
                     self.note(Event::ViewerConnected(peer.clone()));
                 }
                 if matches!(state, S::Failed | S::Closed) && self.viewers.contains_key(&peer) {

@@ -63,7 +63,7 @@ fn join_with_room(fan: &mut Fanout, id: u64, room: usize) -> Viewer {
     .unwrap();
     let left = CancellationToken::new();
     let base = 10_000 * id as u32;
-    fan.join(id, out, left.clone(), (base, base));
+    fan.join(id, Sink::Srtp(out), left.clone(), (base, base));
     // As the driver does at a join; the others' destinations have no room.
     fan.offer_replays(Instant::now(), |d| if d == to { room } else { 0 });
     let rx = Context::new(
@@ -674,11 +674,11 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
         )),
     };
     let fanout = FanoutHandle::spawn(
-        threads.next(),
+        Some(threads.next()),
         source.tap(),
         gate,
         Arc::default(),
-        port.queue(),
+        Some(port.queue()),
         0,
     );
     let mut viewers = Vec::new();
@@ -694,7 +694,10 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
         )
         .unwrap();
         let left = CancellationToken::new();
-        assert!(fanout.join(id, out, left.clone()).await, "the fan-out runs");
+        assert!(
+            fanout.join(id, Sink::Srtp(out), left.clone()).await,
+            "the fan-out runs"
+        );
         viewers.push((sock, left));
     }
     let [(leaving, left), (staying, _)] = &viewers[..] else {
@@ -743,4 +746,94 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
     }
     assert_eq!(audio_received(leaving), 0, "nothing more after leaving");
     assert_eq!(threads.loads(), [2], "the viewer who left no longer counts");
+}
+
+// ------------------------------------------------ the same policy, track sinks
+
+/// Joins a viewer whose way out is a track queue of `capacity` packets.
+fn join_track(
+    fan: &mut Fanout,
+    id: u64,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<TrackPacket> {
+    let (sink, rx) = TrackSink::new(capacity);
+    fan.join(id, Sink::Track(sink), CancellationToken::new(), (0, 0));
+    fan.offer_replays(Instant::now(), |_| 0);
+    rx
+}
+
+/// The first payload bytes of the video queued for a track viewer, in order.
+fn track_video(rx: &mut tokio::sync::mpsc::Receiver<TrackPacket>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        if let TrackPacket::Video { payload, .. } = p {
+            out.push(payload[0]);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_track_viewer_starts_at_a_keyframe_like_any_other() {
+    let payloads = PayloadCache::default();
+    let mut fan = Fanout::default().holding_from(0);
+    let mut rx = join_track(&mut fan, 1, 64);
+    let now = Instant::now();
+    fan.media(&burst(10, 3, 3000, false), &payloads, now);
+    assert!(track_video(&mut rx).is_empty(), "no keyframe yet");
+    let mut key = packets(20, 2, 6000, false);
+    key.extend(packets(30, 3, 9000, true));
+    fan.media(&Media::VideoPackets(key.into()), &payloads, now);
+    assert_eq!(track_video(&mut rx), [30, 31, 32], "from the keyframe start on");
+    fan.media(&burst(40, 2, 12_000, false), &payloads, now);
+    assert_eq!(track_video(&mut rx), [40, 41]);
+    assert_eq!(take(&mut fan), 0, "nothing for a track goes to the port");
+}
+
+#[test]
+fn a_full_track_queue_restarts_only_that_viewer_at_the_next_keyframe() {
+    let payloads = PayloadCache::default();
+    let mut fan = Fanout::default().holding_from(0);
+    let mut slow = join_track(&mut fan, 1, 4);
+    let mut fast = join_track(&mut fan, 2, 64);
+    let now = Instant::now();
+    fan.media(&burst(10, 3, 3000, true), &payloads, now);
+    assert!(!fan.take_keyframe_wanted());
+    // The slow viewer does not read: its queue (4) overflows in this frame.
+    fan.media(&burst(20, 3, 6000, false), &payloads, now);
+    assert!(
+        fan.take_keyframe_wanted(),
+        "the overflow asks the source for a keyframe"
+    );
+    assert!(!fan.take_keyframe_wanted(), "asked once");
+    fan.media(&burst(30, 2, 9000, false), &payloads, now);
+    assert_eq!(track_video(&mut fast), [10, 11, 12, 20, 21, 22, 30, 31]);
+    assert_eq!(
+        track_video(&mut slow),
+        [10, 11, 12, 20],
+        "what fit, then nothing until a keyframe"
+    );
+    fan.media(&burst(50, 2, 12_000, true), &payloads, now);
+    assert_eq!(track_video(&mut slow), [50, 51], "back at the keyframe");
+    assert_eq!(track_video(&mut fast), [50, 51]);
+}
+
+#[test]
+fn a_track_viewer_gets_the_group_of_pictures_when_its_queue_has_room() {
+    let payloads = PayloadCache::default();
+    let mut fan = Fanout::default().holding_from(0);
+    let mut first = join_track(&mut fan, 1, 64);
+    let now = Instant::now();
+    fan.media(&burst(10, 2, 3000, true), &payloads, now);
+    fan.media(&burst(20, 2, 6000, false), &payloads, now);
+    track_video(&mut first);
+    // Room for 64 packets: the 4-packet group is replayed at once.
+    let mut joiner = join_track(&mut fan, 2, 64);
+    assert_eq!(track_video(&mut joiner), [10, 11, 20, 21]);
+    // Room for 2 packets only: no replay, it waits for the next keyframe.
+    let mut cramped = join_track(&mut fan, 3, 2);
+    assert!(track_video(&mut cramped).is_empty());
+    fan.media(&burst(30, 1, 9000, false), &payloads, now);
+    assert!(track_video(&mut cramped).is_empty());
+    assert_eq!(track_video(&mut joiner), [30]);
 }

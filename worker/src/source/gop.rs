@@ -36,6 +36,8 @@ pub struct Gop {
     items: Vec<Arc<[VideoPacket]>>,
     first: usize,
     bytes: usize,
+    /// Packets held.
+    count: usize,
     max_bytes: usize,
 }
 
@@ -51,6 +53,7 @@ impl Gop {
             items: Vec::new(),
             first: 0,
             bytes: 0,
+            count: 0,
             max_bytes,
         }
     }
@@ -73,6 +76,7 @@ impl Gop {
             .iter()
             .map(|p| p.payload.len())
             .sum::<usize>();
+        self.count += packets.len() - from;
         self.items.push(packets.clone());
         if self.bytes > self.max_bytes {
             self.clear();
@@ -84,6 +88,7 @@ impl Gop {
         self.items.clear();
         self.first = 0;
         self.bytes = 0;
+        self.count = 0;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,6 +98,11 @@ impl Gop {
     /// Payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Packets held: what [`Self::replay`] returns.
+    pub fn len(&self) -> usize {
+        self.count
     }
 
     fn packets(&self) -> impl Iterator<Item = &VideoPacket> {
@@ -185,9 +195,13 @@ mod tests {
         assert_eq!(r.len(), 3, "from the IDR's first packet");
         assert_eq!(r[0].0[0], 1);
         assert_eq!(g.bytes(), 300);
+        assert_eq!(g.len(), 3, "len counts what a replay sends");
         g.push(&burst(&[(3, false, true)]));
         assert_eq!(g.replay().len(), 1);
         assert_eq!(g.bytes(), 100);
+        assert_eq!(g.len(), 1);
+        g.clear();
+        assert_eq!(g.len(), 0);
     }
 
     #[test]
