@@ -3,7 +3,7 @@
 //! encrypting its packets, so the relay's CPU per viewer is quoted as a
 //! multiple of this. Two sealers are measured: the worker's own, which
 //! writes each packet into a buffer and seals it there
-//! (`worker::direct::srtp`, what the worker's one-port path uses), and
+//! (`worker::srtp_out::srtp`, what the worker's one-port path uses), and
 //! webrtc-rs's (`webrtc::srtp` 0.17, `Context::encrypt_rtp`, what a track
 //! or the SRTCP of a viewer uses). The headline floor is the faster one,
 //! the worker's own.
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use webrtc::srtp::context::Context;
 use webrtc::srtp::protection_profile::ProtectionProfile;
-use worker::direct::srtp::RtpSealer;
+use worker::srtp_out::srtp::RtpSealer;
 
 /// The two profiles viewers negotiate with the worker.
 pub const PROFILES: [ProtectionProfile; 2] = [
@@ -36,7 +36,7 @@ pub const PROFILES: [ProtectionProfile; 2] = [
 /// Which SRTP code seals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sealer {
-    /// `worker::direct::srtp`: the packet is written into a buffer (as into
+    /// `worker::srtp_out::srtp`: the packet is written into a buffer (as into
     /// the worker's outbox) and sealed there.
     InPlace,
     /// webrtc-srtp's `Context::encrypt_rtp` on the marshalled packet
@@ -49,7 +49,7 @@ impl Sealer {
 
     pub fn name(self) -> &'static str {
         match self {
-            Sealer::InPlace => "in place (worker::direct::srtp)",
+            Sealer::InPlace => "in place (worker::srtp_out::srtp)",
             Sealer::WebrtcSrtp => "webrtc-srtp 0.17 Context",
         }
     }

@@ -151,7 +151,7 @@ impl Config {
         let udp_send_threads = threads(
             "UDP_SEND_THREADS",
             self.udp_send_threads,
-            crate::udp_batch::MAX_SEND_THREADS,
+            crate::udp::MAX_SEND_THREADS,
         )?;
         let fanout_threads = threads(
             "FANOUT_THREADS",
@@ -257,7 +257,7 @@ mod tests {
                 "UDP_SEND_THREADS",
                 |c, n| c.udp_send_threads = n,
                 |s| s.udp_send_threads,
-                crate::udp_batch::MAX_SEND_THREADS,
+                crate::udp::MAX_SEND_THREADS,
             ),
             (
                 "FANOUT_THREADS",

@@ -2,7 +2,7 @@
 //!
 //! One task per session takes each item of the source's broadcast once and
 //! gives it to every viewer through that viewer's way out, a [`Sink`]:
-//! sealed SRTP queued on the worker's one UDP port ([`DirectOut`]), or
+//! sealed SRTP queued on the worker's one UDP port ([`SrtpOut`]), or
 //! webrtc-rs's tracks when each peer has its own port ([`TrackSink`]). The
 //! policy is the same for every sink: a viewer starts at a keyframe, or
 //! with the replay of the source's group of pictures when there is room
@@ -38,9 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::direct::{DirectOut, Outbox};
 use crate::source::{Gop, Media, SourceTap, VideoPacket};
-use crate::udp_batch::{UdpQueue, PACKETS_PER_TURN};
+use crate::srtp_out::{Outbox, SrtpOut};
+use crate::udp::{UdpQueue, PACKETS_PER_TURN};
 
 mod payloads;
 mod track;
@@ -63,7 +63,6 @@ impl SendGate {
     }
 }
 
-
 /// A random 32-bit start for a viewer's RTP sequence number and timestamp
 /// (RFC 3550 §5.1), from the std hasher's random keys.
 pub(crate) fn random_u32() -> u32 {
@@ -73,14 +72,13 @@ pub(crate) fn random_u32() -> u32 {
         .finish() as u32
 }
 
-
 /// One viewer's way out of the worker.
 // Members live inline in the fan-out's vector and the hot path reads the
 // SRTP one per packet: no box, whatever the size difference.
 #[allow(clippy::large_enum_variant)]
 pub enum Sink {
-    /// Sealed SRTP queued on the one UDP port (`crate::direct`).
-    Srtp(DirectOut),
+    /// Sealed SRTP queued on the one UDP port (`crate::srtp_out`).
+    Srtp(SrtpOut),
     /// webrtc-rs's tracks (a port per peer), through a bounded queue to
     /// the viewer's writer task.
     Track(TrackSink),
@@ -184,7 +182,7 @@ struct Member {
     audio_ts_base: u32,
 }
 
-/// The viewers of one session on the direct path, and the packets sealed
+/// The viewers of one session on the SRTP path, and the packets sealed
 /// for them waiting to be queued.
 pub struct Fanout {
     members: Vec<Member>,
@@ -445,7 +443,7 @@ fn replay_size(gop: &Gop) -> usize {
 /// packets of the viewers already watching.
 fn replay_room(udp: &UdpQueue, to: SocketAddr) -> usize {
     udp.room(to)
-        .saturating_sub(crate::udp_batch::MAX_QUEUED_BYTES / 2)
+        .saturating_sub(crate::udp::MAX_QUEUED_BYTES / 2)
 }
 
 /// What viewers' tasks tell the fan-out.

@@ -1,14 +1,14 @@
-//! A session's merged input: the pure [`crate::input::Aggregator`] and its
+//! A session's merged input: the pure [`crate::core::input::Aggregator`] and its
 //! counters. What it returns is the merged stream for the source.
 
 use std::time::{Duration, Instant};
 
 use bus_schema::{InputEvent, SourceEvent};
 
-use crate::input::{Aggregator, Limits};
+use crate::core::input::{Aggregator, Limits};
 
 /// The viewer name under which backend-injected input is merged.
-pub use crate::input::BACKEND as BACKEND_VIEWER;
+pub use crate::core::input::BACKEND as BACKEND_VIEWER;
 
 pub struct InputState {
     agg: Aggregator,

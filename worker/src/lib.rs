@@ -8,16 +8,15 @@
 
 pub mod config;
 pub mod core;
-pub mod direct;
 pub mod fanout;
 pub mod heartbeat;
-pub mod input;
 pub mod input_state;
 pub mod rtc;
 pub mod service;
 pub mod session;
 pub mod source;
-pub mod udp_batch;
+pub mod srtp_out;
+pub mod udp;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

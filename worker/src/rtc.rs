@@ -46,13 +46,13 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 
-use crate::direct::{self, DirectOut, OutStream};
 use crate::fanout::{
-    random_u32, write_tracks, FanoutHandle, FanoutThreads, PayloadCache, SendGate, Sink,
-    TrackSink, TRACK_QUEUE,
+    random_u32, write_tracks, FanoutHandle, FanoutThreads, PayloadCache, SendGate, Sink, TrackSink,
+    TRACK_QUEUE,
 };
 use crate::source::SourceTap;
-use crate::udp_batch::{BatchedUdp, SendCounters, UdpQueue};
+use crate::srtp_out::{self, OutStream, SrtpOut};
+use crate::udp::{BatchedUdp, SendCounters, UdpQueue};
 
 /// ICE candidates one peer may give the worker, trickled or in its answer.
 /// A browser sends a handful (one or two per interface and server); more
@@ -164,7 +164,7 @@ pub struct RtcSettings {
     pub udp_port: Option<u16>,
     /// Or a range of UDP ports.
     pub udp_port_range: Option<(u16, u16)>,
-    /// Sender threads of the one port (`crate::udp_batch`); 0 is taken as 1.
+    /// Sender threads of the one port (`crate::udp`); 0 is taken as 1.
     pub udp_send_threads: usize,
     /// Viewers from which a fan-out holds RTP video back
     /// (`crate::fanout::HOLD_FROM`); 0: never.
@@ -191,8 +191,8 @@ pub struct Engine {
     video_payloads: Arc<PayloadCache>,
     udp_counters: Option<Arc<SendCounters>>,
     /// With one UDP port: its send queue, for viewers' media sent by the
-    /// worker itself (`crate::direct`).
-    direct: Option<UdpQueue>,
+    /// worker itself (`crate::srtp_out`).
+    port: Option<UdpQueue>,
     /// With one UDP port: where the sessions' fan-outs run.
     fanout_threads: Option<FanoutThreads>,
     fanout_hold_from: usize,
@@ -277,18 +277,18 @@ impl Engine {
             se.set_nat_1to1_ips(settings.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
         }
         let mut udp_counters = None;
-        let mut direct = None;
+        let mut one_port = None;
         let mut fanout_threads = None;
         if let Some(port) = settings.udp_port {
             // One port for every peer: the worker owns the socket and
-            // batches its sends (crate::udp_batch), and sends viewers'
-            // media itself (crate::direct).
+            // batches its sends (crate::udp), and sends viewers'
+            // media itself (crate::srtp_out).
             let sock = BatchedUdp::new(
                 std::net::UdpSocket::bind(("0.0.0.0", port))?,
                 settings.udp_send_threads,
             )?;
             udp_counters = Some(sock.counters());
-            direct = Some(sock.queue());
+            one_port = Some(sock.queue());
             fanout_threads = Some(FanoutThreads::start(settings.fanout_threads)?);
             se.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
                 sock,
@@ -346,7 +346,7 @@ impl Engine {
         // 3 s of 720p video, instead of the default 8192 that cost ~10 MiB
         // per viewer) and sender/receiver reports.
         let mut registry = Registry::new();
-        if direct.is_none() {
+        if one_port.is_none() {
             registry.add(Box::new(
                 webrtc::interceptor::nack::responder::Responder::builder().with_log2_size(10),
             ));
@@ -362,7 +362,7 @@ impl Engine {
             ice_servers: settings.ice_servers.clone(),
             video_payloads: Arc::default(),
             udp_counters,
-            direct,
+            port: one_port,
             fanout_threads,
             fanout_hold_from: settings.fanout_hold_from,
         })
@@ -375,7 +375,7 @@ impl Engine {
 
     /// How many threads send on the batched UDP port (with `udp_port` only).
     pub fn udp_send_threads(&self) -> Option<usize> {
-        self.direct.as_ref().map(UdpQueue::lanes)
+        self.port.as_ref().map(UdpQueue::lanes)
     }
 
     pub fn ice_servers(&self) -> &[IceServer] {
@@ -389,7 +389,7 @@ impl Engine {
     pub fn fanout(&self, tap: SourceTap, gate: SendGate) -> FanoutHandle {
         let placement = self.fanout_threads.as_ref().map(FanoutThreads::next);
         // Holding video back pays only for GSO sends on the one port.
-        let hold_from = match self.direct {
+        let hold_from = match self.port {
             Some(_) => self.fanout_hold_from,
             None => 0,
         };
@@ -398,7 +398,7 @@ impl Engine {
             tap,
             gate,
             self.video_payloads.clone(),
-            self.direct.clone(),
+            self.port.clone(),
             hold_from,
         )
     }
@@ -447,14 +447,14 @@ impl Engine {
 
         // RTCP from the viewer: PLI/FIR ask the source for a keyframe (the
         // source coalesces concurrent asks into one IDR). NACKs go to the
-        // session's fan-out on the direct path; otherwise reading RTCP feeds
+        // session's fan-out on the SRTP path; otherwise reading RTCP feeds
         // the NACK interceptor.
         let id = fanout.member_id();
-        let direct = self.direct.is_some().then(|| (fanout.clone(), id));
+        let srtp = self.port.is_some().then(|| (fanout.clone(), id));
         {
             let tap = tap.clone();
             let cancel_v = cancel.clone();
-            let direct = direct.clone();
+            let srtp = srtp.clone();
             let video_sender = video_sender.clone();
             tokio::spawn(async move {
                 loop {
@@ -468,8 +468,8 @@ impl Engine {
                         if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                             tap.request_keyframe();
                         } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                            if let Some((fanout, id)) = &direct {
-                                fanout.nack(*id, direct::nacked(nack));
+                            if let Some((fanout, id)) = &srtp {
+                                fanout.nack(*id, srtp_out::nacked(nack));
                             }
                         }
                     }
@@ -558,7 +558,7 @@ impl Engine {
                 })
             }));
         }
-        // Connected means ICE and DTLS are up: the direct path can start.
+        // Connected means ICE and DTLS are up: the SRTP path can start.
         let connected = Arc::new(tokio::sync::Notify::new());
         {
             let events = events.clone();
@@ -587,7 +587,7 @@ impl Engine {
             .map(|d| d.sdp)
             .unwrap_or_default();
 
-        let writer = match self.direct {
+        let writer = match self.port {
             Some(_) => tokio::spawn(join_fanout(
                 video_sender,
                 audio_sender,
@@ -694,7 +694,7 @@ impl Viewer {
 }
 
 /// A viewer on its session's fan-out (`crate::fanout`): once the viewer's
-/// DTLS is up, hands the fan-out its direct path (keys, SSRCs, payload
+/// DTLS is up, hands the fan-out its SRTP path (keys, SSRCs, payload
 /// types, destination), then keeps the destination current (the selected
 /// candidate pair can change) until the viewer closes, which ends the
 /// membership. Media for the viewer is not sealed before that, as webrtc-rs
@@ -712,17 +712,17 @@ async fn join_fanout(
             _ = connected.notified() => {}
             _ = cancel.cancelled() => return,
         }
-        match start_direct(&video, &audio).await {
+        match start_srtp_out(&video, &audio).await {
             Ok(out) => break out,
             // Waits for the next time the connection comes up.
-            Err(e) => warn!(error = %e, "direct media path could not start"),
+            Err(e) => warn!(error = %e, "SRTP path could not start"),
         }
     };
     let mut to = out.destination();
     if !fanout.join(id, Sink::Srtp(out), cancel.clone()).await {
         return;
     }
-    let mut every = tokio::time::interval(direct::REPORT_EVERY);
+    let mut every = tokio::time::interval(srtp_out::REPORT_EVERY);
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -740,8 +740,8 @@ async fn join_fanout(
     }
 }
 
-/// A viewer's direct path from its DTLS keys, selected pair and senders.
-async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<DirectOut, String> {
+/// A viewer's SRTP path from its DTLS keys, selected pair and senders.
+async fn start_srtp_out(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<SrtpOut, String> {
     let transport = video.transport();
     if transport.state() != RTCDtlsTransportState::Connected {
         return Err("DTLS is not connected".into());
@@ -771,11 +771,11 @@ async fn start_direct(video: &RTCRtpSender, audio: &RTCRtpSender) -> Result<Dire
         video_pt,
         90_000,
         random_u32() as u16,
-        direct::VIDEO_HISTORY,
+        srtp_out::VIDEO_HISTORY,
     );
     let audio = OutStream::new(audio_ssrc, audio_pt, 48_000, random_u32() as u16, 0);
-    let out = DirectOut::new(&keys, profile, to, video, audio).map_err(|e| e.to_string())?;
-    debug!(?profile, in_place = out.seals_in_place(), %to, "direct media path");
+    let out = SrtpOut::new(&keys, profile, to, video, audio).map_err(|e| e.to_string())?;
+    debug!(?profile, in_place = out.seals_in_place(), %to, "SRTP path");
     Ok(out)
 }
 

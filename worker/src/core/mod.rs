@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod directory;
+pub mod input;
 pub mod lease;
 pub mod listing;
 pub mod session;

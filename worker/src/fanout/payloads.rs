@@ -67,7 +67,6 @@ fn packetize_h264(annexb: &Bytes) -> Vec<Bytes> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +122,4 @@ mod tests {
         assert!(!Arc::ptr_eq(&again, &a));
         assert_eq!(*again, expected);
     }
-
 }

@@ -11,8 +11,8 @@ use webrtc::srtp::protection_profile::ProtectionProfile;
 use webrtc::util::Unmarshal;
 
 use super::*;
-use crate::direct::{OutStream, VIDEO_HISTORY};
 use crate::source::{EncodedAudio, VideoPacket};
+use crate::srtp_out::{OutStream, VIDEO_HISTORY};
 
 const PROFILE: ProtectionProfile = ProtectionProfile::AeadAes128Gcm;
 
@@ -47,7 +47,7 @@ fn join(fan: &mut Fanout, id: u64) -> Viewer {
 fn join_with_room(fan: &mut Fanout, id: u64, room: usize) -> Viewer {
     let k = keys(id as u8);
     let to: SocketAddr = ([127, 0, 0, 1], 10_000 + id as u16).into();
-    let out = DirectOut::new(
+    let out = SrtpOut::new(
         &k,
         PROFILE,
         to,
@@ -650,8 +650,7 @@ fn await_audio(sock: &std::net::UdpSocket) {
 async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_on() {
     let threads = FanoutThreads::start(1).unwrap();
     let port =
-        crate::udp_batch::BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1)
-            .unwrap();
+        crate::udp::BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
     let mut source = crate::source::SourceHandle::new(64);
     let (link_tx, link_rx) = std::sync::mpsc::channel();
     let (_done, done_rx) = std::sync::mpsc::channel::<()>();
@@ -685,7 +684,7 @@ async fn a_viewer_leaving_a_running_fan_out_gets_nothing_more_and_the_others_go_
     for id in [1u64, 2] {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_nonblocking(true).unwrap();
-        let out = DirectOut::new(
+        let out = SrtpOut::new(
             &keys(id as u8),
             PROFILE,
             sock.local_addr().unwrap(),
@@ -784,7 +783,11 @@ fn a_track_viewer_starts_at_a_keyframe_like_any_other() {
     let mut key = packets(20, 2, 6000, false);
     key.extend(packets(30, 3, 9000, true));
     fan.media(&Media::VideoPackets(key.into()), &payloads, now);
-    assert_eq!(track_video(&mut rx), [30, 31, 32], "from the keyframe start on");
+    assert_eq!(
+        track_video(&mut rx),
+        [30, 31, 32],
+        "from the keyframe start on"
+    );
     fan.media(&burst(40, 2, 12_000, false), &payloads, now);
     assert_eq!(track_video(&mut rx), [40, 41]);
     assert_eq!(take(&mut fan), 0, "nothing for a track goes to the port");

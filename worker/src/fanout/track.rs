@@ -152,6 +152,9 @@ mod tests {
             got.push(payload[0]);
         }
         assert_eq!(got, [0, 1, 2]);
-        assert!(sink.send_video(p[3..4].iter().map(|b| (b, true, 9))), "room again once read");
+        assert!(
+            sink.send_video(p[3..4].iter().map(|b| (b, true, 9))),
+            "room again once read"
+        );
     }
 }

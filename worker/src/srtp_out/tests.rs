@@ -9,7 +9,7 @@ use webrtc::srtp::protection_profile::ProtectionProfile;
 use webrtc::util::Unmarshal;
 
 use super::*;
-use crate::udp_batch::BatchedUdp;
+use crate::udp::BatchedUdp;
 
 fn parse(buf: &[u8]) -> RtpPacket {
     let mut b = buf;
@@ -168,7 +168,7 @@ async fn a_viewer_decrypts_what_the_direct_path_sends_with_the_dtls_keys() {
         let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 1).unwrap();
         let viewer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let keys = keys(profile);
-        let mut out = DirectOut::new(
+        let mut out = SrtpOut::new(
             &keys,
             profile,
             viewer.local_addr().unwrap(),
@@ -255,7 +255,7 @@ async fn an_outbox_keeps_each_lanes_packets_apart_and_every_destination_in_order
     let lanes = 2;
     let port = BatchedUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), lanes).unwrap();
     let mut udp = port.queue();
-    let viewers = crate::udp_batch::tests::one_receiver_per_lane(lanes).await;
+    let viewers = crate::udp::tests::one_receiver_per_lane(lanes).await;
     let to: Vec<_> = viewers.iter().map(|v| v.local_addr().unwrap()).collect();
     let mut outbox = Outbox::new(lanes);
     // Interleaved as a fan-out writes them: each packet to both viewers.
@@ -265,7 +265,7 @@ async fn an_outbox_keeps_each_lanes_packets_apart_and_every_destination_in_order
         }
     }
     assert_eq!(outbox.len(), 40);
-    let lane_of = |a| crate::udp_batch::lane_of(a, lanes);
+    let lane_of = |a| crate::udp::lane_of(a, lanes);
     for (lane, waiting) in outbox.lanes.iter().enumerate() {
         assert_eq!(waiting.packets.len(), 20, "lane {lane}");
         assert!(waiting.packets.iter().all(|&(_, a)| lane_of(a) == lane));

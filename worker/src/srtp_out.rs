@@ -9,14 +9,14 @@
 //! its DTLS handshake derived, read through the two accessors the vendored
 //! webrtc-rs adds (vendor/README.md). Packets go to the selected candidate
 //! pair's remote address through the port's send queue
-//! ([`crate::udp_batch::UdpQueue`]), the socket webrtc-rs's own packets
+//! ([`crate::udp::UdpQueue`]), the socket webrtc-rs's own packets
 //! leave by, so the viewer sees one 5-tuple.
 //!
 //! [`OutStream`] is the pure part (numbering, rollover, history, report counters);
-//! [`DirectOut`] adds the SRTP (RTP sealed in place by [`srtp`], RTCP by
+//! [`SrtpOut`] adds the SRTP (RTP sealed in place by [`srtp`], RTCP by
 //! webrtc-srtp's context) and the destination, and seals
 //! packets into an [`Outbox`]. A session's viewers share one fan-out task
-//! that owns their `DirectOut`s (`crate::fanout`).
+//! that owns their `SrtpOut`s (`crate::fanout`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,7 @@ use webrtc::srtp::config::SessionKeys;
 use webrtc::srtp::context::Context;
 use webrtc::srtp::protection_profile::ProtectionProfile;
 
-use crate::udp_batch::{trim_entries, Trim, UdpQueue, TRIM_FLOOR_BYTES};
+use crate::udp::{trim_entries, Trim, UdpQueue, TRIM_FLOOR_BYTES};
 
 pub mod srtp;
 
@@ -203,7 +203,7 @@ pub fn ntp(wall: SystemTime) -> u64 {
     (secs << 32) | frac
 }
 
-/// Why a viewer's direct path could not start or send.
+/// Why a viewer's SRTP path could not start or send.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
     #[error("SRTP: {0}")]
@@ -259,7 +259,7 @@ impl Outbox {
     }
 
     fn lane(&mut self, to: SocketAddr) -> &mut Waiting {
-        let lane = crate::udp_batch::lane_of(to, self.lanes.len());
+        let lane = crate::udp::lane_of(to, self.lanes.len());
         &mut self.lanes[lane]
     }
 
@@ -322,9 +322,9 @@ impl Outbox {
     }
 }
 
-/// A viewer's direct media path: both streams, their SRTP, and where
+/// A viewer's SRTP path: both streams, their SRTP, and where
 /// packets go. Sealed packets go into the caller's [`Outbox`].
-pub struct DirectOut {
+pub struct SrtpOut {
     seal: Seal,
     to: SocketAddr,
     pub video: OutStream,
@@ -385,7 +385,7 @@ impl Seal {
     }
 }
 
-impl DirectOut {
+impl SrtpOut {
     /// `keys` as the local side derived them from DTLS.
     pub fn new(
         keys: &SessionKeys,

@@ -21,7 +21,7 @@
 //! the CPU has them. The session keys and salts come from the DTLS
 //! master key and salt by the AES-CM key derivation of RFC 3711 §4.3 with
 //! a key derivation rate of 0 (RFC 5764 §4.1.2). RTCP and other profiles
-//! stay with webrtc-srtp (`super::DirectOut`). `tests` checks every byte
+//! stay with webrtc-srtp (`super::SrtpOut`). `tests` checks every byte
 //! against webrtc-srtp's output.
 
 use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
