@@ -470,11 +470,11 @@ pub struct FanoutHandle {
 
 impl FanoutHandle {
     /// Starts a session's fan-out task. With the one UDP port (`udp`) it
-    /// runs where `placement` puts it (one of [`FanoutThreads`]) and holds
+    /// runs in `slot` (on one of [`FanoutThreads`]) and holds
     /// its share of that thread's load; without, on the caller's runtime,
     /// and its viewers have track sinks.
     pub fn spawn(
-        placement: Option<Placement>,
+        slot: Option<FanoutSlot>,
         tap: SourceTap,
         gate: SendGate,
         payloads: Arc<PayloadCache>,
@@ -485,8 +485,8 @@ impl FanoutHandle {
         let (nacks, nacks_rx) = mpsc::channel(NACK_QUEUE);
         let lanes = udp.as_ref().map_or(1, UdpQueue::lanes);
         let fan = Fanout::new(lanes).holding_from(hold_from);
-        let (runtime, load) = match placement {
-            Some(Placement { runtime, load }) => (runtime, Some(load)),
+        let (runtime, load) = match slot {
+            Some(FanoutSlot { runtime, load }) => (runtime, Some(load)),
             None => (tokio::runtime::Handle::current(), None),
         };
         runtime.spawn(run(
@@ -556,7 +556,7 @@ pub struct FanoutThreads {
 
 /// Where a session's fan-out runs ([`FanoutThreads::next`]) and its share
 /// of that thread's load.
-pub struct Placement {
+pub struct FanoutSlot {
     pub runtime: tokio::runtime::Handle,
     pub load: ThreadLoad,
 }
@@ -630,9 +630,9 @@ impl FanoutThreads {
     /// counted as loaded by it from now on. (Two sessions placed at the
     /// same moment may both take the same thread; the next ones even it
     /// out.)
-    pub fn next(&self) -> Placement {
+    pub fn next(&self) -> FanoutSlot {
         let i = least_loaded(self.loads.iter().map(|l| l.load(Ordering::Relaxed)));
-        Placement {
+        FanoutSlot {
             runtime: self.runtimes[i].clone(),
             load: ThreadLoad::new(self.loads[i].clone()),
         }

@@ -387,14 +387,14 @@ impl Engine {
     /// otherwise on this runtime, its viewers' media written to their
     /// webrtc-rs tracks.
     pub fn fanout(&self, tap: SourceTap, gate: SendGate) -> FanoutHandle {
-        let placement = self.fanout_threads.as_ref().map(FanoutThreads::next);
+        let slot = self.fanout_threads.as_ref().map(FanoutThreads::next);
         // Holding video back pays only for GSO sends on the one port.
         let hold_from = match self.port {
             Some(_) => self.fanout_hold_from,
             None => 0,
         };
         FanoutHandle::spawn(
-            placement,
+            slot,
             tap,
             gate,
             self.video_payloads.clone(),

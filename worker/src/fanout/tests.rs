@@ -549,7 +549,7 @@ impl Drop for DroppedSignal {
 fn fanouts_go_to_the_least_loaded_thread_and_end_with_it() {
     let threads = FanoutThreads::start(2).expect("threads");
     // Where a placement's task runs, by thread name.
-    let thread_of = |p: &Placement| {
+    let thread_of = |p: &FanoutSlot| {
         let (tx, rx) = std::sync::mpsc::channel();
         p.runtime.spawn(async move {
             let _ = tx.send(std::thread::current().name().map(str::to_owned));
@@ -558,7 +558,7 @@ fn fanouts_go_to_the_least_loaded_thread_and_end_with_it() {
             .expect("the task ran")
             .expect("a named thread")
     };
-    let mut placed: Vec<Placement> = (0..3).map(|_| threads.next()).collect();
+    let mut placed: Vec<FanoutSlot> = (0..3).map(|_| threads.next()).collect();
     let names: Vec<_> = placed.iter().map(thread_of).collect();
     assert_eq!(
         names,
@@ -581,7 +581,7 @@ fn fanouts_go_to_the_least_loaded_thread_and_end_with_it() {
     // other thread until it is as loaded.
     b.load.set_viewers(5);
     assert_eq!(threads.loads(), [7, 1]);
-    let more: Vec<Placement> = (0..6).map(|_| threads.next()).collect();
+    let more: Vec<FanoutSlot> = (0..6).map(|_| threads.next()).collect();
     assert!(more.iter().all(|p| thread_of(p) == "fanout-1"));
     assert_eq!(threads.loads(), [7, 7]);
     b.load.set_viewers(1);
