@@ -23,7 +23,6 @@
 //!   [`EncodedVideo`], with SPS and PPS in front of every IDR.
 //! - Audio is Opus at 48 kHz, stereo, 20 ms per [`EncodedAudio`].
 
-mod annexb;
 pub mod gop;
 mod link;
 mod picture;
@@ -35,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 pub use gop::Gop;
+pub use h264::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 pub use link::{SourceHandle, SourceLink, SourceTap};
 pub use picture::{draw_frame, DrawnInput, Overlay, I420};
 pub use rtp::RtpFactory;

@@ -40,7 +40,6 @@ mod h264;
 mod opus;
 mod packet;
 mod reorder;
-mod sps;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -13,12 +13,12 @@ use openh264::encoder::{
 use openh264::{OpenH264API, Timestamp};
 use tokio::sync::broadcast;
 
-use super::annexb::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 use super::{
     draw_frame, DrawnInput, EncodedAudio, EncodedVideo, Media, Overlay, SourceError, SourceFactory,
     SourceFault, SourceHandle, SourceLink, AUDIO_CHANNELS, AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE,
     I420, VIDEO_CLOCK_HZ,
 };
+use h264::{nal_type, nal_units, NAL_IDR, NAL_PPS, NAL_SPS};
 
 /// Audio packets per second (20 ms each).
 const AUDIO_PACKETS_PER_SEC: u64 = (AUDIO_SAMPLE_RATE / AUDIO_FRAME_SAMPLES) as u64;

@@ -42,7 +42,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::packet::{RtpHeader, SeqStep, SeqTracker, Timeline};
 use super::reorder::{Reorder, Step};
-use super::sps;
 use crate::source::{VideoPacket, NAL_IDR, NAL_PPS, NAL_SPS, VIDEO_CLOCK_HZ};
 
 /// The largest RTP payload forwarded (the RTP packet is 12 bytes more,
@@ -404,7 +403,7 @@ impl H264Forwarder {
         for nal in whole_nals(payload) {
             match nal[0] & 0x1F {
                 NAL_SPS if self.sps.as_deref() != Some(nal) => {
-                    if let Some(size) = sps::picture_size(nal) {
+                    if let Some(size) = ::h264::picture_size(nal) {
                         self.size = size;
                     }
                     self.sps = Some(Bytes::copy_from_slice(nal));

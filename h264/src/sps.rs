@@ -1,5 +1,5 @@
 //! The picture size from an H.264 sequence parameter set (ITU-T H.264
-//! §7.3.2.1.1), enough to fill in [`EncodedVideo`](super::super::EncodedVideo)'s
+//! §7.3.2.1.1), enough to fill in a decoded frame's
 //! width and height. Returns `None` for anything it cannot read.
 
 /// Reads Exp-Golomb coded fields from an RBSP.
