@@ -538,16 +538,14 @@ pub const MAX_FANOUT_THREADS: usize = 64;
 
 /// The threads the fan-out tasks run on: each a single-threaded tokio
 /// runtime of its own (`fanout-N`). A frame or an Opus packet wakes
-/// exactly the thread of its session's fan-out; on the worker's
-/// multi-threaded runtime each such wake-up also woke a second worker
-/// thread to look for work to steal, which found none (bench section 6 at
-/// 1080p60: 4–5% less worker CPU at 50 and 100 viewers, about what running
-/// the whole worker on one tokio thread saved, docs/profile.md, the
-/// eleventh step). A new session goes to the thread with the least load,
-/// its fan-outs and their viewers counted ([`ThreadLoad`]), so sessions
-/// that end or draw many viewers do not leave the threads uneven as
-/// dealing them out in turn did. The threads end when this is dropped,
-/// and their tasks with them.
+/// exactly the thread of its session's fan-out, where on a multi-threaded
+/// runtime each wake-up would also wake a second thread to look for work
+/// to steal (4–5% of the worker's CPU at 50 and 100 viewers of a 1080p60
+/// stream, docs/profile.md). A new session goes to the thread with the
+/// least load, its fan-outs and their viewers counted ([`ThreadLoad`]),
+/// so sessions that end or draw many viewers do not leave the threads
+/// uneven. The threads end when this is dropped, and their tasks with
+/// them.
 pub struct FanoutThreads {
     runtimes: Vec<tokio::runtime::Handle>,
     loads: Vec<Arc<AtomicUsize>>,

@@ -34,15 +34,13 @@ pub const TRIM_FLOOR_BYTES: usize = 256 << 10;
 /// packet buffers (a fan-out's outbox, a lane's queue, a sender thread's
 /// batch; trimmed where they come to rest, after an outbox lane's flush
 /// and a sender thread's batch, the queue taking its buffers from those
-/// two) are cleared and reused so that steady sending allocates
-/// nothing, but they then kept whatever one burst grew them to: a join
-/// storm's replays of the group of pictures to every viewer at once held
-/// several MiB per lane for the rest of the process (heaptrack in bench
-/// section 6, docs/profile.md, the twelfth step). Over each window of
-/// [`TRIM_AFTER`] the largest use is noted; a buffer holding more than
-/// twice that (and than the floor) is shrunk to it. A keyframe a second
-/// keeps its own size, so steady sending never reallocates. Pure: the
-/// caller gives the time.
+/// two) are cleared and reused so that steady sending allocates nothing;
+/// without trimming they would keep whatever one burst grew them to (a
+/// join storm's replays of the group of pictures, several MiB per lane;
+/// docs/decisions.md). Over each window of [`TRIM_AFTER`] the largest use
+/// is noted; a buffer holding more than twice that (and than the floor)
+/// is shrunk to it. A keyframe a second keeps its own size, so steady
+/// sending never reallocates. Pure: the caller gives the time.
 #[derive(Debug, Clone)]
 pub struct Trim {
     pub(super) floor: usize,

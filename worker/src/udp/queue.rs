@@ -144,11 +144,11 @@ impl BatchedUdp {
     /// also registers for writability, edge-triggered; on Linux every sent
     /// datagram, once it leaves the socket's buffer, runs the socket's
     /// write-space callback (`sock_wfree`), and an epoll registration that
-    /// includes `EPOLLOUT` wakes the thread parked in `epoll_wait`. With a
-    /// viewer's stream going out in tens of thousands of datagrams a
-    /// second, the runtime's I/O driver was woken for nothing hundreds of
-    /// times a second (docs/profile.md, "The sixth step"). Nothing here
-    /// awaits writability: the sender threads wait for room with `poll`.
+    /// includes `EPOLLOUT` wakes the thread parked in `epoll_wait`: with
+    /// tens of thousands of datagrams a second going out, the runtime's
+    /// I/O driver would wake for nothing hundreds of times a second.
+    /// Nothing here awaits writability: the sender threads wait for room
+    /// with `poll`.
     pub fn new(socket: std::net::UdpSocket, threads: usize) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         // Deprecated in tokio 1.54 for types whose `as_raw_fd` could
@@ -267,11 +267,9 @@ impl UdpQueue {
     /// waits with nothing queued and no destination has more than one turn
     /// of packets (a burst or a frame of RTP input, not a keyframe to be
     /// paced): spares the thread's wake-up and hand-off, whatever the
-    /// number of viewers. Bench section 6 at 1080p60 (docs/profile.md, the
-    /// tenth step): 7–10% less CPU per viewer at 50
-    /// and 100 viewers than handing more than 16 sends to the thread, with
-    /// the same egress delay. What the socket does not take at once is
-    /// queued, in order. `false` (nothing sent) otherwise.
+    /// number of viewers (7–10% less CPU per viewer at 50 and 100 viewers
+    /// of a 1080p60 stream, docs/profile.md). What the socket does not
+    /// take at once is queued, in order. `false` (nothing sent) otherwise.
     pub(super) fn send_now(
         &mut self,
         lane: usize,
