@@ -538,3 +538,26 @@ async fn losing_two_servers_refuses_registry_writes_streams_on_and_recovers_with
     cluster.stream_current(0, BUCKET_STREAM, 3).await;
     v.close().await;
 }
+
+/// Why `Registry::open` creates the bucket's stream itself instead of
+/// calling async-nats's `create_key_value`: the standard path reads account
+/// info first, in a shape Debian's 2.9 does not send. It works on current
+/// servers; the workaround stays while 2.9 is supported (docs/deploy.md).
+#[tokio::test]
+async fn the_standard_kv_creation_path_fails_on_2_9_only() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let version = nats_server_version();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let created = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "probe".into(),
+            ..Default::default()
+        })
+        .await;
+    eprintln!(
+        "nats-server {version}: create_key_value → {:?}",
+        created.as_ref().err()
+    );
+    assert_eq!(created.is_ok(), !version.starts_with("v2.9."), "{version}");
+}
