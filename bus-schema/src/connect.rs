@@ -32,11 +32,14 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// A NATS URL split into what to dial and how to authenticate.
+/// A NATS URL, or several separated by commas (the servers of a cluster),
+/// split into what to dial and how to authenticate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NatsUrl {
-    /// The URL without credentials: safe to log.
+    /// The URLs without credentials, joined by commas: safe to log.
     pub address: String,
+    /// Each server's URL without credentials, in the order given.
+    pub servers: Vec<String>,
     pub user: Option<String>,
     pub password: Option<String>,
 }
@@ -52,27 +55,49 @@ impl std::fmt::Debug for NatsUrl {
 }
 
 impl NatsUrl {
+    /// Parses one URL or a comma-separated list. Credentials may be written
+    /// in any of the URLs; where several carry them, they must agree (one
+    /// connection authenticates one way, whichever server it reaches).
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let mut url = url::Url::parse(raw).map_err(|e| format!("invalid NATS URL: {e}"))?;
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        let user = (!url.username().is_empty()).then(|| decode(url.username()));
-        let password = url.password().map(decode);
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
+        let mut servers = Vec::new();
+        let mut credentials: Option<(Option<String>, Option<String>)> = None;
+        for part in raw.split(',').map(str::trim) {
+            let mut url = url::Url::parse(part).map_err(|e| format!("invalid NATS URL: {e}"))?;
+            let user = (!url.username().is_empty()).then(|| decode(url.username()));
+            let password = url.password().map(decode);
+            if user.is_some() || password.is_some() {
+                match &credentials {
+                    Some(c) if *c != (user.clone(), password.clone()) => {
+                        return Err(
+                            "the NATS URLs name different credentials; give them once".into()
+                        )
+                    }
+                    _ => credentials = Some((user, password)),
+                }
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            servers.push(url.to_string().trim_end_matches('/').to_string());
+        }
+        let (user, password) = credentials.unwrap_or_default();
         Ok(Self {
-            address: url.to_string().trim_end_matches('/').to_string(),
+            address: servers.join(","),
+            servers,
             user,
             password,
         })
     }
 }
 
-/// Connects as `name`. Fails only for an invalid URL; an unreachable
-/// server is retried until it answers.
+/// Connects as `name` to the server or servers of `raw_url` (one URL or a
+/// comma-separated list: the client picks one, and on losing it reconnects
+/// to another, also to servers the cluster announces). Fails only for an
+/// invalid URL; an unreachable server is retried until one answers.
 pub async fn connect(raw_url: &str, name: &str) -> Result<async_nats::Client, String> {
     let url = NatsUrl::parse(raw_url)?;
     let mut opts = async_nats::ConnectOptions::new()
@@ -86,7 +111,7 @@ pub async fn connect(raw_url: &str, name: &str) -> Result<async_nats::Client, St
         opts = opts.token(token.clone());
     }
     tracing::info!(url = %url.address, name, "connecting to NATS");
-    opts.connect(url.address.as_str())
+    opts.connect(url.servers.as_slice())
         .await
         .map_err(|e| e.to_string())
 }
@@ -105,5 +130,29 @@ mod tests {
         let plain = NatsUrl::parse("nats://127.0.0.1:4222").unwrap();
         assert_eq!((plain.user, plain.password), (None, None));
         assert!(NatsUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn a_list_of_urls_gives_every_server_and_one_set_of_credentials() {
+        let u = NatsUrl::parse(
+            "nats://worker:s3cret@10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222",
+        )
+        .unwrap();
+        assert_eq!(
+            u.servers,
+            [
+                "nats://10.0.0.1:4222",
+                "nats://10.0.0.2:4222",
+                "nats://10.0.0.3:4222"
+            ]
+        );
+        assert_eq!(u.address, u.servers.join(","));
+        assert_eq!(u.user.as_deref(), Some("worker"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let same = NatsUrl::parse("nats://a:b@h1:4222,nats://a:b@h2:4222").unwrap();
+        assert_eq!((same.user.as_deref(), same.servers.len()), (Some("a"), 2));
+        assert!(NatsUrl::parse("nats://a:b@h1:4222,nats://a:c@h2:4222").is_err());
+        assert!(NatsUrl::parse("nats://h1:4222,").is_err(), "an empty entry");
     }
 }

@@ -68,8 +68,30 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Copies of the registry a NATS cluster keeps: three servers hold every
+/// entry, so one of them may be lost (or restarted) with no write refused.
+pub const CLUSTER_REPLICAS: usize = 3;
+
+/// The replicas a bucket created through `client` gets: [`CLUSTER_REPLICAS`]
+/// when the server it is connected to is part of a cluster, else one;
+/// `None` before the client has heard from a server (services connect in
+/// the background). A cluster of fewer JetStream servers cannot place
+/// three, and the create is refused (services then fail to start, saying
+/// so).
+pub fn replicas_for(client: &async_nats::Client) -> Option<usize> {
+    let info = client.server_info();
+    if info.server_id.is_empty() {
+        None
+    } else if info.cluster.is_some() {
+        Some(CLUSTER_REPLICAS)
+    } else {
+        Some(1)
+    }
+}
+
 impl Registry {
-    /// Opens the bucket, creating it if it does not exist yet.
+    /// Opens the bucket, creating it if it does not exist yet, replicated
+    /// as [`replicas_for`] says.
     pub async fn open(
         js: &jetstream::Context,
         subjects: &Subjects,
@@ -77,11 +99,26 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let bucket = subjects.registry_bucket();
         if let Ok(kv) = js.get_key_value(&bucket).await {
+            let has = kv.stream.cached_info().config.num_replicas;
+            let replicas = replicas_for(&js.client()).unwrap_or(1);
+            if has < replicas {
+                tracing::warn!(
+                    bucket,
+                    replicas = has,
+                    wanted = replicas,
+                    "the registry bucket has fewer replicas than the cluster allows: \
+                     raise them with `nats stream edit KV_<bucket> --replicas 3`"
+                );
+            }
             return Ok(Self {
                 kv,
                 client: js.client(),
             });
         }
+        // Asked after a first request: the client is connected by now, or
+        // the open is retried.
+        let replicas = replicas_for(&js.client())
+            .ok_or_else(|| unavailable("not connected to a NATS server yet"))?;
         // The bucket's stream is created directly, with the key-value
         // conventions (KV_<bucket>, $KV.<bucket>.>, one value per key):
         // `create_key_value` first reads account info in a shape that
@@ -96,7 +133,7 @@ impl Registry {
             allow_rollup: true,
             deny_delete: true,
             allow_direct: true,
-            num_replicas: 1,
+            num_replicas: replicas,
             storage: match storage {
                 Storage::File => jetstream::stream::StorageType::File,
                 Storage::Memory => jetstream::stream::StorageType::Memory,

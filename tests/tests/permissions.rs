@@ -59,14 +59,6 @@ fn deploy_config() -> PathBuf {
         .join("deploy/nats-server.conf")
 }
 
-fn nats_server_bin() -> PathBuf {
-    ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join("nats-server"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
-}
-
 /// `nats-server -c <copy of deploy/nats-server.conf>` on a free port with a
 /// temporary store; killed on drop.
 struct AuthNats {
