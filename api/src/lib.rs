@@ -310,6 +310,6 @@ pub async fn run(
 }
 
 /// Connects to NATS (credentials in the URL are honoured, never logged).
-pub async fn connect(url: &str) -> Result<async_nats::Client, String> {
+pub async fn connect(url: &str) -> Result<async_nats::Client, bus_schema::connect::ConnectError> {
     bus_schema::connect::connect(url, "api").await
 }

@@ -10,9 +10,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = api::Config::parse();
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let client = api::connect(&config.nats_url)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let client = api::connect(&config.nats_url).await?;
     println!("api listening on http://{}", listener.local_addr()?);
     api::run(
         config,

@@ -54,11 +54,26 @@ impl std::fmt::Debug for NatsUrl {
     }
 }
 
+/// Why a service could not connect to NATS. An unreachable server is not
+/// one: it is retried until it answers.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A URL of the list does not parse.
+    #[error("invalid NATS URL: {0}")]
+    InvalidUrl(#[from] url::ParseError),
+    /// Two URLs of the list carry different credentials.
+    #[error("the NATS URLs name different credentials; give them once")]
+    MixedCredentials,
+    /// The client refused its options or gave up.
+    #[error("NATS connect: {0}")]
+    Client(#[from] async_nats::ConnectError),
+}
+
 impl NatsUrl {
     /// Parses one URL or a comma-separated list. Credentials may be written
     /// in any of the URLs; where several carry them, they must agree (one
     /// connection authenticates one way, whichever server it reaches).
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, ConnectError> {
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
@@ -67,15 +82,13 @@ impl NatsUrl {
         let mut servers = Vec::new();
         let mut credentials: Option<(Option<String>, Option<String>)> = None;
         for part in raw.split(',').map(str::trim) {
-            let mut url = url::Url::parse(part).map_err(|e| format!("invalid NATS URL: {e}"))?;
+            let mut url = url::Url::parse(part)?;
             let user = (!url.username().is_empty()).then(|| decode(url.username()));
             let password = url.password().map(decode);
             if user.is_some() || password.is_some() {
                 match &credentials {
                     Some(c) if *c != (user.clone(), password.clone()) => {
-                        return Err(
-                            "the NATS URLs name different credentials; give them once".into()
-                        )
+                        return Err(ConnectError::MixedCredentials)
                     }
                     _ => credentials = Some((user, password)),
                 }
@@ -98,7 +111,7 @@ impl NatsUrl {
 /// comma-separated list: the client picks one, and on losing it reconnects
 /// to another, also to servers the cluster announces). Fails only for an
 /// invalid URL; an unreachable server is retried until one answers.
-pub async fn connect(raw_url: &str, name: &str) -> Result<async_nats::Client, String> {
+pub async fn connect(raw_url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
     let url = NatsUrl::parse(raw_url)?;
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
@@ -111,9 +124,7 @@ pub async fn connect(raw_url: &str, name: &str) -> Result<async_nats::Client, St
         opts = opts.token(token.clone());
     }
     tracing::info!(url = %url.address, name, "connecting to NATS");
-    opts.connect(url.servers.as_slice())
-        .await
-        .map_err(|e| e.to_string())
+    Ok(opts.connect(url.servers.as_slice()).await?)
 }
 
 #[cfg(test)]

@@ -29,7 +29,5 @@ async fn main() -> anyhow::Result<()> {
 /// Connects to NATS (credentials in the URL are honoured, never logged),
 /// retrying until it answers.
 async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    bus_schema::connect::connect(url, "janitor")
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+    Ok(bus_schema::connect::connect(url, "janitor").await?)
 }

@@ -42,7 +42,7 @@ pub enum WorkerError {
     /// The NATS URL is invalid (an unreachable server is retried, not an
     /// error).
     #[error("NATS: {0}")]
-    Connect(String),
+    Connect(#[from] bus_schema::connect::ConnectError),
     /// The NATS micro service or one of its endpoints could not start.
     #[error("NATS service: {0}")]
     Service(#[source] async_nats::Error),
