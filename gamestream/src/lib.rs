@@ -15,3 +15,5 @@
 //! - [`rtsp`]: the RTSP handshake messages, plain and `rtspenc://`.
 
 pub mod fec;
+pub mod netsim;
+pub mod video;

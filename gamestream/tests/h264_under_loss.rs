@@ -1,0 +1,91 @@
+//! Real High-profile H.264 (ffmpeg's libx264) through the host packetizer, a
+//! seeded link losing 10% of datagrams, and the client depacketizer: every
+//! access unit arrives byte-identical, in simulated time.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use gamestream::netsim::{Link, LinkProfile};
+use gamestream::video::{
+    Depacketizer, DepacketizerConfig, FrameType, HostFrame, Packetizer, PacketizerConfig,
+    VideoEvent,
+};
+
+#[test]
+fn x264_high_profile_access_units_survive_ten_percent_loss_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(aus) = support::x264_clip(dir.path(), 2) else {
+        eprintln!("SKIPPED: ffmpeg is not installed");
+        return;
+    };
+    assert_eq!(aus.len(), 120);
+    assert_eq!(support::sps_profile(&aus[0]), Some(100), "High profile");
+
+    let packet_size = 1392;
+    let mut host = Packetizer::new(PacketizerConfig {
+        packet_size,
+        fec_percentage: 50,
+        min_parity: 2,
+        key: None,
+    });
+    let mut client = Depacketizer::new(DepacketizerConfig::new(packet_size));
+    let mut link = Link::new(
+        2026,
+        LinkProfile {
+            loss: 0.10,
+            reorder: 0.02,
+            duplicate: 0.01,
+            ..LinkProfile::perfect()
+        },
+    );
+    let mut now = Instant::now();
+    let mut received = Vec::new();
+    let mut idr_requests = 0;
+    for (i, au) in aus.iter().enumerate() {
+        let frame_type = if support::nal_types(au).contains(&5) {
+            FrameType::Idr
+        } else {
+            FrameType::P
+        };
+        for pkt in host.packetize(&HostFrame {
+            frame_index: i as u32 + 1,
+            frame_type,
+            rtp_timestamp: i as u32 * 1500,
+            data: au,
+        }) {
+            link.send(now, pkt);
+        }
+        now += Duration::from_micros(16_667);
+        while let Some((_, pkt)) = link.poll(now) {
+            client.push(now, &pkt).unwrap();
+        }
+        client.expire(now);
+        while let Some(e) = client.poll_event() {
+            match e {
+                VideoEvent::Frame(f) => received.push(f),
+                VideoEvent::RequestIdr { .. } => idr_requests += 1,
+            }
+        }
+    }
+    now += Duration::from_secs(1);
+    while let Some((_, pkt)) = link.poll(now) {
+        client.push(now, &pkt).unwrap();
+    }
+    client.expire(now);
+    while let Some(e) = client.poll_event() {
+        if let VideoEvent::Frame(f) = e {
+            received.push(f)
+        }
+    }
+    let stats = client.stats().clone();
+    let link_stats = link.stats().clone();
+    eprintln!("link {link_stats:?}\nclient {stats:?}");
+    assert!(link_stats.dropped as f64 > 0.08 * link_stats.sent as f64);
+    assert!(stats.recovered_shards > 0);
+    assert_eq!(idr_requests, 0, "FEC covered every loss");
+    assert_eq!(received.len(), aus.len());
+    for (got, sent) in received.iter().zip(&aus) {
+        assert_eq!(&got.data, sent, "frame {}", got.frame_index);
+    }
+}
