@@ -14,6 +14,9 @@
 //! - [`pairing`]: the PIN pairing exchange, client and host state machines.
 //! - [`rtsp`]: the RTSP handshake messages, plain and `rtspenc://`.
 
+pub mod audio;
+pub mod control;
 pub mod fec;
+pub mod input;
 pub mod netsim;
 pub mod video;
