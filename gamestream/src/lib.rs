@@ -19,4 +19,5 @@ pub mod control;
 pub mod fec;
 pub mod input;
 pub mod netsim;
+pub mod pairing;
 pub mod video;
