@@ -20,4 +20,5 @@ pub mod fec;
 pub mod input;
 pub mod netsim;
 pub mod pairing;
+pub mod rtsp;
 pub mod video;
