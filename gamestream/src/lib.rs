@@ -13,12 +13,23 @@
 //! - [`control`]: control-stream messages and the AES-GCM envelope.
 //! - [`pairing`]: the PIN pairing exchange, client and host state machines.
 //! - [`rtsp`]: the RTSP handshake messages, plain and `rtspenc://`.
+//! - [`nvhttp`]: the HTTP(S) endpoints' requests and XML answers.
+//! - [`netsim`]: a seeded lossy link in simulated time.
+//!
+//! Around them, doing the IO: [`tls`] (pinned self-signed certificates),
+//! [`client`] (the tokio driver: [`client::HostClient`], [`client::Stream`])
+//! and, with the `emulator` feature, `emulator` (a host on loopback sockets).
 
 pub mod audio;
+pub mod client;
 pub mod control;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod fec;
 pub mod input;
 pub mod netsim;
+pub mod nvhttp;
 pub mod pairing;
 pub mod rtsp;
+pub mod tls;
 pub mod video;
