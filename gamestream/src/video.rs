@@ -651,17 +651,26 @@ impl Depacketizer {
             block.complete = true;
             block.shards.truncate(data);
         }
+        let reorder = self.config.reorder_frames.max(1);
         let ahead = index.saturating_sub(next);
-        if ahead >= self.config.reorder_frames {
-            // Give up every frame too far behind this one.
+        if ahead >= reorder {
+            // Give up every frame too far behind this one. Frames never seen
+            // are skipped in one step, so a far jump costs one iteration.
+            let floor = index - (reorder - 1);
             while let Some(n) = self.next_frame {
-                if index.saturating_sub(n) < self.config.reorder_frames {
+                if n >= floor {
                     break;
                 }
-                if self.frames.get(&n).is_some_and(Frame::complete) {
-                    self.deliver_ready();
-                } else {
-                    self.give_up(n);
+                match self.frames.get(&n) {
+                    Some(f) if f.complete() => self.deliver_ready(),
+                    Some(_) => self.give_up(n),
+                    None => {
+                        let seen = self.frames.range(n..).next().map(|(k, _)| *k);
+                        let to = seen.unwrap_or(floor).min(floor).max(n + 1);
+                        self.give_up(n);
+                        self.stats.frames_lost += u64::from(to - n - 1);
+                        self.next_frame = Some(to);
+                    }
                 }
             }
         }

@@ -403,3 +403,125 @@ fn malformed_datagrams_are_refused_not_fatal() {
     ));
     assert_eq!(d.stats().rejected, 2);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any bytes at all: refused or ignored, never a panic, never an
+        /// unbounded loop (a far frame index jumps in one step).
+        #[test]
+        fn arbitrary_datagrams_never_panic(datagrams in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..1500), 0..40)) {
+            let mut d = Depacketizer::new(DepacketizerConfig::new(PACKET_SIZE));
+            let t0 = Instant::now();
+            for (i, dg) in datagrams.iter().enumerate() {
+                let _ = d.push(t0 + Duration::from_millis(i as u64), dg);
+                d.expire(t0 + Duration::from_millis(i as u64 * 50));
+                while d.poll_event().is_some() {}
+            }
+        }
+
+        /// Headers that parse but carry random frame indices and FEC fields.
+        #[test]
+        fn random_header_fields_never_panic(fields in proptest::collection::vec(
+            (any::<u32>(), any::<u8>(), any::<u8>(), any::<u32>(), 0usize..200), 1..60)) {
+            let mut d = Depacketizer::new(DepacketizerConfig::new(PACKET_SIZE));
+            let t0 = Instant::now();
+            for (frame, flags, blocks, fec_info, len) in fields {
+                let mut p = vec![0u8; SHARD_HEADER_LEN + len];
+                p[0] = RTP_VIDEO_HEADER_BYTE;
+                p[20..24].copy_from_slice(&frame.to_le_bytes());
+                p[24] = flags;
+                p[27] = blocks;
+                p[28..32].copy_from_slice(&fec_info.to_le_bytes());
+                let _ = d.push(t0, &p);
+                while d.poll_event().is_some() {}
+            }
+        }
+
+        /// Losses within what parity covers, in any pattern: every frame
+        /// arrives byte-identical and no IDR is requested.
+        #[test]
+        fn losses_within_parity_are_always_recovered(
+            sizes in proptest::collection::vec(1usize..60_000, 1..8),
+            seed in any::<u64>(),
+        ) {
+            let mut p = host(20);
+            let mut d = Depacketizer::new(DepacketizerConfig::new(PACKET_SIZE));
+            let mut rng = SimRng::new(seed);
+            let now = Instant::now();
+            for (i, len) in sizes.iter().enumerate() {
+                let data = frame_bytes(&mut rng, *len);
+                let frame_type = if i == 0 { FrameType::Idr } else { FrameType::P };
+                let packets = p.packetize(&HostFrame { frame_index: i as u32 + 1, frame_type, rtp_timestamp: 0, data: &data });
+                // Group by FEC block; drop up to `parity` shards of each at random.
+                let mut by_block: BTreeMap<u8, Vec<Vec<u8>>> = BTreeMap::new();
+                for pkt in packets {
+                    let nv = NvHeader::parse(&pkt[RTP_HEADER_LEN..]).unwrap();
+                    by_block.entry(nv.fec_block).or_default().push(pkt);
+                }
+                for (_, block) in by_block {
+                    let nv = NvHeader::parse(&block[0][RTP_HEADER_LEN..]).unwrap();
+                    let parity = block.len() - usize::from(nv.data_shards);
+                    let drops = (rng.next_u64() as usize) % (parity + 1);
+                    let mut dropped = std::collections::BTreeSet::new();
+                    while dropped.len() < drops {
+                        dropped.insert((rng.next_u64() as usize) % block.len());
+                    }
+                    for (k, pkt) in block.iter().enumerate() {
+                        if !dropped.contains(&k) {
+                            d.push(now, pkt).unwrap();
+                        }
+                    }
+                }
+                let events = drain(&mut d);
+                prop_assert_eq!(events, vec![VideoEvent::Frame(AccessUnit {
+                    frame_index: i as u32 + 1, frame_type, rtp_timestamp: 0, data,
+                })]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_far_frame_index_is_one_step_not_four_billion() {
+        let mut d = Depacketizer::new(DepacketizerConfig::new(PACKET_SIZE));
+        let mut p = host(20);
+        let now = Instant::now();
+        let data = vec![1u8; 100];
+        for f in [1u32, u32::MAX - 10] {
+            for pkt in p.packetize(&HostFrame {
+                frame_index: f,
+                frame_type: FrameType::Idr,
+                rtp_timestamp: 0,
+                data: &data,
+            }) {
+                d.push(now, &pkt).unwrap();
+            }
+        }
+        let far = u32::MAX - 10;
+        let events = drain(&mut d);
+        assert!(
+            matches!(
+                events[..],
+                [
+                    VideoEvent::Frame(_),
+                    VideoEvent::RequestIdr { lost_frame: 2 }
+                ]
+            ),
+            "{events:?}"
+        );
+        // Frames 2..far-3 are given up at once; far-2 and far-1 may still come.
+        assert_eq!(d.stats().frames_lost, u64::from(far - 4));
+        d.expire(now + Duration::from_secs(1));
+        let events = drain(&mut d);
+        assert!(
+            matches!(&events[..], [VideoEvent::Frame(au)] if au.frame_index == far),
+            "{events:?}"
+        );
+        assert_eq!(d.stats().frames_lost, u64::from(far - 2));
+    }
+}
