@@ -381,6 +381,12 @@ pub enum StreamEvent {
     IdrRequested {
         lost_frame: u32,
     },
+    /// The client asked the host to stop referencing frames `first..=last`
+    /// (the host offers reference-frame invalidation).
+    RefFramesInvalidated {
+        first: u32,
+        last: u32,
+    },
     Ended(StreamEnd),
 }
 
@@ -525,6 +531,7 @@ impl Stream {
         };
         let mut vconfig = DepacketizerConfig::new(settings.packet_size as usize);
         vconfig.frame_timeout = options.frame_timeout;
+        vconfig.reference_invalidation = negotiated.capabilities.ref_pic_invalidation;
         if negotiated.encryption & ENC_VIDEO != 0 {
             vconfig.key = Some(launch.key);
         }
@@ -684,6 +691,13 @@ impl StreamTask {
                 VideoEvent::RequestIdr { lost_frame } => {
                     self.send_control(&ControlMessage::RequestIdr);
                     StreamEvent::IdrRequested { lost_frame }
+                }
+                VideoEvent::InvalidateRefFrames { first, last } => {
+                    self.send_control(&ControlMessage::InvalidateRefFrames {
+                        first: u64::from(first),
+                        last: u64::from(last),
+                    });
+                    StreamEvent::RefFramesInvalidated { first, last }
                 }
             };
             self.events.send(out).await.map_err(|_| ())?;

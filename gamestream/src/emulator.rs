@@ -65,6 +65,10 @@ pub struct EmulatorConfig {
     pub busy: bool,
     /// Frame indices sent with all but their first packet dropped.
     pub damaged_frames: Vec<u32>,
+    /// Offer reference-frame invalidation in DESCRIBE. The emulator answers
+    /// an invalidation by sending the clip's next IDR (its clip has no
+    /// frames encoded without the lost references).
+    pub ref_pic_invalidation: bool,
 }
 
 impl EmulatorConfig {
@@ -86,6 +90,7 @@ impl EmulatorConfig {
             encryption_requested: ENC_CONTROL_V2 | ENC_VIDEO | ENC_AUDIO,
             busy: false,
             damaged_frames: Vec::new(),
+            ref_pic_invalidation: false,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Record {
     pub paired_clients: Vec<Vec<u8>>,
     pub inputs: Vec<InputEvent>,
     pub idr_requests: usize,
+    /// Reference-frame invalidation requests, as (first, last).
+    pub invalidations: Vec<(u64, u64)>,
     pub control_messages: usize,
     /// (frame index, clip index) of each frame sent.
     pub frames_sent: Vec<(u32, usize)>,
@@ -410,7 +417,7 @@ fn handle_http(shared: &Shared, get: &Get, tls_cert: Option<Option<Vec<u8>>>) ->
                             encryption_requested: config.encryption_requested,
                             hevc: false,
                             av1: false,
-                            ref_pic_invalidation: false,
+                            ref_pic_invalidation: config.ref_pic_invalidation,
                         },
                         audio_port: ports.audio,
                         video_port: ports.video,
@@ -738,6 +745,13 @@ fn spawn_enet_host(
                                     Some(Ok(ControlMessage::Input(e))) => s.record.inputs.push(e),
                                     Some(Ok(ControlMessage::RequestIdr)) => {
                                         s.record.idr_requests += 1;
+                                        s.idr_pending = true;
+                                    }
+                                    Some(Ok(ControlMessage::InvalidateRefFrames {
+                                        first,
+                                        last,
+                                    })) => {
+                                        s.record.invalidations.push((first, last));
                                         s.idr_pending = true;
                                     }
                                     _ => {}

@@ -31,7 +31,10 @@
 //!   [`DepacketizerConfig::reorder_frames`] or more ahead arrives, or at
 //!   [`Depacketizer::deadline`] (`frame_timeout` after the last packet that
 //!   touched it); then [`VideoEvent::RequestIdr`] is emitted once and frames
-//!   are dropped until the next IDR frame, which is delivered whole;
+//!   are dropped until the next IDR frame, which is delivered whole; when the
+//!   host offers reference-frame invalidation, [`VideoEvent::InvalidateRefFrames`]
+//!   is emitted instead and a frame of type IDR, intra-refresh or
+//!   after-invalidation ends the wait;
 //! - the stream starts waiting for an IDR (the host's first frame is one).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -425,6 +428,10 @@ pub struct DepacketizerConfig {
     pub frame_timeout: Duration,
     /// A packet this many frames ahead gives up the awaited frame.
     pub reorder_frames: u32,
+    /// The host offers reference-frame invalidation (DESCRIBE's
+    /// `refPicInvalidation`): after a loss, ask it to stop referencing the
+    /// lost frames instead of asking for an IDR.
+    pub reference_invalidation: bool,
 }
 
 impl DepacketizerConfig {
@@ -434,6 +441,7 @@ impl DepacketizerConfig {
             key: None,
             frame_timeout: Duration::from_millis(100),
             reorder_frames: 3,
+            reference_invalidation: false,
         }
     }
 }
@@ -455,6 +463,14 @@ pub enum VideoEvent {
     /// `lost_frame` is the first frame given up.
     RequestIdr {
         lost_frame: u32,
+    },
+    /// A frame could not be recovered and the host offers reference-frame
+    /// invalidation: ask it not to reference frames `first..=last` (the lost
+    /// one up to the newest seen). Frames are then dropped until one of type
+    /// IDR, intra-refresh or after-invalidation arrives.
+    InvalidateRefFrames {
+        first: u32,
+        last: u32,
     },
 }
 
@@ -522,6 +538,9 @@ pub struct Depacketizer {
     next_frame: Option<u32>,
     frames: BTreeMap<u32, Frame>,
     awaiting_idr: bool,
+    /// An invalidation was asked for: a frame of type 4 or 5 also recovers.
+    invalidation_pending: bool,
+    highest_seen: u32,
     events: VecDeque<VideoEvent>,
     stats: VideoStats,
 }
@@ -536,6 +555,8 @@ impl Depacketizer {
             next_frame: None,
             frames: BTreeMap::new(),
             awaiting_idr: true,
+            invalidation_pending: false,
+            highest_seen: 0,
             events: VecDeque::new(),
             stats: VideoStats::default(),
         }
@@ -605,6 +626,9 @@ impl Depacketizer {
         }
         let index = nv.frame_index;
         let next = *self.next_frame.get_or_insert(index);
+        if index >= next {
+            self.highest_seen = self.highest_seen.max(index);
+        }
         if index < next {
             self.stats.stale += 1;
             return Ok(());
@@ -702,11 +726,31 @@ impl Depacketizer {
         self.frames.remove(&frame);
         self.stats.frames_lost += 1;
         self.next_frame = Some(frame + 1);
-        if !self.awaiting_idr {
-            self.awaiting_idr = true;
+        self.lost(frame);
+    }
+
+    /// Asks once per loss for a recovery frame.
+    fn lost(&mut self, frame: u32) {
+        if self.awaiting_idr {
+            return;
+        }
+        self.awaiting_idr = true;
+        if self.config.reference_invalidation {
+            self.invalidation_pending = true;
+            self.events.push_back(VideoEvent::InvalidateRefFrames {
+                first: frame,
+                last: self.highest_seen.max(frame),
+            });
+        } else {
             self.events
                 .push_back(VideoEvent::RequestIdr { lost_frame: frame });
         }
+    }
+
+    fn recovers(&self, t: FrameType) -> bool {
+        t == FrameType::Idr
+            || (self.invalidation_pending
+                && matches!(t, FrameType::IntraRefresh | FrameType::AfterInvalidation))
     }
 
     fn deliver_ready(&mut self) {
@@ -718,21 +762,18 @@ impl Depacketizer {
             let frame = self.frames.remove(&next).expect("checked above");
             self.next_frame = Some(next + 1);
             match self.assemble(next, frame) {
-                Some(au) if self.awaiting_idr && au.frame_type != FrameType::Idr => {
+                Some(au) if self.awaiting_idr && !self.recovers(au.frame_type) => {
                     self.stats.frames_dropped_awaiting_idr += 1;
                 }
                 Some(au) => {
                     self.awaiting_idr = false;
+                    self.invalidation_pending = false;
                     self.stats.frames_delivered += 1;
                     self.events.push_back(VideoEvent::Frame(au));
                 }
                 None => {
                     self.stats.frames_lost += 1;
-                    if !self.awaiting_idr {
-                        self.awaiting_idr = true;
-                        self.events
-                            .push_back(VideoEvent::RequestIdr { lost_frame: next });
-                    }
+                    self.lost(next);
                 }
             }
         }

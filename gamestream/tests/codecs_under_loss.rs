@@ -40,7 +40,9 @@ fn assert_identical_under_loss(aus: &[(bool, Vec<u8>)], seed: u64) -> (LinkStats
         while let Some(e) = client.poll_event() {
             match e {
                 VideoEvent::Frame(f) => received.push(f),
-                VideoEvent::RequestIdr { .. } => idr_requests += 1,
+                VideoEvent::RequestIdr { .. } | VideoEvent::InvalidateRefFrames { .. } => {
+                    idr_requests += 1
+                }
             }
         }
     };

@@ -148,7 +148,9 @@ async fn client_pairs_launches_and_receives_video_and_audio_byte_identical_under
         match next(&mut stream).await {
             StreamEvent::Video(au) => video.push(au),
             StreamEvent::Audio(p) => audio.push(p),
-            StreamEvent::IdrRequested { .. } => idr_requests += 1,
+            StreamEvent::IdrRequested { .. } | StreamEvent::RefFramesInvalidated { .. } => {
+                idr_requests += 1
+            }
             StreamEvent::Ended(e) => panic!("ended early: {e:?}"),
         }
     }
@@ -227,7 +229,7 @@ async fn an_unrecoverable_frame_brings_an_idr_request_and_the_next_idr_arrives_w
             StreamEvent::Video(au) => last_before = au.frame_index,
             StreamEvent::IdrRequested { lost_frame } => break lost_frame,
             StreamEvent::Audio(_) => {}
-            StreamEvent::Ended(e) => panic!("ended early: {e:?}"),
+            other => panic!("{other:?}"),
         }
     };
     assert_eq!(lost, 12);
@@ -365,4 +367,91 @@ async fn a_busy_host_refuses_to_launch_with_its_reason() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_host_offering_invalidation_a_lost_frame_is_invalidated_not_an_idr_request() {
+    let mut config = config();
+    config.damaged_frames = vec![12];
+    config.ref_pic_invalidation = true;
+    let emu = Emulator::start(config.clone()).await.unwrap();
+    let (_client, mut stream) = start(&emu, StreamOptions::default()).await;
+    assert!(stream.negotiated().capabilities.ref_pic_invalidation);
+    let (first, last) = loop {
+        match next(&mut stream).await {
+            StreamEvent::RefFramesInvalidated { first, last } => break (first, last),
+            StreamEvent::Video(_) | StreamEvent::Audio(_) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(first, 12);
+    assert!(last >= 12);
+    let record = emu
+        .wait_for(WAIT, |r| !r.invalidations.is_empty())
+        .await
+        .unwrap_or_else(|r| {
+            panic!(
+                "no invalidation recorded; IDR requests {}, control messages {}",
+                r.idr_requests, r.control_messages
+            )
+        });
+    assert_eq!(record.invalidations[0], (u64::from(first), u64::from(last)));
+    // The emulator answers with its next IDR, which arrives whole.
+    let idr = loop {
+        if let StreamEvent::Video(au) = next(&mut stream).await {
+            break au;
+        }
+    };
+    assert_eq!(idr.frame_type, FrameType::Idr);
+    let record = emu.record();
+    let (_, clip_index) = record
+        .frames_sent
+        .iter()
+        .find(|(f, _)| *f == idr.frame_index)
+        .unwrap();
+    assert_eq!(idr.data, config.video[*clip_index].1);
+    stream.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_refuses_a_host_whose_certificate_differs_from_the_pinned_one() {
+    let emu = Emulator::start(config()).await.unwrap();
+    let client = paired_client(&emu).await;
+    let pinned = client.pinned().unwrap().clone();
+    // Another host (another identity) answering at an address the client
+    // believes is the paired host.
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let impostor_id = Identity::generate(&mut rng, "impostor", t).unwrap();
+    let impostor = Emulator::start(EmulatorConfig::new(impostor_id, PIN))
+        .await
+        .unwrap();
+    let fooled = HostClient::new(identities().0.clone(), impostor.ip(), impostor.ports().http)
+        .with_pinned(pinned, impostor.ports().https);
+    let err = fooled.apps().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Tls(ref m) if m.contains("pinned")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_session_and_resume_or_launch_work_again() {
+    let emu = Emulator::start(config()).await.unwrap();
+    let client = paired_client(&emu).await;
+    let (first, _) = launch(&client).await.unwrap();
+    // A second launch while the app runs is refused; resume is accepted.
+    assert!(matches!(
+        launch(&client).await,
+        Err(ClientError::Refused { code: 400, .. })
+    ));
+    let settings = StreamSettings::new(640, 360, 60, 10_000);
+    let resumed = client
+        .launch(1, &settings, [0x43; 16], 8, true)
+        .await
+        .unwrap();
+    assert_eq!(resumed.session_url, first.session_url);
+    client.cancel().await.unwrap();
+    launch(&client).await.unwrap();
+    assert_eq!(emu.record().launches, 3);
 }

@@ -299,6 +299,7 @@ fn unrecoverable_loss_asks_for_an_idr_and_resumes_whole_at_the_next_one() {
             match e {
                 VideoEvent::Frame(au) => delivered.push(au.frame_index),
                 VideoEvent::RequestIdr { lost_frame } => requests.push((index, lost_frame)),
+                other => panic!("{other:?}"),
             }
         }
     }
@@ -524,4 +525,52 @@ mod properties {
         );
         assert_eq!(d.stats().frames_lost, u64::from(far - 2));
     }
+}
+
+#[test]
+fn with_reference_invalidation_a_loss_asks_to_invalidate_and_an_after_invalidation_frame_resumes() {
+    let frames = clip(8, 20);
+    let mut p = host(20);
+    let mut config = DepacketizerConfig::new(PACKET_SIZE);
+    config.reference_invalidation = true;
+    let mut d = Depacketizer::new(config);
+    let now = Instant::now();
+    let mut delivered = Vec::new();
+    let mut asks = Vec::new();
+    for (i, (t, data)) in frames.iter().enumerate() {
+        let index = i as u32 + 1;
+        // The host answers the invalidation: frame 15 is encoded without the
+        // lost references (type 5).
+        let frame_type = if index == 15 {
+            FrameType::AfterInvalidation
+        } else {
+            *t
+        };
+        let pkts = p.packetize(&HostFrame {
+            frame_index: index,
+            frame_type,
+            rtp_timestamp: 0,
+            data,
+        });
+        for (k, pkt) in pkts.into_iter().enumerate() {
+            if index == 6 && k % 2 == 0 {
+                continue;
+            }
+            d.push(now, &pkt).unwrap();
+        }
+        for e in drain(&mut d) {
+            match e {
+                VideoEvent::Frame(au) => delivered.push((au.frame_index, au.frame_type)),
+                other => asks.push(other),
+            }
+        }
+    }
+    assert_eq!(
+        asks,
+        vec![VideoEvent::InvalidateRefFrames { first: 6, last: 9 }]
+    );
+    let indices: Vec<u32> = delivered.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<u32> = (1..=5).chain(15..=20).collect();
+    assert_eq!(indices, expected);
+    assert_eq!(delivered[5], (15, FrameType::AfterInvalidation));
 }
