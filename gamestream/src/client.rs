@@ -232,6 +232,7 @@ impl HostClient {
         let a = self.http(pair(vec![(k, v)])).await?;
         let host_cert =
             pairing.on_paired(a.fields.get("paired").map(String::as_str) == Some("1"))?;
+        tracing::info!(host = %self.host, "paired; host certificate pinned");
         self.pinned = Some(host_cert);
         let a = self
             .https(pair(vec![("phrase", "pairchallenge".into())]))
@@ -334,6 +335,14 @@ impl HostClient {
         }
         let negotiated = rtsp.negotiated().clone();
         let settings = rtsp.settings().clone();
+        tracing::debug!(
+            video_port = negotiated.video_port,
+            audio_port = negotiated.audio_port,
+            control_port = negotiated.control_port,
+            encryption = negotiated.encryption,
+            rtspenc = encrypted,
+            "RTSP handshake done"
+        );
         Stream::start(host_ip, negotiated, settings, launch.clone(), options).await
     }
 }
@@ -613,6 +622,15 @@ impl StreamTask {
 
     async fn run(mut self) {
         let end = self.run_inner().await;
+        let stats = self.depacketizer.stats();
+        tracing::info!(
+            ?end,
+            frames = stats.frames_delivered,
+            frames_lost = stats.frames_lost,
+            recovered_shards = stats.recovered_shards,
+            audio_recovered = self.audio_rx.recovered(),
+            "gamestream stream ended"
+        );
         let _ = self.enet.send(None);
         let _ = self.events.send(StreamEvent::Ended(end)).await;
     }
@@ -689,10 +707,12 @@ impl StreamTask {
             let out = match e {
                 VideoEvent::Frame(au) => StreamEvent::Video(au),
                 VideoEvent::RequestIdr { lost_frame } => {
+                    tracing::debug!(lost_frame, "requesting an IDR frame");
                     self.send_control(&ControlMessage::RequestIdr);
                     StreamEvent::IdrRequested { lost_frame }
                 }
                 VideoEvent::InvalidateRefFrames { first, last } => {
+                    tracing::debug!(first, last, "invalidating reference frames");
                     self.send_control(&ControlMessage::InvalidateRefFrames {
                         first: u64::from(first),
                         last: u64::from(last),
