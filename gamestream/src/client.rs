@@ -275,7 +275,9 @@ impl HostClient {
             .arg("localAudioPlayMode", 0)
             .arg("surroundAudioInfo", 196_610)
             .arg("remoteControllersBitmap", 0)
-            .arg("gcmap", 0);
+            .arg("gcmap", 0)
+            // Sunshine answers rtspenc:// only to clients that report corever >= 1.
+            .arg("corever", 1);
         let a = self
             .https(get)
             .await?
@@ -496,6 +498,21 @@ fn spawn_enet(
     Ok(tx)
 }
 
+/// The video socket, with a receive buffer that holds bursts of several
+/// frames (an IDR at 50 Mbit/s is hundreds of datagrams); the kernel caps the
+/// size at `net.core.rmem_max`.
+fn video_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 fn ping_packet(payload: &Option<String>, seq: u32) -> Vec<u8> {
     match payload {
         Some(p) if p.len() == 16 => {
@@ -523,7 +540,7 @@ impl Stream {
             },
             0,
         );
-        let video = UdpSocket::bind(any).await?;
+        let video = video_socket(any)?;
         let audio = UdpSocket::bind(any).await?;
         let video_addr = SocketAddr::new(host, negotiated.video_port);
         let audio_addr = SocketAddr::new(host, negotiated.audio_port);

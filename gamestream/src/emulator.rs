@@ -110,12 +110,15 @@ pub struct Record {
     pub audio_sent: usize,
     pub announced: Option<StreamSettings>,
     pub launches: usize,
+    /// Whether the last launch answered `rtspenc://`.
+    pub rtspenc: bool,
     pub streaming: bool,
 }
 
 struct Session {
     key: [u8; 16],
     key_id: u32,
+    rtspenc: bool,
     rtsp: RtspHost,
 }
 
@@ -410,6 +413,7 @@ fn handle_http(shared: &Shared, get: &Get, tls_cert: Option<Option<Vec<u8>>>) ->
                 s.session = Some(Session {
                     key,
                     key_id,
+                    rtspenc: false,
                     rtsp: RtspHost::new(HostConfig {
                         capabilities: HostCapabilities {
                             feature_flags: 3,
@@ -432,11 +436,19 @@ fn handle_http(shared: &Shared, get: &Get, tls_cert: Option<Option<Vec<u8>>>) ->
             if !ok {
                 return nvhttp::xml(400, "An app is already running on this host", &[]);
             }
-            let scheme = if config.encrypt_rtsp {
-                "rtspenc"
-            } else {
-                "rtsp"
-            };
+            // As Sunshine: encrypted RTSP only for clients reporting corever >= 1.
+            let corever = get
+                .param("corever")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            let encrypted = config.encrypt_rtsp && corever >= 1;
+            shared.with(|s| {
+                if let Some(session) = s.session.as_mut() {
+                    session.rtspenc = encrypted;
+                }
+                s.record.rtspenc = encrypted;
+            });
+            let scheme = if encrypted { "rtspenc" } else { "rtsp" };
             nvhttp::xml(
                 200,
                 "OK",
@@ -526,10 +538,11 @@ fn handle_pair(shared: &Shared, get: &Get, paired: bool) -> String {
 
 async fn serve_rtsp(listener: TcpListener, shared: Arc<Shared>) {
     while let Ok((mut tcp, _)) = listener.accept().await {
-        let Some(key) = shared.with(|s| s.session.as_ref().map(|x| x.key)) else {
+        let Some((key, encrypted)) =
+            shared.with(|s| s.session.as_ref().map(|x| (x.key, x.rtspenc)))
+        else {
             continue;
         };
-        let encrypted = shared.config.encrypt_rtsp;
         let cipher = RtspCipher::new(&key);
         let done = |b: &[u8]| {
             if encrypted {

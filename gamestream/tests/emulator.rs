@@ -140,6 +140,7 @@ async fn client_pairs_launches_and_receives_video_and_audio_byte_identical_under
         0x07,
         "control V2, video and audio encrypted"
     );
+    assert!(emu.record().rtspenc, "RTSP went encrypted");
 
     let mut video: Vec<AccessUnit> = Vec::new();
     let mut audio = Vec::new();

@@ -167,6 +167,10 @@ async fn moonlight_common_c_pairs_streams_decodes_and_sends_input_to_the_emulato
     // moonlight-common-c took everything the emulator asked for: rtspenc,
     // control V2, video AES-GCM and audio AES-CBC.
     assert_eq!(record.announced.as_ref().map(|a| a.encryption), Some(0x07));
+    assert!(
+        record.rtspenc,
+        "moonlight-common-c reported corever >= 1 and spoke rtspenc://"
+    );
     eprintln!(
         "moonlight-python exited {status}; emulator sent {} frames, {} audio packets",
         record.frames_sent.len(),
