@@ -123,3 +123,54 @@ fn av1_temporal_units_survive_ten_percent_loss_byte_identical() {
     // frame header's last-payload length is honoured.
     assert_identical_under_loss(&units, 2028);
 }
+
+/// H.264 from OpenH264 with the settings of the worker's synthetic source
+/// (constrained baseline, camera real-time, bitrate control, IDRs placed by
+/// the caller: here every 30 frames) over a moving pattern.
+#[test]
+fn openh264_access_units_like_the_synthetic_sources_survive_ten_percent_loss() {
+    use openh264::encoder::{
+        BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile,
+        RateControlMode, UsageType,
+    };
+    use openh264::formats::{RgbSliceU8, YUVBuffer};
+    use openh264::OpenH264API;
+
+    let (w, h) = (640usize, 360usize);
+    let config = EncoderConfig::new()
+        .profile(Profile::Baseline)
+        .rate_control_mode(RateControlMode::Bitrate)
+        .bitrate(BitRate::from_bps(8_000_000))
+        .max_frame_rate(FrameRate::from_hz(60.0))
+        .skip_frames(false)
+        .usage_type(UsageType::CameraVideoRealTime)
+        .complexity(Complexity::Low)
+        .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+        .scene_change_detect(false)
+        .num_threads(1);
+    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).unwrap();
+    let mut aus = Vec::new();
+    for i in 0..60usize {
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|p| {
+                let (x, y) = (p % w, p / w);
+                [
+                    ((x + 4 * i) % 256) as u8,
+                    ((y + 2 * i) % 256) as u8,
+                    ((x ^ y) % 256) as u8,
+                ]
+            })
+            .collect();
+        let yuv = YUVBuffer::from_rgb_source(RgbSliceU8::new(&rgb, (w, h)));
+        if i % 30 == 0 {
+            encoder.force_intra_frame();
+        }
+        let au = encoder.encode(&yuv).unwrap().to_vec();
+        assert!(!au.is_empty());
+        let idr = support::nal_types(&au).contains(&5);
+        assert_eq!(idr, i % 30 == 0, "frame {i}");
+        aus.push((idr, au));
+    }
+    assert_eq!(support::sps_profile(&aus[0].1), Some(66), "baseline");
+    assert_identical_under_loss(&aus, 2029);
+}
