@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A cold run gains nothing from incremental caches, which cost GBs of disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-scripts/setup.sh
+scripts/setup-tests.sh
 . scripts/nats-current.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -27,7 +27,7 @@ fn moonlight_python() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/roth/moonlight-python")
+                .join(".cache/streams/moonlight-python")
         });
     let python = venv.join("bin/python");
     python.exists().then_some(python)
