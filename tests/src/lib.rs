@@ -170,9 +170,12 @@ impl NatsServer {
         // (tests run in parallel): if the server exits, try another port.
         // A cluster member keeps its ports (the others route to them).
         let attempts = if self.member.is_some() { 1 } else { 5 };
-        for attempt in 0..attempts {
+        for attempt in 1..=attempts {
             if self.try_spawn().await {
                 return;
+            }
+            if attempt == attempts {
+                break;
             }
             tracing::warn!(
                 attempt,
@@ -181,7 +184,10 @@ impl NatsServer {
             );
             self.port = free_port();
         }
-        panic!("nats-server would not start on port {}", self.port);
+        panic!(
+            "nats-server would not start (last on port {}, {attempts} attempts)",
+            self.port
+        );
     }
 
     /// Starts the server once; whether it came up (false: it exited).
