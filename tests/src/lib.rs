@@ -110,6 +110,9 @@ pub struct NatsServer {
     /// For a member of a [`NatsCluster`]: its name, its route port and
     /// the route ports of every member.
     member: Option<Member>,
+    /// The address it listens on: 127.0.0.1, or 0.0.0.0 for services in
+    /// other network namespaces ([`Netns`]).
+    host: &'static str,
 }
 
 #[derive(Clone)]
@@ -141,6 +144,22 @@ impl NatsServer {
             store,
             config,
             member: None,
+            host: "127.0.0.1",
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// A server listening on every interface, so that services in other
+    /// network namespaces reach it through their link ([`Netns::gateway`]).
+    pub async fn start_on_all_interfaces() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            store: tempfile::tempdir().expect("tempdir"),
+            config: None,
+            member: None,
+            host: "0.0.0.0",
         };
         s.spawn().await;
         s
@@ -151,9 +170,12 @@ impl NatsServer {
         // (tests run in parallel): if the server exits, try another port.
         // A cluster member keeps its ports (the others route to them).
         let attempts = if self.member.is_some() { 1 } else { 5 };
-        for attempt in 0..attempts {
+        for attempt in 1..=attempts {
             if self.try_spawn().await {
                 return;
+            }
+            if attempt == attempts {
+                break;
             }
             tracing::warn!(
                 attempt,
@@ -162,26 +184,22 @@ impl NatsServer {
             );
             self.port = free_port();
         }
-        panic!("nats-server would not start on port {}", self.port);
+        panic!(
+            "nats-server would not start (last on port {}, {attempts} attempts)",
+            self.port
+        );
     }
 
     /// Starts the server once; whether it came up (false: it exited).
     async fn try_spawn(&mut self) -> bool {
         let mut cmd = Command::new(nats_server_bin());
-        cmd.args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-sd",
-        ])
-        .arg(self.store.path())
-        .args(
-            self.config
-                .iter()
-                .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
-        );
+        cmd.args(["-js", "-a", self.host, "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+            );
         if let Some(m) = &self.member {
             let routes: Vec<String> = m
                 .routes
@@ -295,6 +313,7 @@ impl NatsCluster {
                     child: None,
                     store: tempfile::tempdir().expect("tempdir"),
                     config: None,
+                    host: "127.0.0.1",
                     member: Some(Member {
                         name: format!("n{}", i + 1),
                         cluster_port: *cluster_port,
@@ -496,6 +515,25 @@ impl Proc {
         Self { child }
     }
 
+    /// The binary `name` run inside the network namespace `ns`.
+    pub fn spawn_in(ns: &Netns, name: &str, envs: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]).arg(bin_path(name));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ip netns exec runs the service");
+        Self { child }
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
@@ -523,6 +561,86 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A network namespace standing for another host: its own interfaces,
+/// joined to this (the root) namespace by a veth pair on `10.30.<net>.0/24`
+/// (`gateway` .1 on the root side, `addr` .2 inside). Deleted on drop.
+/// Needs root (`ip netns`).
+pub struct Netns {
+    pub name: String,
+    /// This host's address, inside the namespace.
+    pub addr: String,
+    /// The root namespace's end of the link, where NATS is reached.
+    pub gateway: String,
+    veth_root: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// Creates the namespace and its link, both up. `net` (1–254) picks
+    /// the subnet; tests running at once use different ones.
+    pub fn create(net: u8) -> Self {
+        let tag = format!("{net}x{}", std::process::id() % 100_000);
+        let (name, veth_root, veth_ns) =
+            (format!("t30-{tag}"), format!("vr{tag}"), format!("vn{tag}"));
+        let (gateway, addr) = (format!("10.30.{net}.1"), format!("10.30.{net}.2"));
+        let ns = Self {
+            name: name.clone(),
+            addr: addr.clone(),
+            gateway: gateway.clone(),
+            veth_root: veth_root.clone(),
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &veth_root, "type", "veth", "peer", "name", &veth_ns,
+        ]);
+        ip(&["link", "set", &veth_ns, "netns", &name]);
+        ip(&["addr", "add", &format!("{gateway}/24"), "dev", &veth_root]);
+        ip(&["link", "set", &veth_root, "up"]);
+        for args in [
+            vec!["addr", "add", &format!("{addr}/24"), "dev", &veth_ns],
+            vec!["link", "set", &veth_ns, "up"],
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "default", "via", &gateway],
+        ] {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend(args.iter().copied());
+            ip(&all);
+        }
+        ns
+    }
+
+    /// Cuts the host off: its link goes down (nothing in or out, the
+    /// sockets stay open, as in a real partition).
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.veth_root, "down"]);
+    }
+
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.veth_root, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth_root])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

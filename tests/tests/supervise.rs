@@ -219,6 +219,11 @@ async fn run_sh_restarts_a_killed_worker_with_backoff_and_ctrl_c_stops_everythin
     }
     assert!(reqwest::get(&health).await.is_ok(), "the api still answers");
 
+    // A session is running when Ctrl-C comes.
+    let body = r#"{"id":"supervised","source":{"kind":"synthetic","width":160,"height":120,"fps":10,"bitrate_kbps":200}}"#;
+    let info = raw_request(&c, "streams.v1.session.create", body).await;
+    assert_eq!(info["result"]["state"], "live", "{info}");
+
     // Ctrl-C: the script stops everything, workers before NATS, and exits.
     drop(hb);
     drop(c);
@@ -253,4 +258,31 @@ async fn run_sh_restarts_a_killed_worker_with_backoff_and_ctrl_c_stops_everythin
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the script");
     }
+    // NATS was still up when the worker stopped: its end is in the
+    // registry, which a server started on the script's store reads back.
+    let port = free_port();
+    let mut nats = Command::new(nats_server_bin())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(script.state.path().join("jetstream"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let url = format!("nats://127.0.0.1:{port}");
+    let c = wait_for(
+        "nats on the script's store",
+        Duration::from_secs(10),
+        || async { async_nats::connect(&url).await.ok() },
+    )
+    .await;
+    let rec = wait_for(
+        "the registry to be readable",
+        Duration::from_secs(10),
+        || registry_get(&c, "supervised"),
+    )
+    .await;
+    let _ = nats.kill();
+    let _ = nats.wait();
+    assert_eq!(rec["state"], "ended", "{rec}");
+    assert_eq!(rec["ended"]["reason"], "worker_shutdown", "{rec}");
 }
