@@ -23,6 +23,11 @@ use rand_chacha::ChaCha20Rng;
 const PIN: &str = "4321";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The tests of this file stream in real time over loopback: one at a
+/// time, so a test's receiving task is not starved by its siblings' (a
+/// starved one misses packets that the seeded loss never dropped).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn identities() -> &'static (Identity, Identity) {
     static IDS: OnceLock<(Identity, Identity)> = OnceLock::new();
     IDS.get_or_init(|| {
@@ -124,6 +129,7 @@ async fn next(stream: &mut Stream) -> StreamEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_pairs_launches_and_receives_video_and_audio_byte_identical_under_ten_percent_loss()
 {
+    let _serial = SERIAL.lock().await;
     let mut config = config();
     config.link = LinkProfile {
         loss: 0.10,
@@ -190,6 +196,7 @@ async fn client_pairs_launches_and_receives_video_and_audio_byte_identical_under
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_is_refused_and_nothing_is_pinned() {
+    let _serial = SERIAL.lock().await;
     let emu = Emulator::start(config()).await.unwrap();
     let mut client = HostClient::new(identities().0.clone(), emu.ip(), emu.ports().http);
     let err = client
@@ -215,6 +222,7 @@ async fn a_wrong_pin_is_refused_and_nothing_is_pinned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrecoverable_frame_brings_an_idr_request_and_the_next_idr_arrives_whole() {
+    let _serial = SERIAL.lock().await;
     let mut config = config();
     config.damaged_frames = vec![12];
     let emu = Emulator::start(config.clone()).await.unwrap();
@@ -257,6 +265,7 @@ async fn an_unrecoverable_frame_brings_an_idr_request_and_the_next_idr_arrives_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_events_arrive_at_the_host_as_the_right_packets() {
+    let _serial = SERIAL.lock().await;
     let emu = Emulator::start(config()).await.unwrap();
     let (_client, stream) = start(&emu, StreamOptions::default()).await;
     // Wait until the control stream is up (the client's first IDR request).
@@ -309,6 +318,7 @@ async fn input_events_arrive_at_the_host_as_the_right_packets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_host_ends_the_stream_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
     let mut emu = Emulator::start(config()).await.unwrap();
     let options = StreamOptions {
         host_timeout: Duration::from_millis(800),
@@ -332,6 +342,7 @@ async fn a_vanished_host_ends_the_stream_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hosts_termination_reason_reaches_the_client() {
+    let _serial = SERIAL.lock().await;
     let emu = Emulator::start(config()).await.unwrap();
     let (_client, mut stream) = start(&emu, StreamOptions::default()).await;
     loop {
@@ -355,6 +366,7 @@ async fn the_hosts_termination_reason_reaches_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_host_refuses_to_launch_with_its_reason() {
+    let _serial = SERIAL.lock().await;
     let mut config = config();
     config.busy = true;
     let emu = Emulator::start(config).await.unwrap();
@@ -372,6 +384,7 @@ async fn a_busy_host_refuses_to_launch_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_host_offering_invalidation_a_lost_frame_is_invalidated_not_an_idr_request() {
+    let _serial = SERIAL.lock().await;
     let mut config = config();
     config.damaged_frames = vec![12];
     config.ref_pic_invalidation = true;
@@ -416,6 +429,7 @@ async fn with_a_host_offering_invalidation_a_lost_frame_is_invalidated_not_an_id
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_refuses_a_host_whose_certificate_differs_from_the_pinned_one() {
+    let _serial = SERIAL.lock().await;
     let emu = Emulator::start(config()).await.unwrap();
     let client = paired_client(&emu).await;
     let pinned = client.pinned().unwrap().clone();
@@ -438,6 +452,7 @@ async fn https_refuses_a_host_whose_certificate_differs_from_the_pinned_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_the_session_and_resume_or_launch_work_again() {
+    let _serial = SERIAL.lock().await;
     let emu = Emulator::start(config()).await.unwrap();
     let client = paired_client(&emu).await;
     let (first, _) = launch(&client).await.unwrap();
