@@ -499,26 +499,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, envs: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(bin_path(name));
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn service binary");
-        Self { child }
+        Self::run(Command::new(bin_path(name)), envs, "spawn service binary")
     }
 
     /// The binary `name` run inside the network namespace `ns`.
     pub fn spawn_in(ns: &Netns, name: &str, envs: &[(&str, String)]) -> Self {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name]).arg(bin_path(name));
+        Self::run(cmd, envs, "ip netns exec runs the service")
+    }
+
+    /// Starts `cmd` with the test's log level and `envs`, its output on
+    /// the test's stderr.
+    fn run(mut cmd: Command, envs: &[(&str, String)], what: &str) -> Self {
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -530,7 +523,7 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("ip netns exec runs the service");
+            .expect(what);
         Self { child }
     }
 
